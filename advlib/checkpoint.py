@@ -1,0 +1,116 @@
+"""Checkpoints without pickled code.
+
+The original report pickled the whole model; unpickling a stranger's file runs their code. Here a checkpoint
+is a dict of tensors, numbers, strings and lists only: the weights, the optimizer state, the architecture
+config (so the model is rebuilt from it), the training history and metadata (seed, versions, git revision).
+It is loaded with ``torch.load(..., weights_only=True)``, which refuses anything else, and written atomically.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from advlib.io import atomic_torch_save
+from advlib.model import ResNetConfig, SmallResNet
+from advlib.train import History
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, unsafe or incompatible."""
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info() -> dict:
+    """Library versions and machine facts that made a result."""
+    import numpy
+    import torchvision
+
+    import advlib
+
+    return {
+        "advlib": advlib.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "git_revision": git_revision(Path(__file__).parent),
+        "threads": torch.get_num_threads(),
+    }
+
+
+@dataclass
+class Checkpoint:
+    model: SmallResNet  # rebuilt from the stored config, in eval mode
+    history: History
+    train_config: dict
+    metadata: dict
+    optimizer_state: dict | None
+
+
+def save_checkpoint(path: str | os.PathLike, model: SmallResNet, optimizer: torch.optim.Optimizer | None = None,
+                    history: History | None = None, train_config: dict | None = None,
+                    metadata: dict | None = None) -> Path:
+    """Write the checkpoint atomically: a crash mid-save leaves the previous file intact."""
+    blob = {
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "history": (history or History()).to_dict(),
+        "train_config": dict(train_config or {}),
+        "metadata": {"saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     **environment_info(), **(metadata or {})},
+    }
+    return atomic_torch_save(blob, path)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` and rebuild its model.
+
+    Raises:
+        CheckpointError: missing, truncated, not a checkpoint, containing code (refused unexecuted), or from an
+            incompatible version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: run the training notebook (notebooks/01_train.ipynb) "
+                              "or `make report` first")
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} is not a plain-data checkpoint and was refused without running it "
+                              f"(it contains pickled objects): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'}); retrain to recreate it") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "model_config" not in blob:
+        raise CheckpointError(f"{path} is not an advlib checkpoint (no state_dict/model_config)")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {blob.get('format_version')!r}, this advlib reads "
+                              f"{FORMAT_VERSION}; retrain with this version")
+    try:
+        model = SmallResNet(ResNetConfig.from_dict(blob["model_config"]))
+        model.load_state_dict(blob["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not fit the model it describes: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Checkpoint(model=model, history=History.from_dict(blob.get("history", {})),
+                      train_config=blob.get("train_config", {}), metadata=blob.get("metadata", {}),
+                      optimizer_state=blob.get("optimizer_state"))
