@@ -148,6 +148,36 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> tuple[
     return torch.cat(preds), torch.cat(confs)
 
 
+def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2000,
+                   targeted: bool = False) -> torch.Tensor:
+    """The FGSM step direction for every image, (N, 1, 32, 32) in {-1, 0, +1}: x_adv(eps) = clamp(x + eps * d)."""
+    check_batch(x, y)
+    with eval_mode(model):
+        sign = torch.cat([input_gradient(model, x[s : s + batch_size], y[s : s + batch_size]).sign()
+                          for s in range(0, len(x), batch_size)])
+    return -sign if targeted else sign
+
+
+def sweep_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor,
+                    eps_list: Sequence[float], *, batch_size: int = 2000, progress: bool = False) -> SweepResult:
+    """Predictions on clamp(x + eps * direction, -1, 1) for every eps: forward passes only."""
+    from tqdm.auto import tqdm
+
+    eps_list = [check_eps(e) for e in eps_list]
+    if not eps_list:
+        raise ValueError("eps_list is empty: give at least one eps (normalized units)")
+    preds = torch.empty(len(eps_list), len(x), dtype=torch.long, device=x.device)
+    confs = torch.empty(len(eps_list), len(x), device=x.device)
+    with eval_mode(model), torch.no_grad():
+        for i, eps in enumerate(tqdm(eps_list, desc="eps", disable=not progress, leave=False)):
+            for s in range(0, len(x), batch_size):
+                xb = (x[s : s + batch_size] + eps * direction[s : s + batch_size]).clamp(-1, 1)
+                conf, pred = F.softmax(model(xb), dim=1).max(dim=1)
+                preds[i, s : s + len(xb)] = pred
+                confs[i, s : s + len(xb)] = conf
+    return SweepResult(eps=eps_list, labels=y.clone(), preds=preds, confidences=confs)
+
+
 def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
                batch_size: int = 2000, targeted: bool = False, progress: bool = False) -> SweepResult:
     """FGSM for every eps in eps_list on the same images, computing the input gradient only once.
@@ -156,26 +186,8 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
     each eps then costs one forward pass. Equal to calling :func:`fgsm` once per eps.
     """
     eps_list = [check_eps(e) for e in eps_list]
-    if not eps_list:
-        raise ValueError("eps_list is empty: give at least one eps (normalized units)")
-    check_batch(x, y)
-    from tqdm.auto import tqdm
-
-    preds = torch.empty(len(eps_list), len(x), dtype=torch.long, device=x.device)
-    confs = torch.empty(len(eps_list), len(x), device=x.device)
-    step_sign = -1.0 if targeted else 1.0
-    starts = range(0, len(x), batch_size)
-    with eval_mode(model):
-        for start in tqdm(starts, desc="FGSM sweep", disable=not progress, leave=False):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            sign = input_gradient(model, xb, yb).sign()
-            with torch.no_grad():
-                for i, eps in enumerate(eps_list):
-                    prob = F.softmax(model((xb + step_sign * eps * sign).clamp(-1, 1)), dim=1)
-                    conf, pred = prob.max(dim=1)
-                    preds[i, start : start + len(xb)] = pred
-                    confs[i, start : start + len(xb)] = conf
-    return SweepResult(eps=eps_list, labels=y.clone(), preds=preds, confidences=confs)
+    direction = fgsm_direction(model, x, y, batch_size=batch_size, targeted=targeted)
+    return sweep_direction(model, x, y, direction, eps_list, batch_size=batch_size, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------------------
