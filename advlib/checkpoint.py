@@ -97,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} is not a plain-data checkpoint and was refused without running it "
                               f"(it contains pickled objects): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - garbage bytes also raise IndexError, KeyError, struct.error, ...
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'}); retrain to recreate it") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or "model_config" not in blob:

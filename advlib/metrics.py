@@ -41,7 +41,10 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+    # At k = 0 and k = n the bound is exactly 0 or 1; rounding would give 8.7e-17 or 0.9999999999999999.
+    low = 0.0 if k == 0 else 100.0 * max(0.0, centre - half)
+    high = 100.0 if k == n else 100.0 * min(1.0, centre + half)
+    return low, high
 
 
 def rate(k: int, n: int) -> dict:
@@ -87,6 +90,11 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
     """(num_classes, num_classes) int64 counts; element (i, j) = images of true label i predicted as j."""
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred must have the same shape, got {tuple(y_true.shape)} and {tuple(y_pred.shape)}")
+    for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
+        # out-of-range labels would not fail below: they would be counted silently in a neighbouring cell
+        if labels.numel() and (labels.min().item() < 0 or labels.max().item() >= num_classes):
+            raise ValueError(f"{name} must hold labels in 0..{num_classes - 1}, got [{labels.min().item()}, "
+                             f"{labels.max().item()}]")
     flat = y_true.long() * num_classes + y_pred.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from pathlib import Path
@@ -99,8 +100,9 @@ def eps_text(eps: float, short: bool = False) -> str:
     return f"ε = {_num(eps)} (normalized, images in [-1, 1]) = {_num(to_pixel_eps(eps))} in [0, 1] pixel units"
 
 
-def _eps_axis(ax, ticks: Sequence[float] | None = None):
-    """Label ax's x axis as normalized eps and add the top axis in pixel units. Returns the secondary axis."""
+def label_eps_axis(ax, ticks: Sequence[float] | None = None):
+    """Label ax's x axis (data in normalized eps) and add a top axis in [0, 1] pixel units; with ticks, put ticks
+    at those eps on both axes. Returns the secondary axis. Public so other figures (the explorer) match."""
     ax.set_xlabel(EPS_LABEL)
     sec = ax.secondary_xaxis("top", functions=(to_pixel_eps, to_normalized_eps))
     sec.set_xlabel(PIXEL_LABEL)
@@ -225,7 +227,7 @@ def plot_accuracy_bars(rows: Sequence[Mapping], clean_accuracy: float | Mapping 
     ax.bar(eps + width / 2, adv, yerr=_yerr(adv, adv_lo, adv_hi), color=ADV, label="adversarial accuracy (FGSM)", **kw)
     _label_bars(ax, eps - width / 2, clean, clean_hi, fontsize=9.5)
     _label_bars(ax, eps + width / 2, adv, adv_hi, fontsize=9.5)
-    _eps_axis(ax, ticks=eps)
+    label_eps_axis(ax, ticks=eps)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 125)
     ax.grid(axis="x", visible=False)
@@ -253,7 +255,7 @@ def plot_asr_bars(rows: Sequence[Mapping]) -> Figure:
     ax.bar(eps, asr, width=_bar_width(eps) * 0.7, yerr=_yerr(asr, lo, hi), capsize=4, color=ADV, edgecolor="black",
            linewidth=0.6, error_kw={"elinewidth": 1.2}, label="attack success rate")
     _label_bars(ax, eps, asr, hi, fontsize=10.5)
-    _eps_axis(ax, ticks=eps)
+    label_eps_axis(ax, ticks=eps)
     ax.set_ylabel("attack success rate (%)")
     ax.set_ylim(0, 110)
     ax.grid(axis="x", visible=False)
@@ -283,7 +285,7 @@ def plot_eps_vs_accuracy(rows: Sequence[Mapping], clean_accuracy: float = 100.0)
     ax.plot(eps, np.full_like(eps, float(clean_accuracy)), color=CLEAN, marker="o", linewidth=2,
             label=f"clean accuracy ({_num(clean_accuracy)}% by construction)")
     _curve(ax, eps, [r["adv_accuracy"] for r in rows], ADV, "adversarial accuracy (FGSM)")
-    _eps_axis(ax)
+    label_eps_axis(ax)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 105)
     ax.set_title("Figure 3: accuracy vs FGSM strength")
@@ -302,7 +304,7 @@ def plot_eps_vs_asr(rows: Sequence[Mapping]) -> Figure:
     eps = np.array([float(r["eps"]) for r in rows])
     fig, ax = plt.subplots(figsize=(10, 6), layout="constrained")
     _curve(ax, eps, [r["asr"] for r in rows], ADV, "attack success rate (FGSM)")
-    _eps_axis(ax)
+    label_eps_axis(ax)
     ax.set_ylabel("attack success rate (%)")
     ax.set_ylim(-2, 105)
     ax.set_title("Figure 4: attack success rate vs FGSM strength")
@@ -517,8 +519,8 @@ def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]
     if not curves:
         raise ValueError("curves is empty: pass {model: {attack: [rate dicts with eps]}}")
     fig, ax = plt.subplots(figsize=(11, 6.5), layout="constrained")
-    spare = iter(["#9467bd", "#8c564b", "#e377c2", "#17becf"])
-    spare_styles = iter([("-.", "D"), ((0, (1, 1)), "v"), ((0, (5, 1)), "P")])
+    spare = itertools.cycle(["#9467bd", "#8c564b", "#e377c2", "#17becf"])  # models beyond standard/robust
+    spare_styles = itertools.cycle([("-.", "D"), ((0, (1, 1)), "v"), ((0, (5, 1)), "P")])
     styles = dict(ATTACK_STYLES)
     for model, attacks in curves.items():
         colour = MODEL_COLOURS.get(model) or next(spare)
@@ -529,7 +531,7 @@ def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]
             linestyle, marker = styles[attack]
             eps = np.array([float(p["eps"]) for p in points])
             _curve(ax, eps, points, colour, f"{model} model, {attack.upper()}", linestyle=linestyle, marker=marker)
-    _eps_axis(ax)
+    label_eps_axis(ax)
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 102)
     ax.set_title("Figure 10: does adversarial training help? Accuracy under FGSM and PGD")
@@ -579,7 +581,8 @@ def plot_seed_spread(runs: Sequence[Sequence[Mapping]], reference: Mapping[float
         raise ValueError("runs is empty: pass one list of sweep rows per seed")
     eps = np.array([float(r["eps"]) for r in runs[0]])
     for i, run in enumerate(runs):
-        if not np.allclose([float(r["eps"]) for r in run], eps):
+        run_eps = [float(r["eps"]) for r in run]
+        if len(run_eps) != len(eps) or not np.allclose(run_eps, eps):
             raise ValueError(f"run {i} has a different eps grid from run 0; all seeds must share one grid")
     ref = None
     if reference:
@@ -601,7 +604,7 @@ def plot_seed_spread(runs: Sequence[Sequence[Mapping]], reference: Mapping[float
             ref_val = [100 - v if is_asr else v for _, v in ref]
             ax.plot(ref_eps, ref_val, "x", color="black", markersize=10, markeredgewidth=2.2, label="original report",
                     zorder=4)
-        _eps_axis(ax)
+        label_eps_axis(ax)
         ax.set_ylabel(ylabel)
         ax.set_ylim(-2, 105)
         ax.set_title(title)

@@ -1,0 +1,79 @@
+"""Regenerate the README's results section from figures/metrics.json (and the benchmark table).
+
+The README carries generated blocks between markers, e.g.::
+
+    <!-- results:start -->  ... generated ...  <!-- results:end -->
+
+``python -m advlib.readme`` rewrites them; the report command runs it last, and a test checks that the committed
+README matches what the committed metrics produce, so no number in it is typed by hand.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from advlib.io import atomic_write_bytes
+from advlib.results import ORIGINAL_REPORT, fmt_rate, load_metrics, markdown_table, row_at
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def results_block(metrics: dict) -> str:
+    """The headline table: the original report vs this run vs the adversarially trained model."""
+    tr, sw, cf = metrics["training"], metrics["sweep"], metrics["confidence"]
+    df = metrics.get("defense")
+    o = ORIGINAL_REPORT
+    headers = ["quantity", "original report", "this run [95% CI]"] + (["robust model (adv. training)"] if df else [])
+
+    def robust(attack: str, eps: float) -> list[str]:
+        return [fmt_rate(row_at(df["curves"]["robust"][attack], eps))] if df else []
+
+    rows = [["clean test accuracy (10,000 images)", f"{o['test_accuracy']:.2f}%", f"{tr['test_accuracy']:.2f}%"]
+            + ([f"{df['clean_test_accuracy']['robust']:.2f}%"] if df else [])]
+    for eps, value in o["adv_accuracy"].items():
+        r = row_at(sw["rows"], eps)
+        rows.append([f"FGSM accuracy, ε = {eps} ({r['eps_pixel']:.3f} px)", f"{value:.2f}%",
+                     fmt_rate(r["adv_accuracy"])] + robust("fgsm", eps))
+    if df:
+        e = max(df["parameters"]["eps_grid"])
+        rows.append([f"PGD-{df['parameters']['pgd_steps']} accuracy, ε = {e} ({e / 2:.3f} px)", "—",
+                     fmt_rate(row_at(df["curves"]["standard"]["pgd"], e))] + robust("pgd", e))
+    rows.append([f"mean confidence at ε = {cf['focus_eps']}, clean → FGSM", f"{o['clean_confidence']:.1f}% → "
+                 f"{o['adv_confidence']:.1f}%", f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%"]
+                + (["—"] if df else []))
+    rows.append([f"confidence as attack detector at ε = {cf['focus_eps']}: ROC AUC / TPR at 5% FPR",
+                 "\"cannot threshold\"", f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%"]
+                + (["—"] if df else []))
+    note = ("ε in normalized units (images in [-1, 1]); px = the same ε in [0, 1] pixel units. FGSM rows: the first "
+            f"{sw['n_samples']:,} correctly classified test images, as in the original report; brackets: 95% Wilson "
+            f"interval. Seed {tr['parameters']['seed']}.")
+    return markdown_table(headers, rows) + "\n\n" + note
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
+
+
+def render(readme_text: str, metrics: dict, bench_md: str | None) -> str:
+    text = replace_block(readme_text, "results", results_block(metrics))
+    if bench_md is not None and "<!-- bench:start -->" in text:
+        text = replace_block(text, "bench", bench_md.strip())
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    readme = ROOT / "README.md"
+    metrics = load_metrics(ROOT / "figures" / "metrics.json", require=("training", "sweep", "confidence"))
+    bench = ROOT / "benchmarks" / "results.md"
+    new = render(readme.read_text(), metrics, bench.read_text() if bench.is_file() else None)
+    atomic_write_bytes(readme, new.encode())
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

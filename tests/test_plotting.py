@@ -1,0 +1,491 @@
+"""advlib.plotting: each figure shows the numbers it is given, labels its units, and saves atomically.
+
+Synthetic inputs only (no model, no data set), so the whole file runs in a few seconds. Rows come from the real
+advlib.metrics.sweep_metrics, so the plots are checked against the contract the pipeline produces.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes._secondary_axes import SecondaryAxis  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from advlib import plotting as P  # noqa: E402
+from advlib.attacks import SweepResult  # noqa: E402
+from advlib.metrics import confusion_matrix, rate, roc_auc, roc_curve, sweep_metrics, tpr_at_fpr  # noqa: E402
+
+EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+REPORT_ACC = [100.0, 88.67, 59.39, 32.86, 20.0, 14.0, 10.61]  # the original report's adversarial accuracy
+N = 300
+K = 6  # images in the image figures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic inputs
+
+
+def make_rows(acc=REPORT_ACC, n=N, seed=0) -> list[dict]:
+    """sweep_metrics rows whose adversarial accuracy is acc (percent, rounded to whole images)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    preds = []
+    for a in acc:
+        wrong = torch.zeros(n, dtype=torch.bool)
+        wrong[: n - round(a * n / 100)] = True
+        preds.append(torch.where(wrong, (labels + 1) % 10, labels))
+    confidences = torch.rand(len(acc), n, generator=gen)
+    result = SweepResult(eps=list(EPS[: len(acc)]), labels=labels, preds=torch.stack(preds), confidences=confidences)
+    return sweep_metrics(result, torch.rand(n, generator=gen))
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return make_rows()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """x, x_adv (K, 1, 32, 32) in [-1, 1] with |x_adv - x| <= 0.15; y; pred_clean all right; pred_adv 2 wrong."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(K, 1, 32, 32, generator=gen) * 2 - 1
+    x_adv = (x + 0.15 * torch.randn(K, 1, 32, 32, generator=gen).sign()).clamp(-1, 1)
+    y = torch.arange(K) % 10
+    pred_adv = y.clone()
+    pred_adv[[1, 4]] = (y[[1, 4]] + 3) % 10
+    return x, x_adv, y, y.clone(), pred_adv
+
+
+@pytest.fixture(scope="module")
+def history():
+    steps = 3 * 40
+    return {"step_loss": list(2.3 * np.exp(-np.arange(steps) / 30) + 0.05), "epoch_loss": [0.9, 0.1, 0.06],
+            "train_accuracy": [80.0, 96.0, 97.5], "test_accuracy": [95.0, 97.0, 98.41], "pgd_check_accuracy": []}
+
+
+def make_curves():
+    def curve(values):
+        return [{"eps": e, **rate(round(v * N / 100), N)} for e, v in zip(EPS, values)]
+    return {"standard": {"fgsm": curve(REPORT_ACC), "pgd": curve([100, 80, 30, 5, 1, 0, 0])},
+            "robust": {"fgsm": curve([99, 97, 95, 93, 91, 88, 86]), "pgd": curve([99, 96, 93, 90, 87, 83, 80])}}
+
+
+def make_confusions():
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 10, (500,), generator=gen)
+    adv = torch.where(torch.rand(500, generator=gen) < 0.4, y, torch.randint(0, 10, (500,), generator=gen))
+    return confusion_matrix(y, y), confusion_matrix(y, adv)
+
+
+def make_confidences():
+    rng = np.random.default_rng(3)
+    return 1 - rng.beta(0.3, 20, 400), np.clip(rng.beta(4, 1.2, 400), 0.1, 1.0)
+
+
+def make_roc():
+    clean, adv = make_confidences()
+    fpr, tpr = roc_curve(clean, adv)
+    return fpr, tpr, roc_auc(clean, adv), tpr_at_fpr(fpr, tpr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def secondary(ax) -> list[SecondaryAxis]:
+    return [c for c in ax.child_axes if isinstance(c, SecondaryAxis)]
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def legend_labels(ax) -> list[str]:
+    legend = ax.get_legend()
+    assert legend is not None, f"axes {ax.get_title()!r} has no legend"
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def assert_eps_axis(ax):
+    assert "normalized" in ax.get_xlabel() and "[-1, 1]" in ax.get_xlabel()
+    (sec,) = secondary(ax)
+    assert "pixel" in sec.get_xlabel()
+
+
+def data_axes(fig):
+    """Axes that draw data (not colorbars)."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def bands(ax) -> list[np.ndarray]:
+    """Vertices of each fill_between band."""
+    return [c.get_paths()[0].vertices for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every figure: a Figure, a title, labelled axes, eps axes in both units
+
+
+def build_all(rows, images, history):
+    x, x_adv, y, pred_clean, pred_adv = images
+    cm_clean, cm_adv = make_confusions()
+    clean_conf, adv_conf = make_confidences()
+    return {
+        "accuracy_bars": (P.plot_accuracy_bars(rows), 1, True),
+        "asr_bars": (P.plot_asr_bars(rows), 1, True),
+        "eps_vs_accuracy": (P.plot_eps_vs_accuracy(rows), 1, True),
+        "eps_vs_asr": (P.plot_eps_vs_asr(rows), 1, True),
+        "image_grid": (P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15), 3 * K, False),
+        "training_curves": (P.plot_training_curves(history), 2, False),
+        "confusion": (P.plot_confusion_matrices(cm_clean, cm_adv, 0.15), 2, False),
+        "confidence": (P.plot_confidence_histograms(clean_conf, adv_conf, 0.15), 1, False),
+        "sample_predictions": (P.plot_sample_predictions(x, y, pred_adv, ncols=4), K, False),
+        "defense": (P.plot_defense_robustness(make_curves()), 1, True),
+        "adversarial_row": (P.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD"), 2 * K, False),
+        "seed_spread": (P.plot_seed_spread([make_rows(seed=s) for s in range(3)]), 2, True),
+        "roc": (P.plot_confidence_roc(*make_roc(), 0.15), 1, False),
+    }
+
+
+def test_every_figure_is_titled_and_labelled(rows, images, history):
+    for name, (fig, n_axes, eps_axis) in build_all(rows, images, history).items():
+        assert isinstance(fig, Figure), name
+        axes = data_axes(fig)
+        assert len(axes) == n_axes, f"{name}: {len(axes)} axes, expected {n_axes}"
+        assert fig.get_suptitle() or all(ax.get_title() for ax in axes), f"{name} has no title"
+        for ax in axes:
+            if ax.images:  # image tiles: labelled by titles and row labels, checked per figure below
+                continue
+            assert ax.get_title() or fig.get_suptitle(), name
+            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axis {ax.get_title()!r}"
+            if eps_axis:
+                assert_eps_axis(ax)
+            if name not in ("confusion",):
+                assert ax.get_legend() is not None, f"{name}: no legend"
+        plt.close(fig)
+
+
+def test_figures_leave_global_style_untouched(rows):
+    before = dict(plt.rcParams)
+    P.plot_eps_vs_accuracy(rows)
+    assert dict(plt.rcParams) == before
+
+
+def test_eps_helpers_state_both_units():
+    assert P.eps_text(0.3, short=True) == "ε = 0.3 (0.15 px)"
+    long = P.eps_text(0.15)
+    assert "0.15" in long and "0.075" in long and "normalized" in long and "pixel" in long
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bars: heights, value labels and Wilson error bars are the numbers given
+
+
+def bar_containers(ax) -> list[BarContainer]:
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def errorbar_ranges(container) -> np.ndarray:
+    """(n, 2) low/high y of each bar's error bar."""
+    segments = container.errorbar.lines[2][0].get_segments()
+    return np.array([[min(s[:, 1]), max(s[:, 1])] for s in segments])
+
+
+def test_accuracy_bars_show_values_and_intervals(rows):
+    fig = P.plot_accuracy_bars(rows)
+    ax = fig.axes[0]
+    clean, adv = bar_containers(ax)
+    assert [b.get_height() for b in clean] == [100.0] * len(EPS)
+    assert np.allclose([b.get_height() for b in adv], [r["adv_accuracy"]["value"] for r in rows])
+    assert clean.errorbar is None  # 100% by construction: nothing to draw
+    ci = np.array([[r["adv_accuracy"]["ci_low"], r["adv_accuracy"]["ci_high"]] for r in rows])
+    assert np.allclose(errorbar_ranges(adv), ci)
+    labels = texts(fig)
+    for r in rows:
+        assert f"{r['adv_accuracy']['value']:.1f}%" in labels
+    assert labels.count("100.0%") >= len(EPS)  # every clean bar is labelled
+    assert len(legend_labels(ax)) == 2
+    assert to_rgba(clean[0].get_facecolor()) == to_rgba(P.CLEAN)
+    assert to_rgba(adv[0].get_facecolor()) == to_rgba(P.ADV)
+    (sec,) = secondary(ax)
+    assert np.allclose(sec.get_xticks(), np.array(EPS) * 0.5)
+
+
+def test_accuracy_bars_draw_an_interval_for_a_measured_clean_accuracy(rows):
+    fig = P.plot_accuracy_bars(rows, clean_accuracy=rate(290, 300))
+    clean = bar_containers(fig.axes[0])[0]
+    lo, hi = errorbar_ranges(clean)[0]
+    r = rate(290, 300)
+    assert np.isclose(lo, r["ci_low"]) and np.isclose(hi, r["ci_high"])
+
+
+def test_asr_bars_show_values_and_intervals(rows):
+    fig = P.plot_asr_bars(rows)
+    ax = fig.axes[0]
+    (bars,) = bar_containers(ax)
+    assert np.allclose([b.get_height() for b in bars], [r["asr"]["value"] for r in rows])
+    assert np.allclose(errorbar_ranges(bars), [[r["asr"]["ci_low"], r["asr"]["ci_high"]] for r in rows])
+    for r in rows:
+        assert f"{r['asr']['value']:.1f}%" in texts(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Curves
+
+
+def test_eps_vs_accuracy_draws_flat_clean_and_adversarial_with_band(rows):
+    fig = P.plot_eps_vs_accuracy(rows, clean_accuracy=100.0)
+    ax = fig.axes[0]
+    clean, adv = ax.get_lines()
+    assert np.allclose(clean.get_ydata(), 100.0)
+    assert np.allclose(adv.get_xdata(), EPS)
+    assert np.allclose(adv.get_ydata(), [r["adv_accuracy"]["value"] for r in rows])
+    (band,) = bands(ax)
+    assert np.isclose(band[:, 1].min(), min(r["adv_accuracy"]["ci_low"] for r in rows))
+    assert np.isclose(band[:, 1].max(), max(r["adv_accuracy"]["ci_high"] for r in rows))
+    labels = legend_labels(ax)
+    assert any("clean" in t for t in labels) and any("adversarial" in t for t in labels)
+    assert any("Wilson" in t for t in labels)
+
+
+def test_eps_vs_asr_band_and_secondary_axis_in_pixel_units(rows):
+    fig = P.plot_eps_vs_asr(rows)
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    assert np.allclose(line.get_ydata(), [r["asr"]["value"] for r in rows])
+    assert len(bands(ax)) == 1
+    fig.canvas.draw()  # the secondary axis takes its limits at draw time
+    (sec,) = secondary(ax)
+    assert np.allclose(sec.get_xlim(), np.array(ax.get_xlim()) * 0.5)
+
+
+def test_curves_are_sorted_by_eps(rows):
+    fig = P.plot_eps_vs_asr(list(reversed(rows)))
+    assert np.all(np.diff(fig.axes[0].get_lines()[0].get_xdata()) > 0)
+
+
+def test_rows_without_intervals_are_refused():
+    bad = [{"eps": 0.1, "asr": {"value": 10.0}}]
+    with pytest.raises(ValueError, match="ci_low"):
+        P.plot_eps_vs_asr(bad)
+    with pytest.raises(ValueError, match="empty"):
+        P.plot_asr_bars([])
+
+
+def test_defense_robustness_colour_is_model_linestyle_is_attack():
+    curves = make_curves()
+    fig = P.plot_defense_robustness(curves)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"standard model, FGSM", "standard model, PGD", "robust model, FGSM", "robust model, PGD"}
+    assert lines["robust model, FGSM"].get_color() == lines["robust model, PGD"].get_color() == P.ROBUST
+    assert lines["standard model, FGSM"].get_color() != P.ROBUST
+    assert lines["robust model, FGSM"].get_linestyle() != lines["robust model, PGD"].get_linestyle()
+    assert np.allclose(lines["robust model, PGD"].get_ydata(), [p["value"] for p in curves["robust"]["pgd"]])
+    assert len(bands(ax)) == 4
+    assert_eps_axis(ax)
+
+
+def test_seed_spread_mean_band_seeds_and_reference():
+    runs = [make_rows(acc=np.clip(np.array(REPORT_ACC) + d, 0, 100), seed=s) for s, d in enumerate((-6, 0, 6))]
+    reference = {str(e): a for e, a in zip(EPS, REPORT_ACC)}  # keys as JSON would give them
+    fig = P.plot_seed_spread(runs, reference=reference)
+    acc_ax, asr_ax = fig.axes
+    values = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])
+    mean_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("mean"))
+    assert np.allclose(mean_line.get_ydata(), values.mean(0))
+    (band,) = bands(acc_ax)
+    spread = values.mean(0) + values.std(0, ddof=1)
+    assert np.isclose(band[:, 1].max(), spread.max())
+    seeds = [line for line in acc_ax.get_lines() if line.get_linewidth() < 1.5]
+    assert len(seeds) == len(runs)
+    ref_acc = next(line for line in acc_ax.get_lines() if line.get_label() == "original report")
+    ref_asr = next(line for line in asr_ax.get_lines() if line.get_label() == "original report")
+    assert np.allclose(ref_acc.get_ydata(), REPORT_ACC)
+    assert np.allclose(ref_asr.get_ydata(), 100 - np.array(REPORT_ACC))
+    assert ref_acc.get_marker() == "x" and ref_acc.get_color() == "black"
+    for ax in (acc_ax, asr_ax):
+        assert_eps_axis(ax)
+        assert "original report" in legend_labels(ax)
+
+
+def test_seed_spread_refuses_different_eps_grids():
+    with pytest.raises(ValueError, match="eps grid"):
+        P.plot_seed_spread([make_rows(), make_rows(acc=REPORT_ACC[:5])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+
+
+def test_image_grid_rows_titles_and_magnified_perturbation(images):
+    x, x_adv, y, pred_clean, pred_adv = images
+    fig = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps=0.15, magnify=10)
+    axes = data_axes(fig)
+    assert len(axes) == 3 * K and len(fig.axes) == 3 * K + 1  # plus the perturbation colour bar
+    top, middle, bottom = axes[:K], axes[K:2 * K], axes[2 * K:]
+    assert top[0].get_title() == f"true {int(y[0])} → pred {int(pred_clean[0])}"
+    assert middle[1].get_title() == f"true {int(y[1])} → pred {int(pred_adv[1])}"
+    red = [ax for ax in middle if to_rgba(ax.title.get_color()) == to_rgba(P.ADV)]
+    assert [middle.index(ax) for ax in red] == [1, 4]
+    assert all(to_rgba(ax.title.get_color()) != to_rgba(P.ADV) for ax in top)
+    assert "×10" in bottom[0].get_ylabel()
+    delta = (x_adv - x)[0, 0].numpy()
+    assert np.allclose(bottom[0].images[0].get_array(), np.clip(10 * delta, -1, 1))
+    assert np.allclose(top[0].images[0].get_array(), x[0, 0].numpy())
+    title = fig.get_suptitle()
+    assert "0.15" in title and "0.075" in title and "normalized" in title and "pixel" in title
+
+
+def test_image_grid_refuses_pixel_range_images(images):
+    x, x_adv, y, pred_clean, pred_adv = images
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        P.plot_image_grid(x * 3, x_adv, y, pred_clean, pred_adv, 0.15)
+    with pytest.raises(ValueError, match="labels"):
+        P.plot_image_grid(x, x_adv, y[:2], pred_clean, pred_adv, 0.15)
+
+
+def test_sample_predictions_grid_and_red_mistakes(images):
+    x, _, y, _, pred_adv = images
+    fig = P.plot_sample_predictions(x, y, pred_adv, ncols=4)
+    assert len(fig.axes) == K  # 2 rows of 4, the 2 unused cells removed
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[1] == f"true {int(y[1])} / pred {int(pred_adv[1])}"
+    red = [i for i, ax in enumerate(fig.axes) if to_rgba(ax.title.get_color()) == to_rgba(P.ADV)]
+    assert red == [1, 4]
+
+
+def test_adversarial_row(images):
+    x, x_adv, y, _, pred_adv = images
+    fig = P.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD-20")
+    assert len(fig.axes) == 2 * K
+    title = fig.get_suptitle()
+    assert "Robust model, PGD-20" in title and "0.3" in title and "0.15" in title
+    assert np.allclose(fig.axes[K].images[0].get_array(), x_adv[0, 0].numpy())
+    assert fig.axes[0].get_ylabel() == "original" and fig.axes[K].get_ylabel() == "adversarial"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training, confusion, confidence
+
+
+def test_training_curves_epoch_markers_and_optional_pgd(history):
+    fig = P.plot_training_curves(history)
+    loss_ax, acc_ax = fig.axes
+    markers = next(line for line in loss_ax.get_lines() if line.get_label() == "mean loss of the epoch")
+    assert np.allclose(markers.get_xdata(), [1, 2, 3])
+    assert np.allclose(markers.get_ydata(), history["epoch_loss"])
+    steps = next(line for line in loss_ax.get_lines() if line.get_label() == "loss per optimizer step")
+    assert len(steps.get_xdata()) == len(history["step_loss"])
+    assert np.isclose(steps.get_xdata()[-1], 3.0)  # last step ends epoch 3
+    assert "epoch" in loss_ax.get_xlabel() and "loss" in loss_ax.get_ylabel()
+    assert "%" in acc_ax.get_ylabel()
+    assert len(legend_labels(acc_ax)) == 2
+    test_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("test"))
+    assert np.allclose(test_line.get_ydata(), history["test_accuracy"])
+
+    fig = P.plot_training_curves({**history, "pgd_check_accuracy": [40.0, 60.0, 70.0]})
+    labels = legend_labels(fig.axes[1])
+    assert len(labels) == 3 and any("PGD" in t for t in labels)
+
+
+def test_confusion_matrices_annotate_every_nonzero_count():
+    cm_clean, cm_adv = make_confusions()
+    fig = P.plot_confusion_matrices(cm_clean, cm_adv, 0.15)
+    left, right = data_axes(fig)
+    assert left.get_title().startswith("Clean")
+    assert right.get_title().startswith("FGSM ε = 0.15 (0.075 px)")
+    for ax, cm in ((left, cm_clean), (right, cm_adv)):
+        assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
+        shown = sorted(int(t.get_text()) for t in ax.texts if t.get_text())
+        assert shown == sorted(int(v) for v in cm.flatten() if v > 0)
+        assert np.array_equal(ax.collections[0].get_array().reshape(10, 10), cm.numpy())
+
+
+def test_confidence_histograms_in_percent_with_means():
+    clean, adv = make_confidences()
+    fig = P.plot_confidence_histograms(clean, adv, 0.15)
+    ax = fig.axes[0]
+    labels = legend_labels(ax)
+    assert f"clean mean {100 * clean.mean():.2f}%" in labels
+    assert f"adversarial mean {100 * adv.mean():.2f}%" in labels
+    vlines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in vlines) == pytest.approx(sorted([100 * adv.mean(), 100 * clean.mean()]))
+    assert ax.get_xlim() == (0, 100)
+    heights = sum(p.get_height() for p in ax.patches[:50])
+    assert heights == len(clean)  # every clean image lands in a bin
+    with pytest.raises(ValueError, match="fractions"):
+        P.plot_confidence_histograms(100 * clean, adv, 0.15)
+
+
+def test_confidence_roc():
+    fpr, tpr, auc, tpr5 = make_roc()
+    fig = P.plot_confidence_roc(fpr, tpr, auc, tpr5, 0.15)
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert "max-softmax confidence as an attack detector" in title and "0.15" in title and "0.075" in title
+    labels = " ".join(legend_labels(ax))
+    assert f"AUC = {auc:.3f}" in labels and f"TPR = {100 * tpr5:.1f}%" in labels and "chance" in labels
+    marker = next(line for line in ax.get_lines() if line.get_label().startswith("at 5% FPR"))
+    assert marker.get_xdata()[0] == 5 and np.isclose(marker.get_ydata()[0], 100 * tpr5)
+    roc = ax.get_lines()[0]
+    assert np.allclose(roc.get_xdata(), 100 * fpr.numpy()) and np.allclose(roc.get_ydata(), 100 * tpr.numpy())
+    assert "%" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="fraction"):
+        P.plot_confidence_roc(100 * fpr, tpr, auc, tpr5, 0.15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def test_save_figure_writes_a_png_atomically_and_closes(tmp_path, rows):
+    fig = P.plot_asr_bars(rows)
+    width_in, height_in = fig.get_size_inches()
+    target = tmp_path / "figures" / "graph2.png"
+    written = P.save_figure(fig, target, dpi=100)
+    assert written == target
+    data = target.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    img = mpimg.imread(target)
+    h, w = img.shape[:2]
+    # bbox_inches="tight" trims or grows the margins a little; the size stays near figsize * dpi
+    assert 0.7 * width_in * 100 < w < 1.3 * width_in * 100
+    assert 0.7 * height_in * 100 < h < 1.3 * height_in * 100
+    assert img[..., :3].std() > 0.05  # something was drawn
+    assert sorted(p.name for p in target.parent.iterdir()) == ["graph2.png"]  # no temp files left
+    assert fig.number not in plt.get_fignums()
+
+
+def test_save_figure_failure_keeps_the_old_file_and_closes(tmp_path, rows):
+    target = tmp_path / "graph2.png"
+    target.write_bytes(b"old")
+    fig = P.plot_asr_bars(rows)
+
+    def broken_savefig(fname, **kwargs):  # dies half way through writing
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG partial")
+        raise RuntimeError("disk full")
+
+    fig.savefig = broken_savefig
+    with pytest.raises(RuntimeError, match="disk full"):
+        P.save_figure(fig, target)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph2.png"]
+    assert fig.number not in plt.get_fignums()
