@@ -136,12 +136,84 @@ class SweepResult:
     confidences: torch.Tensor  # (E, N) max softmax probability of each adversarial image
 
 
+# Speed. Forward passes for predictions go through :func:`eval_forward`: for a SmallResNet, every eval-mode
+# BatchNorm is folded into the convolution before it and the activations are kept channels_last, which on a
+# 2-core CPU makes a forward pass about 2x faster (benchmarks/). The folded network computes the same function;
+# only float rounding differs (logits agree to ~1e-5), so an exact tie could in principle flip a prediction.
+# predict() and the sweeps share this path, so they agree with each other exactly. Gradients (FGSM's direction)
+# always use the model itself, so they match an autograd oracle bit for bit.
+# Images are processed in chunks of at most CHUNK (and at most batch_size): a chunk's activations then stay in
+# the CPU's cache, several times faster than batches of thousands. Results do not depend on the chunking, except
+# that a batch of one image takes other kernels (different rounding), so chunks are balanced and a lone image
+# never trails a full chunk.
+CHUNK = 256  # forward passes
+GRAD_CHUNK = 512  # input gradients
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """range(n) cut into ceil(n / size) consecutive slices of nearly equal length (each at most size)."""
+    k = -(-n // size)
+    if k == 0:
+        return []
+    bounds = [i * n // k for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict:
+    """conv -> eval-mode bn as one convolution: w' = w * s, b' = beta - mean * s with s = gamma / sqrt(var + eps)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    return {"weight": weight, "bias": bn.bias - bn.running_mean * scale, "stride": conv.stride,
+            "padding": conv.padding}
+
+
+def _foldable(model: nn.Module) -> bool:
+    """True for a plain SmallResNet (no subclass, no hooks, BatchNorms with running statistics)."""
+    from advlib.model import ResidualBlock, SmallResNet
+
+    if type(model) is not SmallResNet:
+        return False
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        if isinstance(m, nn.BatchNorm2d) and (m.running_var is None or m.running_mean is None):
+            return False
+    return all(type(b) is ResidualBlock for b in model.blocks) and len(model.stem) == 3
+
+
+def eval_forward(model: nn.Module):
+    """A function x -> logits equal to ``model.eval()(x)`` up to float rounding, for use under no_grad.
+
+    A SmallResNet gets a BatchNorm-folded channels_last version of its forward pass (built from the current
+    weights, so build it again after changing them); any other model is returned as it is.
+    """
+    if not _foldable(model):
+        return model
+    with torch.no_grad():
+        stem = _folded_conv(model.stem[0], model.stem[1])
+        blocks = [(_folded_conv(b.conv1, b.bn1), _folded_conv(b.conv2, b.bn2),
+                   None if isinstance(b.skip, nn.Identity) else _folded_conv(b.skip[0], b.skip[1]))
+                  for b in model.blocks]
+    fc_weight, fc_bias = model.fc.weight.detach(), model.fc.bias.detach()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(F.conv2d(x.contiguous(memory_format=torch.channels_last), **stem), inplace=True)
+        for conv1, conv2, skip in blocks:
+            out = F.conv2d(F.relu(F.conv2d(h, **conv1), inplace=True), **conv2)
+            out += h if skip is None else F.conv2d(h, **skip)
+            h = F.relu(out, inplace=True)
+        return F.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1), fc_weight, fc_bias)
+
+    return forward
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class (N,) and max softmax probability (N,) in eval mode, without gradients."""
     preds, confs = [], []
     with eval_mode(model), torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            prob = F.softmax(model(x[start : start + batch_size]), dim=1)
+        forward = eval_forward(model)
+        for chunk in _chunks(len(x), min(batch_size, CHUNK)):
+            prob = F.softmax(forward(x[chunk]), dim=1)
             conf, pred = prob.max(dim=1)
             preds.append(pred)
             confs.append(conf)
@@ -153,8 +225,8 @@ def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
     """The FGSM step direction for every image, (N, 1, 32, 32) in {-1, 0, +1}: x_adv(eps) = clamp(x + eps * d)."""
     check_batch(x, y)
     with eval_mode(model):
-        sign = torch.cat([input_gradient(model, x[s : s + batch_size], y[s : s + batch_size]).sign()
-                          for s in range(0, len(x), batch_size)])
+        chunks = _chunks(len(x), min(batch_size, GRAD_CHUNK))
+        sign = torch.cat([input_gradient(model, x[c], y[c]).sign() for c in chunks])
     return -sign if targeted else sign
 
 
@@ -168,13 +240,15 @@ def sweep_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directio
         raise ValueError("eps_list is empty: give at least one eps (normalized units)")
     preds = torch.empty(len(eps_list), len(x), dtype=torch.long, device=x.device)
     confs = torch.empty(len(eps_list), len(x), device=x.device)
+    chunks = _chunks(len(x), min(batch_size, CHUNK))
     with eval_mode(model), torch.no_grad():
+        forward = eval_forward(model)
         for i, eps in enumerate(tqdm(eps_list, desc="eps", disable=not progress, leave=False)):
-            for s in range(0, len(x), batch_size):
-                xb = (x[s : s + batch_size] + eps * direction[s : s + batch_size]).clamp(-1, 1)
-                conf, pred = F.softmax(model(xb), dim=1).max(dim=1)
-                preds[i, s : s + len(xb)] = pred
-                confs[i, s : s + len(xb)] = conf
+            for c in chunks:
+                xb = (x[c] + eps * direction[c]).clamp(-1, 1)
+                conf, pred = F.softmax(forward(xb), dim=1).max(dim=1)
+                preds[i, c] = pred
+                confs[i, c] = conf
     return SweepResult(eps=eps_list, labels=y.clone(), preds=preds, confidences=confs)
 
 

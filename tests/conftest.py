@@ -141,3 +141,34 @@ def raw_copy(data_root, tmp_path) -> Path:
     for name in MNIST_MD5:
         (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
     return tmp_path
+
+
+# The papermill pipeline on small parameters, once per session, in a temporary directory (test_pipeline.py and the
+# browser test use it). Stage notebooks are copied there, so the committed ones are never touched.
+SMALL_PIPELINE_PARAMETERS = {
+    "seed": 0,
+    "epochs": 1,
+    "train_subset": 3000,
+    "n_samples": 100,
+    "eps_grid": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+    "pgd_steps": 3,
+}
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory, data_root) -> dict:
+    """Run every stage of the report with tiny parameters; returns the paths and the parameters used."""
+    import shutil
+
+    from advlib.pipeline import STAGES, run_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline")
+    notebook_dir = root / "notebooks"
+    notebook_dir.mkdir()
+    for stage in STAGES:
+        shutil.copy(Path(__file__).resolve().parents[1] / "notebooks" / f"{stage}.ipynb", notebook_dir)
+    params = {**SMALL_PIPELINE_PARAMETERS, "data_dir": str(data_root), "artifact_dir": str(root / "artifacts"),
+              "figure_dir": str(root / "figures")}
+    seconds = run_pipeline(notebook_dir=notebook_dir, parameters=params, progress=False)
+    return {"root": root, "notebook_dir": notebook_dir, "artifact_dir": root / "artifacts",
+            "figure_dir": root / "figures", "parameters": params, "seconds": seconds}

@@ -58,8 +58,8 @@ pytestmark = [
 #                  fixture `small_pipeline` (tests/conftest.py) is available; otherwise "generated".
 #   "narrative" -> the narrative notebook (fails if it or `small_pipeline` is missing).
 #   "generated" -> a small notebook written here (checkpoint -> 100 correct images -> EpsExplorer).
-# TODO(issue 7): once tests/conftest.py provides `small_pipeline` (a dict of paths: data_dir, artifact_dir,
-# figure_dir) and notebooks/06_report.ipynb exists, "auto" switches to the narrative notebook by itself.
+# "narrative" costs the `small_pipeline` run (all six stages, shared with the pipeline tests of the same session);
+# "generated" needs only a ~100-step training run.
 TARGET = os.environ.get("ADVLIB_E2E_NOTEBOOK", "auto")
 
 # The tiny model of the generated world: ~95 Adam steps, seeded. Accuracy is low (~40-60%) and that is fine:
@@ -69,7 +69,7 @@ GENERATED_POOL, GENERATED_N, N_SHOW = 500, 100, 8  # select N correct images amo
 
 # Key presses and the ε each must land on (slider starts at 0.15, step 0.005, max 0.3).
 MOVES = [("ArrowRight", 0.155), ("PageUp", 0.180), ("Home", 0.0), ("End", 0.3), ("ArrowLeft", 0.295)]
-INITIAL_EPS = 0.15
+INITIAL_EPS, STEP = 0.15, 0.005
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -78,6 +78,9 @@ CHROMIUM_ARGS = [
     # Nothing but the local server resolves: Chromium cannot reach the internet even if something asks it to.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
+# The kernel's torch threads. With JupyterLab, Chromium and the kernel sharing a small (2-core) machine, one
+# thread sets up the explorer ~3x faster than two (oversubscription); the oracle uses the same count.
+KERNEL_THREADS = 1
 SERVER_START_TIMEOUT = 90  # s until /api/status answers
 RUN_ALL_TIMEOUT = 240  # s for the notebook to display the slider (kernel start, imports, explorer set-up)
 MOVE_TIMEOUT = 30  # s for one slider move to show up
@@ -179,19 +182,22 @@ def _build_generated_world(root: Path, data_root: Path) -> World:
 
 
 def _build_narrative_world(root: Path, data_root: Path, pipeline: dict) -> World:
-    # TODO(issue 7): the oracle assumes the narrative notebook's explorer uses artifact_dir/model.pt and
-    # select_correct(model, test_x, test_y, n) over the whole test set, n read from the status line. Adjust
-    # OracleSpec here if 06_report builds it differently (e.g. from indices saved by the pipeline).
+    """notebooks/06_report.ipynb on the outputs of the `small_pipeline` fixture (tests/conftest.py): the
+    parameters the pipeline ran with (e.g. its small n_samples) plus its artifact/figure dirs, and the slider's
+    start and step pinned to what MOVES assumes."""
     import papermill
 
     (root / "notebooks").mkdir(parents=True)
     declared = papermill.inspect_notebook(str(NARRATIVE_NOTEBOOK))  # the names in its `parameters` cell
-    parameters = {key: str(value) if isinstance(value, Path) else value
-                  for key, value in pipeline.items() if key in declared}
+    given = {**pipeline.get("parameters", {}), **{k: v for k, v in pipeline.items() if k != "parameters"},
+             "focus_eps": INITIAL_EPS, "slider_step": STEP}
+    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if k in declared}
     parameters.setdefault("data_dir", str(data_root))
     if "artifact_dir" not in parameters:
         pytest.fail(f"small_pipeline gave no artifact_dir for {NARRATIVE_NOTEBOOK.name}: {sorted(pipeline)}")
     _prepare_notebook(NARRATIVE_NOTEBOOK, root / "notebooks" / NARRATIVE_NOTEBOOK.name, parameters)
+    # 06_report builds its explorer from artifact_dir/model.pt and select_correct(model, test_x, test_y,
+    # n_samples) over the whole test set; n (n_samples) and n_show are read back from the page.
     checkpoint = Path(parameters["artifact_dir"]) / "model.pt"
     return World(root, f"notebooks/{NARRATIVE_NOTEBOOK.name}",
                  OracleSpec(checkpoint, Path(parameters["data_dir"]), None, None, None), "narrative")
@@ -282,7 +288,7 @@ def lab_server(tmp_path_factory):
     env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
            "JUPYTER_CONFIG_DIR": str(base / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(base / "jupyter-runtime"),
            "JUPYTER_DATA_DIR": str(base / "jupyter-data"), "IPYTHONDIR": str(base / "ipython"),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(KERNEL_THREADS), "MKL_NUM_THREADS": str(KERNEL_THREADS)}
     # No "get Jupyter news?" toast over the widget, no update check (both would also ask for the internet).
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
@@ -336,7 +342,22 @@ class Expected:
     confidences: list[float]  # percent
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Oracle:
+    """Expected display at each eps, from the checkpoint and FGSM alone (EpsExplorer is not used). Runs with the
+    kernel's thread count, so that both sides do the same arithmetic."""
+
     def __init__(self, spec: OracleSpec, n_images: int, n_show: int):
         from advlib.checkpoint import load_checkpoint
         from advlib.data import load_mnist
@@ -347,7 +368,8 @@ class Oracle:
         pool_x, pool_y = mnist.test_x, mnist.test_y
         if spec.pool is not None:
             pool_x, pool_y = pool_x[: spec.pool], pool_y[: spec.pool]
-        idx = select_correct(self.model, pool_x, pool_y, n_images)
+        with _torch_threads(KERNEL_THREADS):
+            idx = select_correct(self.model, pool_x, pool_y, n_images)
         self.x, self.y, self.n_show = pool_x[idx], pool_y[idx], n_show
         self._cache: dict[float, Expected] = {}
 
@@ -356,9 +378,10 @@ class Oracle:
 
         eps = round(eps, 6)
         if eps not in self._cache:
-            x_adv = fgsm(self.model, self.x, self.y, eps)
-            preds, _ = predict(self.model, x_adv)
-            shown_preds, shown_conf = predict(self.model, x_adv[: self.n_show])
+            with _torch_threads(KERNEL_THREADS):
+                x_adv = fgsm(self.model, self.x, self.y, eps)
+                preds, _ = predict(self.model, x_adv)  # all images, one batch, as the explorer's sweep
+                shown_preds, shown_conf = predict(self.model, x_adv[: self.n_show])  # the shown ones, as state()
             k = int((preds == self.y).sum())
             self._cache[eps] = Expected(eps, to_pixel_eps(eps), 100.0 * k / len(self.y), len(self.y),
                                         self.y[: self.n_show].tolist(), shown_preds.tolist(),
