@@ -162,7 +162,7 @@ def _chunks(n: int, size: int) -> list[slice]:
 def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict:
     """conv -> eval-mode bn as one convolution: w' = w * s, b' = beta - mean * s with s = gamma / sqrt(var + eps)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).to(memory_format=torch.channels_last)
     return {"weight": weight, "bias": bn.bias - bn.running_mean * scale, "stride": conv.stride,
             "padding": conv.padding}
 
@@ -197,7 +197,7 @@ def eval_forward(model: nn.Module):
     fc_weight, fc_bias = model.fc.weight.detach(), model.fc.bias.detach()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(F.conv2d(x.contiguous(memory_format=torch.channels_last), **stem), inplace=True)
+        h = F.relu(F.conv2d(x.to(memory_format=torch.channels_last), **stem), inplace=True)
         for conv1, conv2, skip in blocks:
             out = F.conv2d(F.relu(F.conv2d(h, **conv1), inplace=True), **conv2)
             out += h if skip is None else F.conv2d(h, **skip)

@@ -309,6 +309,8 @@ def load_mnist(root: str | os.PathLike = "data", fetch: bool = True, train_subse
         fetch: fetch the files first if they are not there (otherwise a missing file raises DataError).
         train_subset: keep only the first n training images (for quick runs and tests).
     """
+    if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
+        raise ValueError(f"train_subset must be None (all images) or a positive integer, got {train_subset!r}")
     if fetch:
         fetch_mnist(root, verbose=False)
     verify_raw(root)

@@ -2,9 +2,10 @@
 
 What it does:
 
-1. builds a small world in a temporary directory: a briefly trained checkpoint (``artifacts/model.pt``) and
-   a notebook that displays an :class:`advlib.explorer.EpsExplorer` (see ``TARGET`` below for which notebook);
-   parameters are injected with papermill (``prepare_only=True``), so JupyterLab, not papermill, runs it;
+1. builds a small world in a temporary directory (see ``TARGET`` below): either the narrative notebook
+   ``notebooks/06_report.ipynb`` on the outputs of the ``small_pipeline`` fixture (tests/conftest.py), or a small
+   generated notebook on a checkpoint trained here in seconds; either way the parameters are injected with
+   papermill (``prepare_only=True``), so that JupyterLab, not papermill, runs the notebook;
 2. starts JupyterLab from this Python environment on 127.0.0.1 (random free port, random token, isolated
    config/runtime/settings/workspace dirs, no news or update checks) and waits for ``/api/status``;
 3. drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded browser) with Playwright: opens the
@@ -17,7 +18,9 @@ What it does:
    the console log, page errors, kernel tracebacks and any JupyterLab dialog.
 
 Skipped, with the reason, when ``/usr/bin/chromium`` (apt package ``chromium``) or playwright is missing.
-Run: ``.venv/bin/python -m pytest tests/e2e -m e2e -v``.
+Run: ``.venv/bin/python -m pytest tests/e2e -m e2e -v`` (add ``-s`` for the timing line). The narrative target pays
+for the ``small_pipeline`` fixture unless the same session already ran it; ``ADVLIB_E2E_NOTEBOOK=generated``
+runs the browser part alone in about a minute.
 """
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +64,8 @@ pytestmark = [
 # "generated" needs only a ~100-step training run.
 TARGET = os.environ.get("ADVLIB_E2E_NOTEBOOK", "auto")
 
-# The tiny model of the generated world: ~95 Adam steps, seeded. Accuracy is low (~40-60%) and that is fine:
-# the test needs correctly classified images and an accuracy that changes with ε, not a good classifier.
+# The tiny model of the generated world: ~95 Adam steps, seeded, BatchNorm statistics recomputed afterwards. The
+# test needs correctly classified images and an accuracy that changes with ε, not a good classifier.
 TRAIN_SUBSET, TRAIN_EVAL, TRAIN_BATCH = 1500, 200, 16
 GENERATED_POOL, GENERATED_N, N_SHOW = 500, 100, 8  # select N correct images among the first POOL test images
 
@@ -130,7 +132,8 @@ def _generated_notebook():
                 "pool_x, pool_y = mnist.test_x[:n_pool], mnist.test_y[:n_pool]\n"
                 "idx = select_correct(model, pool_x, pool_y, n_images)\n"
                 "x, y = pool_x[idx], pool_y[idx]"),
-            nbf.new_code_cell("explorer = EpsExplorer(model, x, y, n_show=n_show, progress=False)\nexplorer"),
+            nbf.new_code_cell(f"explorer = EpsExplorer(model, x, y, n_show=n_show, eps_step={STEP}, "
+                              f"initial_eps={INITIAL_EPS}, progress=False)\nexplorer"),
         ],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
                   "language_info": {"name": "python"}},
@@ -153,6 +156,25 @@ def _prepare_notebook(src: Path, dest: Path, parameters: dict) -> None:
     nbformat.write(nb, dest)
 
 
+def _recalibrate_batchnorm(model, x, batch_size: int = 500) -> None:
+    """Set BatchNorm's running statistics to the exact statistics over x (weights untouched). After ~100 Adam
+    steps the running averages lag the weights and eval-mode accuracy swings between ~15% and ~85% with seed or
+    thread count (tests/conftest.py does the same); a degenerate model would make the slider test meaningless."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()
+
+
 def _train_tiny_checkpoint(path: Path, data_root: Path) -> None:
     from advlib.checkpoint import save_checkpoint
     from advlib.data import MNIST, load_mnist
@@ -162,6 +184,7 @@ def _train_tiny_checkpoint(path: Path, data_root: Path) -> None:
     data = MNIST(m.train_x, m.train_y, m.test_x[:TRAIN_EVAL], m.test_y[:TRAIN_EVAL])
     config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, seed=0)
     model, optimizer, history = train(data, config=config, progress=False)
+    _recalibrate_batchnorm(model, m.train_x)
     save_checkpoint(path, model, optimizer, history, config.to_dict(), metadata={"purpose": "tests/e2e"})
 
 
@@ -317,6 +340,8 @@ def lab_server(tmp_path_factory):
 def world(request, lab_server, data_root) -> World:
     """The checkpoint and the notebook under test, in the server's root dir (see TARGET)."""
     target = TARGET
+    if target not in ("auto", "narrative", "generated"):
+        pytest.fail(f"ADVLIB_E2E_NOTEBOOK must be auto, narrative or generated, got {target!r}")
     pipeline = None
     if target in ("auto", "narrative") and NARRATIVE_NOTEBOOK.exists():
         pipeline = _small_pipeline(request)
@@ -340,6 +365,7 @@ class Expected:
     labels: list[int]  # of the shown images
     preds: list[int]
     confidences: list[float]  # percent
+    near_tie: list[bool]  # top-2 probabilities within 1e-3: the predicted label may differ between two code paths
 
 
 @contextlib.contextmanager
@@ -374,6 +400,8 @@ class Oracle:
         self._cache: dict[float, Expected] = {}
 
     def __call__(self, eps: float) -> Expected:
+        import torch
+
         from advlib.attacks import fgsm, predict, to_pixel_eps
 
         eps = round(eps, 6)
@@ -382,10 +410,14 @@ class Oracle:
                 x_adv = fgsm(self.model, self.x, self.y, eps)
                 preds, _ = predict(self.model, x_adv)  # all images, one batch, as the explorer's sweep
                 shown_preds, shown_conf = predict(self.model, x_adv[: self.n_show])  # the shown ones, as state()
+                # only to excuse near-ties: EpsExplorer.state() runs model(x), predict() its own fast path
+                with torch.no_grad():
+                    top2 = torch.softmax(self.model.eval()(x_adv[: self.n_show]), dim=1).topk(2, dim=1).values
             k = int((preds == self.y).sum())
             self._cache[eps] = Expected(eps, to_pixel_eps(eps), 100.0 * k / len(self.y), len(self.y),
                                         self.y[: self.n_show].tolist(), shown_preds.tolist(),
-                                        (100.0 * shown_conf).tolist())
+                                        (100.0 * shown_conf).tolist(),
+                                        ((top2[:, 0] - top2[:, 1]) < 1e-3).tolist())
         return self._cache[eps]
 
 
@@ -546,14 +578,15 @@ def _mismatches(parsed: dict, exp: Expected) -> list[str]:
     if parsed["readout"] != f"{exp.eps:.3f}":
         bad.append(f"slider readout: shown {parsed['readout']!r}, expected {exp.eps:.3f}")
     shown_preds = [p for p, _ in parsed["preds"]]
-    if shown_preds != exp.preds:
+    if len(shown_preds) != len(exp.preds) or any(
+            p != e and not tie for p, e, tie in zip(shown_preds, exp.preds, exp.near_tie)):
         bad.append(f"predicted labels: shown {shown_preds}, expected {exp.preds}")
     # confidences: ±1 point, as rounding to whole percent may tip either way between two processes
     confs = [c for _, c in parsed["preds"]]
     if len(confs) != len(exp.confidences) or any(abs(c - e) > 1.0 for c, e in zip(confs, exp.confidences)):
         bad.append(f"confidences (%): shown {confs}, expected {[round(c, 1) for c in exp.confidences]}")
-    want_caps = [(t, p) for t, p in zip(exp.labels, exp.preds)]
     caps = [c[:2] if c else None for c in parsed["captions"]]
+    want_caps = [(t, c[1] if tie and c else p) for t, p, tie, c in zip(exp.labels, exp.preds, exp.near_tie, caps)]
     if caps != want_caps:
         bad.append(f"captions (true, pred): shown {caps}, expected {want_caps}")
     return bad

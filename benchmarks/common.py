@@ -1,0 +1,230 @@
+"""Shared pieces of the benchmarks: run settings, timing statistics, the machine record, child processes.
+
+Timing rules used everywhere: warm-up runs first (not timed), then several timed repetitions; a result is
+reported as its median with the spread (min, max, quartiles) and every raw run. Wall-clock time
+(time.perf_counter) is what is reported; the machine's load average is recorded next to each section because
+other processes on a 2-core machine change wall times a lot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]  # normalized units (images in [-1, 1]), as in the report
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work each section does. ``full`` is the real measurement; ``smoke`` only proves it runs."""
+
+    mode: str
+    train_steps: int  # optimizer steps per timed training run (batch 64)
+    train_repeats: int
+    full_epoch: bool  # also train a whole epoch with each pipeline and report test accuracy
+    train_images_for_accuracy: int | None  # None: all 60,000 (the "full epoch")
+    test_images_for_accuracy: int | None  # None: all 10,000
+    sweep_images: int  # the "1,000 correctly classified test images"
+    loop_repeats: int  # the per-image loop is slow: fewer repetitions
+    sweep_repeats: int
+    full_sweep_images: int  # the "whole test set"
+    full_sweep_repeats: int
+    peer_batch: int  # torchattacks batch size on the whole test set (one batch of 10,000 needs ~5 GB)
+    slider_moves: int
+    slider_builds: int
+    pipeline: bool
+    matmul_n: int
+
+
+SETTINGS = {
+    "full": Settings("full", train_steps=300, train_repeats=3, full_epoch=True, train_images_for_accuracy=None,
+                     test_images_for_accuracy=None,
+                     sweep_images=1000, loop_repeats=3, sweep_repeats=5, full_sweep_images=10_000,
+                     full_sweep_repeats=3, peer_batch=1000, slider_moves=200, slider_builds=3, pipeline=True,
+                     matmul_n=2048),
+    "quick": Settings("quick", train_steps=100, train_repeats=2, full_epoch=True, train_images_for_accuracy=12_800,
+                      test_images_for_accuracy=None,
+                      sweep_images=1000, loop_repeats=1, sweep_repeats=3, full_sweep_images=10_000,
+                      full_sweep_repeats=1, peer_batch=1000, slider_moves=100, slider_builds=1, pipeline=False,
+                      matmul_n=1024),
+    "smoke": Settings("smoke", train_steps=3, train_repeats=1, full_epoch=True, train_images_for_accuracy=640,
+                      test_images_for_accuracy=500,
+                      sweep_images=16, loop_repeats=1, sweep_repeats=1, full_sweep_images=64,
+                      full_sweep_repeats=1, peer_batch=32, slider_moves=5, slider_builds=1, pipeline=False,
+                      matmul_n=128),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, min, max, first and third quartile (linear interpolation) and the raw runs."""
+    s = sorted(samples)
+
+    def quantile(q: float) -> float:
+        pos = q * (len(s) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    return {"median": quantile(0.5), "min": s[0], "max": s[-1], "q1": quantile(0.25), "q3": quantile(0.75),
+            "n": len(s), "runs": list(samples)}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    pos = q / 100 * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[dict, object]:
+    """Call fn warmup times untimed, then repeats times timed. Returns (seconds summary, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return summarize(seconds), result
+
+
+def rate(seconds: dict, work: float) -> dict:
+    """Turn a seconds summary into a work-per-second summary (the slowest run gives the min rate)."""
+    runs = [work / t for t in seconds["runs"]]
+    return summarize(runs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The machine
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    from advlib.checkpoint import git_revision
+
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": package_version("torchvision"),
+        "torchattacks": package_version("torchattacks"),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "git_revision": git_revision(ROOT),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Child processes (peak memory, the end-to-end run)
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    """Resident memory of pid and all its descendants, summed (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_child(args: list[str], timeout: float) -> dict:
+    """Run ``python -m benchmarks.child ARGS`` (with this process's torch thread count, through OMP_NUM_THREADS,
+    which the notebook kernels inherit too) and return its JSON report (its last stdout line), plus:
+    wall_s (the whole process, imports included) and tree_rss_peak_mb (sampled every 0.1 s: the largest sum of
+    resident memory over the child and its descendants at one moment)."""
+    cmd = [sys.executable, "-m", "benchmarks.child", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same threads as this process
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _tree_rss_bytes(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"`{' '.join(cmd)}` ran past {timeout:.0f} s; stderr tail:\n{err[-2000:]}") from None
+    finally:
+        done.set()
+        sampler.join()
+    wall = time.perf_counter() - start
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); stderr tail:\n{err[-2000:]}")
+    report = json.loads(lines[-1])
+    report["wall_s"] = wall
+    report["tree_rss_peak_mb"] = peak[0] / 2**20
+    return report
+
+
+def peak_memory_report() -> dict:
+    """Called in a child at its end: its own peak RSS (VmHWM) and the largest peak among its waited-for children."""
+    import resource
+
+    hwm_kb = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm_kb = int(line.split()[1])
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
+    return {"self_peak_rss_mb": hwm_kb / 1024, "children_peak_rss_mb": children_kb / 1024}
+
+
+def settings_dict(settings: Settings) -> dict:
+    return asdict(settings)
