@@ -15,6 +15,7 @@ Conventions shared by every attack:
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -46,7 +47,7 @@ def to_normalized_eps(eps_pixel: float) -> float:
 def check_eps(eps: float, name: str = "eps") -> float:
     if isinstance(eps, torch.Tensor):
         eps = eps.item()
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):  # numbers.Real admits numpy scalars too
         raise ValueError(f"{name} must be a number in normalized units (images in [-1, 1]), got {type(eps).__name__}")
     if math.isnan(eps) or math.isinf(eps):
         raise ValueError(f"{name} must be finite, got {eps}")
@@ -208,7 +209,11 @@ def eval_forward(model: nn.Module):
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted class (N,) and max softmax probability (N,) in eval mode, without gradients."""
+    """Predicted class (N,) and max softmax probability (N,) in eval mode, without gradients.
+
+    The forward pass is :func:`eval_forward`'s (BatchNorm folded for a SmallResNet: model(x) up to float rounding),
+    at most min(batch_size, CHUNK) images at a time; the result does not depend on batch_size.
+    """
     preds, confs = [], []
     with eval_mode(model), torch.no_grad():
         forward = eval_forward(model)
@@ -232,12 +237,17 @@ def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
 
 def sweep_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor,
                     eps_list: Sequence[float], *, batch_size: int = 2000, progress: bool = False) -> SweepResult:
-    """Predictions on clamp(x + eps * direction, -1, 1) for every eps: forward passes only."""
+    """Predictions on clamp(x + eps * direction, -1, 1) for every eps: forward passes only, the same as
+    :func:`predict` on each eps's images."""
     from tqdm.auto import tqdm
 
     eps_list = [check_eps(e) for e in eps_list]
     if not eps_list:
         raise ValueError("eps_list is empty: give at least one eps (normalized units)")
+    check_batch(x, y)
+    if not isinstance(direction, torch.Tensor) or direction.shape != x.shape:
+        raise ValueError(f"direction must have the shape of x {tuple(x.shape)}, got "
+                         f"{tuple(getattr(direction, 'shape', ()))}; compute it with fgsm_direction(model, x, y)")
     preds = torch.empty(len(eps_list), len(x), dtype=torch.long, device=x.device)
     confs = torch.empty(len(eps_list), len(x), device=x.device)
     chunks = _chunks(len(x), min(batch_size, CHUNK))

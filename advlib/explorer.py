@@ -13,10 +13,9 @@ import io
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from advlib.attacks import check_batch, eval_mode, fgsm_direction, sweep_direction, to_pixel_eps
+from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction, to_pixel_eps
 
 
 def _grid(eps_max: float, eps_step: float) -> list[float]:
@@ -64,8 +63,7 @@ class EpsExplorer:
         eps = self.eps_grid[i]
         xs, ys = self.x[: self.n_show], self.y[: self.n_show]
         x_adv = (xs + eps * self.direction[: self.n_show]).clamp(-1, 1)
-        with eval_mode(self.model), torch.no_grad():
-            conf, pred = F.softmax(self.model(x_adv), dim=1).max(dim=1)
+        pred, conf = predict(self.model, x_adv)  # the same forward path as the sweep behind accuracy_curve
         acc = self.accuracy_curve[i]
         return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(self.x), "adv_accuracy": acc,
                 "asr": 100.0 - acc, "labels": ys.tolist(), "preds": pred.tolist(),

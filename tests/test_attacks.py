@@ -170,10 +170,6 @@ def test_sweep_direction_equals_clamped_steps(trained_model, batch64):
         assert torch.equal(result.preds[i], preds) and torch.equal(result.confidences[i], confs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "advlib/attacks.py sweep_direction never calls check_batch and does not check direction's shape: x outside "
-    "[-1, 1] or labels outside 0..9 are accepted silently, a (1, 1, 32, 32) direction is broadcast to every image, "
-    "and a direction with too few rows fails with a RuntimeError; the module promises ValueError for bad input"))
 @pytest.mark.parametrize("case", ["x in [0, 255]", "label 30", "direction broadcast", "direction too short"])
 def test_sweep_direction_rejects_bad_input(untrained_model, batch64, case):
     x, y = batch64
@@ -363,10 +359,6 @@ def test_good_input_variants_accepted(untrained_model, batch64):
     fgsm(untrained_model, x[:1], y[:1], 0.1)  # a single image
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "advlib/attacks.py check_eps: isinstance(eps, (int, float)) rejects numpy scalars such as np.float32(0.1) "
-    "(e.g. from np.linspace(..., dtype=np.float32) or a float32 array) with the contradictory message "
-    "'eps must be a number ..., got float32'; numbers.Real would accept them"))
 @pytest.mark.parametrize("eps", [np.float32(0.1), np.int64(0)], ids=["float32", "int64"])
 def test_numpy_scalar_eps_accepted(untrained_model, batch64, eps):
     x, y = batch64

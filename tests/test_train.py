@@ -135,9 +135,6 @@ def test_train_config_rejects(kwargs, match):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "advlib/train.py resolve_device: torch.device('gpu') raises RuntimeError before the ValueError check; "
-    "a device string torch does not know should raise ValueError like every other bad TrainConfig field"))
 @pytest.mark.parametrize("device", ["gpu", "tpu"])
 def test_unknown_device_string_is_value_error(device):
     with pytest.raises(ValueError, match="device"):
