@@ -63,13 +63,15 @@ class History:
     test_accuracy: list[float] = field(default_factory=list)  # clean test accuracy after each epoch
     pgd_check_accuracy: list[float] = field(default_factory=list)  # adversarial training only
     seconds: list[float] = field(default_factory=list)  # wall time per epoch
+    kept_epoch: int | None = None  # adversarial training: the epoch (1-based) whose weights were kept
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()
+                      if k in cls.__dataclass_fields__})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -137,6 +139,7 @@ def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: Trai
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     check_x, check_y = test_x[-config.adv_check_size:], test_y[-config.adv_check_size:]
     history = History()
+    best_state = None  # adversarial training keeps the epoch with the best PGD check accuracy
     steps_per_epoch = -(-len(train_x) // config.batch_size)
     for epoch in range(config.epochs):
         start = time.perf_counter()
@@ -164,10 +167,20 @@ def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: Trai
         if config.adversarial is not None:
             x_check = pgd(model, check_x, check_y, config.adv_eps, steps=10, seed=config.seed)
             history.pgd_check_accuracy.append(accuracy(model, x_check, check_y))
+            if history.pgd_check_accuracy[-1] >= max(history.pgd_check_accuracy):
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                history.kept_epoch = epoch + 1
         history.seconds.append(time.perf_counter() - start)
         if progress:
             extra = f", PGD-10 check {history.pgd_check_accuracy[-1]:.2f}%" if history.pgd_check_accuracy else ""
             print(f"epoch {epoch + 1}: loss {history.epoch_loss[-1]:.4f}, train acc {history.train_accuracy[-1]:.2f}%, "
                   f"test acc {history.test_accuracy[-1]:.2f}%{extra}")
+    if best_state is not None and history.kept_epoch != config.epochs:
+        # Catastrophic overfitting (Wong et al. 2020): robustness to PGD collapsed in a later epoch. Keep the
+        # weights of the epoch with the best PGD check accuracy, as their early stopping does. (The optimizer
+        # state stays that of the last step.)
+        model.load_state_dict(best_state)
+        if progress:
+            print(f"PGD check accuracy fell after epoch {history.kept_epoch}: keeping that epoch's weights")
     model.to(memory_format=torch.contiguous_format).eval()
     return model, optimizer, history

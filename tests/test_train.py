@@ -237,3 +237,20 @@ def test_adversarial_batch_uses_the_generator(model_copy, batch):
     b = adversarial_batch(model_copy, x, y, config, torch.Generator().manual_seed(1))
     c = adversarial_batch(model_copy, x, y, config, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_adversarial_training_keeps_the_epoch_with_the_best_pgd_check(mnist_small, monkeypatch):
+    """Guard against catastrophic overfitting: when the PGD check accuracy collapses in a later epoch, the
+    weights of the best epoch are kept (checked against a run that stops after that epoch, same seed)."""
+    import advlib.train as train_module
+
+    config = dict(epochs=1, batch_size=64, seed=3, adversarial="fgsm_rs", adv_check_size=32)
+    one_epoch, _, _ = train(mnist_small, config=TrainConfig(**config), progress=False)
+
+    readings = iter([50.0, 80.0, 50.0, 10.0])  # per epoch: clean test accuracy, then PGD check accuracy
+    monkeypatch.setattr(train_module, "accuracy", lambda *args, **kwargs: next(readings))
+    kept, _, history = train(mnist_small, config=TrainConfig(**{**config, "epochs": 2}), progress=False)
+    assert history.pgd_check_accuracy == [80.0, 10.0]
+    assert history.kept_epoch == 1
+    for name, tensor in one_epoch.state_dict().items():
+        assert torch.equal(tensor, kept.state_dict()[name]), name
