@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         say("[1] training throughput")
         sections["training"], model = train_speed.run(settings, args.data_root, data, say)
         write(results, out, started)
-    if model is None:  # the sections below need a trained model
+    if model is None and set(only) & {"sweep", "slider", "memory", "efficiency"}:  # these need a trained model
         n = settings.train_images_for_accuracy or len(data.train_x)
         say(f"training a model on {n} images for the attack sections ...")
         model, _, _ = train(MNIST(data.train_x[:n], data.train_y[:n], data.test_x, data.test_y),
                             config=TrainConfig(epochs=1), progress=False)
-    x, y = attack_set(model, data, settings.sweep_images)
+    x, y = attack_set(model, data, settings.sweep_images) if model is not None else (None, None)
     x_full, y_full = data.test_x[: settings.full_sweep_images], data.test_y[: settings.full_sweep_images]
 
     if "sweep" in only:

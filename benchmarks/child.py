@@ -5,15 +5,28 @@
     python -m benchmarks.child pipeline --data-root data --notebook-dir NB --work-dir DIR
 
 Each prints one JSON line: what it did, its seconds, and its peak resident memory (VmHWM) and that of its
-largest finished child process (the notebook kernels, for the pipeline).
+largest finished child process (the notebook kernels, for the pipeline). Nothing is imported at the top that
+the job does not need (the pipeline's own process does not import torch, so neither does this one for it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
+from pathlib import Path
 
-from benchmarks.common import EPS_GRID, peak_memory_report
+from benchmarks import EPS_GRID
+
+
+def peak_memory_report() -> dict:
+    """This process's peak RSS (VmHWM) and the largest peak among its finished children (ru_maxrss), in MB."""
+    hwm_kb = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm_kb = int(line.split()[1])
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
+    return {"self_peak_rss_mb": hwm_kb / 1024, "children_peak_rss_mb": children_kb / 1024}
 
 
 def train_job(data_root: str, images: int) -> dict:
@@ -40,8 +53,6 @@ def sweep_job(data_root: str, checkpoint: str, images: int) -> dict:
 
 
 def pipeline_job(data_root: str, notebook_dir: str, work_dir: str) -> dict:
-    from pathlib import Path
-
     from advlib.pipeline import run_pipeline
 
     work = Path(work_dir)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-EPS_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]  # normalized units (images in [-1, 1]), as in the report
+from benchmarks import EPS_GRID  # noqa: F401 - re-exported for the section modules
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,20 @@ def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[
         result = fn()
         seconds.append(time.perf_counter() - start)
     return summarize(seconds), result
+
+
+def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> tuple[dict, dict]:
+    """Time several methods fairly on a machine whose load changes: an untimed warm-up call of each (unless
+    warmup is False, e.g. when an earlier section already ran them), then `repeats` rounds in which each runs
+    once in turn. Returns ({name: seconds summary}, {name: last result})."""
+    results = {name: run() for name, run in runs.items()} if warmup else {}
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: summarize(s) for name, s in seconds.items()}, results
 
 
 def rate(seconds: dict, work: float) -> dict:
@@ -212,18 +226,6 @@ def run_child(args: list[str], timeout: float) -> dict:
     report["wall_s"] = wall
     report["tree_rss_peak_mb"] = peak[0] / 2**20
     return report
-
-
-def peak_memory_report() -> dict:
-    """Called in a child at its end: its own peak RSS (VmHWM) and the largest peak among its waited-for children."""
-    import resource
-
-    hwm_kb = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm_kb = int(line.split()[1])
-    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
-    return {"self_peak_rss_mb": hwm_kb / 1024, "children_peak_rss_mb": children_kb / 1024}
 
 
 def settings_dict(settings: Settings) -> dict:

@@ -14,6 +14,8 @@ def _get(d: dict, *keys):
 
 def _target(tid: str, description: str, goal: str, measured, unit: str, ok, note: str = "") -> dict:
     """met is True/False, or None when the quantity was not measured (note says why)."""
+    if measured is None and not note:
+        note = "not measured in this run (its section was not run)"
     return {"id": tid, "description": description, "goal": goal, "measured": measured, "unit": unit,
             "met": None if measured is None else bool(ok), "note": note}
 
@@ -74,7 +76,9 @@ def _f(v, digits: int = 2) -> str:
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
         return f"{v:,.{digits}f}"
     return str(v)
 
@@ -88,9 +92,9 @@ def _spread(stats: dict | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def markdown(results: dict) -> str:
     m, s = results["machine"], results["sections"]
-    lines = [f"# Benchmarks ({results['mode']} run)", "",
+    lines = [f"# Benchmarks ({results['mode']} run)", "", f"Command: `{results['command'].strip()}`.", "",
              f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, torch {m['torch']} with "
-             f"{m['torch_num_threads']} threads; load average {m['loadavg_at_start']} at the start, "
+             f"{m['torch_num_threads']} thread(s); load average {m['loadavg_at_start']} at the start, "
              f"{results['loadavg_at_end']} at the end (1, 5, 15 min). Run took {results['duration_s']:.0f} s on "
              f"{results['started_at']}. Times: median [min–max] over the repetitions in results.json.", ""]
     if results["mode"] != "full":
@@ -98,18 +102,24 @@ def markdown(results: dict) -> str:
     lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for t in results["targets"]:
         met = {True: "yes", False: "**NO**", None: "not measured"}[t["met"]]
-        note = f" ({t['note']})" if t["note"] and t["met"] is None else ""
-        lines.append(f"| {t['description']} | {t['goal']} | {_f(t['measured'])} {t['unit']}{note} | {met} |")
+        measured = f"{_f(t['measured'])} {t['unit']}" if t["met"] is not None else t["note"]
+        lines.append(f"| {t['description']} | {t['goal']} | {measured} | {met} |")
 
     tr = s.get("training")
     if tr:
-        lines += ["", f"## Training (batch {tr['batch_size']}, Adam lr {tr['lr']}, {tr['steps']} steps per run)", "",
+        lines += ["", f"## Training (batch {tr['batch_size']}, Adam lr {tr['lr']}, {tr['steps']} steps per run, "
+                  f"torch threads: {tr['torch_threads']})", "",
                   "| pipeline | images/s | s per run |", "|---|---|---|"]
         for k, v in tr["textbook"].items():
             lines.append(f"| textbook, {k.replace('_', ' ')} | {_spread(v['images_per_s'], digits=0)} | "
                          f"{_spread(v['seconds'])} |")
         lines.append(f"| advlib.train.train | {_spread(tr['advlib']['images_per_s'], digits=0)} | "
                      f"{_spread(tr['advlib']['seconds'])} |")
+        one = tr.get("one_thread")
+        if one:
+            for k, label in (("textbook_num_workers_0", "textbook, num workers 0"), ("advlib", "advlib.train.train")):
+                lines.append(f"| {label}, 1 torch thread (information) | "
+                             f"{_spread(one[k]['images_per_s'], digits=0)} | {_spread(one[k]['seconds'])} |")
         ep = tr.get("epoch")
         if ep:
             lines += ["", "| one epoch | train images | wall s (incl. test eval) | test accuracy % [95% CI] |",
@@ -120,10 +130,12 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {k} | {e['train_images']:,} | {e['seconds']:.1f} | {e['test_accuracy']:.2f} "
                              f"[{ci[0]:.2f}–{ci[1]:.2f}] |")
 
-    for key, title in (("sweep_subset", "correctly classified test images"), ("sweep_full", "whole test set")):
+    for key, title in (("sweep_subset", "correctly classified test images"), ("sweep_full", "test images")):
         sw = s.get(key)
         if not sw:
             continue
+        if key == "sweep_full" and sw["images"] == 10_000:
+            title = "test images (the whole test set)"
         lines += ["", f"## FGSM sweep, {sw['images']:,} {title}, {len(sw['eps'])} eps ({sw['eps'][0]}–"
                   f"{sw['eps'][-1]}, normalized units)", "",
                   "| method | seconds | adversarial evaluations/s | slower than advlib |", "|---|---|---|---|"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from advlib.attacks import fgsm_sweep, to_pixel_eps
 
-from benchmarks.common import EPS_GRID, Settings, loadavg, time_runs
+from benchmarks.common import EPS_GRID, Settings, loadavg, time_interleaved, time_runs
 
 
 def per_image_loop(model, x, y, eps_list) -> torch.Tensor:
@@ -85,20 +85,18 @@ def run_subset(settings: Settings, model, x, y, say=print) -> dict:
     n, work = len(x), len(x) * len(EPS_GRID)
     load = [loadavg()]
     section = {"images": n, "eps": EPS_GRID, "adversarial_evaluations": work, "methods": {}}
-    preds = {}
-
-    say(f"  (c) advlib fgsm_sweep on {n} images x {settings.sweep_repeats} ...")
-    seconds, preds["advlib"] = time_runs(lambda: advlib_sweep(model, x, y, EPS_GRID), settings.sweep_repeats)
-    section["methods"]["advlib"] = {"seconds": seconds}
-
+    runs = {"advlib": lambda: advlib_sweep(model, x, y, EPS_GRID)}
     if peer_available():
-        say(f"  (b) torchattacks FGSM per eps on {n} images x {settings.sweep_repeats} ...")
-        seconds, preds["torchattacks"] = time_runs(lambda: peer_sweep(model, x, y, EPS_GRID, n),
-                                                   settings.sweep_repeats)
-        section["methods"]["torchattacks"] = {"seconds": seconds, "batch_size": n}
+        runs["torchattacks"] = lambda: peer_sweep(model, x, y, EPS_GRID, n)
     else:
         section["methods"]["torchattacks"] = {"not_measured": "torchattacks is not installed "
                                                               "(pip install --no-deps torchattacks)"}
+    say(f"  (c) advlib fgsm_sweep and (b) torchattacks on {n} images, {settings.sweep_repeats} interleaved rounds ...")
+    seconds, preds = time_interleaved(runs, settings.sweep_repeats)
+    for name in runs:
+        section["methods"][name] = {"seconds": seconds[name]}
+    if "torchattacks" in runs:
+        section["methods"]["torchattacks"]["batch_size"] = n
 
     say(f"  (a) per-image loop on {n} images x {settings.loop_repeats} ...")
     warm = min(20, n)
@@ -124,18 +122,19 @@ def run_full(settings: Settings, model, x, y, per_image_seconds: float | None, s
     n, work = len(x), len(x) * len(EPS_GRID)
     load = [loadavg()]
     section = {"images": n, "eps": EPS_GRID, "adversarial_evaluations": work, "methods": {}}
-    preds = {}
-    say(f"  (c) advlib fgsm_sweep on {n} images x {settings.full_sweep_repeats} ...")
-    seconds, preds["advlib"] = time_runs(lambda: advlib_sweep(model, x, y, EPS_GRID), settings.full_sweep_repeats)
-    section["methods"]["advlib"] = {"seconds": seconds}
+    runs = {"advlib": lambda: advlib_sweep(model, x, y, EPS_GRID)}
+    b = settings.peer_batch
     if peer_available():
-        b = settings.peer_batch
-        say(f"  (b) torchattacks FGSM per eps on {n} images (batches of {b}) x {settings.full_sweep_repeats} ...")
-        seconds, preds["torchattacks"] = time_runs(lambda: peer_sweep(model, x, y, EPS_GRID, b),
-                                                   settings.full_sweep_repeats, warmup=0)
-        section["methods"]["torchattacks"] = {"seconds": seconds, "batch_size": b}
+        runs["torchattacks"] = lambda: peer_sweep(model, x, y, EPS_GRID, b)
     else:
         section["methods"]["torchattacks"] = {"not_measured": "torchattacks is not installed"}
+    say(f"  (c) advlib fgsm_sweep and (b) torchattacks (batches of {b}) on {n} images, "
+        f"{settings.full_sweep_repeats} interleaved rounds (warmed up by section 2) ...")
+    seconds, preds = time_interleaved(runs, settings.full_sweep_repeats, warmup=False)
+    for name in runs:
+        section["methods"][name] = {"seconds": seconds[name]}
+    if "torchattacks" in runs:
+        section["methods"]["torchattacks"]["batch_size"] = b
     if per_image_seconds is not None:
         section["methods"]["per_image_loop"] = {"estimated_seconds": per_image_seconds * work,
                                                 "note": "not run: per-image-per-eps time of section 2 x "

@@ -60,33 +60,40 @@ def textbook_steps(model, optimizer, batches, steps: int) -> float:
     return running
 
 
-def time_textbook(ds, steps: int, repeats: int, num_workers: int, warmup_steps: int = 3) -> dict:
-    """Seconds for `steps` steps, timed after warm-up steps on a fresh iterator (workers already started)."""
-    seconds = []
-    for _ in range(repeats + 1):  # the first run is a warm-up
-        model, optimizer = fresh_model()
-        batches = iter(textbook_loader(ds, num_workers))
-        textbook_steps(model, optimizer, batches, warmup_steps)
-        start = time.perf_counter()
-        textbook_steps(model, optimizer, batches, steps)
-        seconds.append(time.perf_counter() - start)
-        del batches  # shuts the workers down
-    return summarize(seconds[1:])
+def textbook_run(ds, steps: int, num_workers: int, warmup_steps: int = 3) -> float:
+    """Seconds for `steps` textbook steps from a fresh model, timed after a few warm-up steps on a fresh
+    iterator (so its workers, if any, are already running)."""
+    model, optimizer = fresh_model()
+    batches = iter(textbook_loader(ds, num_workers))
+    textbook_steps(model, optimizer, batches, warmup_steps)
+    start = time.perf_counter()
+    textbook_steps(model, optimizer, batches, steps)
+    seconds = time.perf_counter() - start
+    del batches  # shuts the workers down
+    return seconds
 
 
-def time_advlib(data: MNIST, steps: int, repeats: int) -> dict:
-    """Seconds for one advlib.train.train call over steps * 64 images (fresh model each time)."""
+def advlib_run(data: MNIST, steps: int) -> float:
+    """Seconds for one advlib.train.train call over steps * 64 images (fresh model, as every call)."""
     n = steps * BATCH
     subset = MNIST(data.train_x[:n], data.train_y[:n], data.test_x[:BATCH], data.test_y[:BATCH])
-    config = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=SEED)
-    warm = MNIST(data.train_x[: 5 * BATCH], data.train_y[: 5 * BATCH], data.test_x[:BATCH], data.test_y[:BATCH])
-    train(warm, config=config, progress=False)
-    seconds = []
+    start = time.perf_counter()
+    train(subset, config=TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=SEED), progress=False)
+    return time.perf_counter() - start
+
+
+def time_interleaved(runs: dict, steps: int, repeats: int, warmup_steps: int = 10) -> dict:
+    """runs: {name: run(steps) -> seconds}. A short untimed warm-up of each, then `repeats` rounds that run
+    each once in turn, so a change in the machine's load hits every pipeline alike.
+    Returns {name: {"seconds", "images_per_s"}}."""
+    for run in runs.values():
+        run(min(warmup_steps, steps))
+    seconds = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        train(subset, config=config, progress=False)
-        seconds.append(time.perf_counter() - start)
-    return summarize(seconds)
+        for name, run in runs.items():
+            seconds[name].append(run(steps))
+    return {name: {"seconds": summarize(s), "images_per_s": rate(summarize(s), steps * BATCH)}
+            for name, s in seconds.items()}
 
 
 def textbook_epoch(root: str, num_workers: int, limit: int | None, test_limit: int | None) -> dict:
@@ -127,20 +134,34 @@ def run(settings: Settings, root: str, data: MNIST, say=print):
     start = time.perf_counter()
     ds = textbook_dataset(root)
     textbook_setup_s = time.perf_counter() - start
-    textbook = {}
-    for workers in (0, 2):
-        say(f"  textbook pipeline, num_workers={workers}: {steps} steps x {settings.train_repeats} ...")
-        seconds = time_textbook(ds, steps, settings.train_repeats, workers)
-        textbook[f"num_workers_{workers}"] = {"seconds": seconds, "images_per_s": rate(seconds, images)}
+    say(f"  textbook pipeline (num_workers 0 and 2) and advlib.train.train: {steps} steps, "
+        f"{settings.train_repeats} interleaved rounds ...")
+    timed = time_interleaved({"num_workers_0": lambda n: textbook_run(ds, n, 0),
+                              "num_workers_2": lambda n: textbook_run(ds, n, 2),
+                              "advlib": lambda n: advlib_run(data, n)}, steps, settings.train_repeats)
+    advlib = timed.pop("advlib")
+    textbook = timed
     best = max(textbook, key=lambda k: textbook[k]["images_per_s"]["median"])
-    say(f"  advlib.train.train: {steps} steps x {settings.train_repeats} ...")
-    seconds = time_advlib(data, steps, settings.train_repeats)
-    advlib = {"seconds": seconds, "images_per_s": rate(seconds, images)}
+    one_thread = None
+    threads = torch.get_num_threads()
+    if threads > 1:
+        # For information, not for the targets: both pipelines again with one torch thread. Ops on 64 tiny
+        # images gain little from a second thread, and spin-waiting threads crawl when another process holds
+        # a core, so on a busy machine this row is the one that shows each pipeline's own cost.
+        say("  both again with torch.set_num_threads(1) ...")
+        torch.set_num_threads(1)
+        try:
+            one_thread = time_interleaved({"textbook_num_workers_0": lambda n: textbook_run(ds, n, 0),
+                                           "advlib": lambda n: advlib_run(data, n)}, steps, settings.train_repeats)
+        finally:
+            torch.set_num_threads(threads)
+        one_thread["speedup"] = (one_thread["advlib"]["images_per_s"]["median"]
+                                 / one_thread["textbook_num_workers_0"]["images_per_s"]["median"])
     load.append(loadavg())
     section = {
         "batch_size": BATCH, "lr": LR, "optimizer": "Adam", "steps": steps, "images_per_run": images,
         "textbook": textbook, "textbook_best": best, "textbook_dataset_setup_s": textbook_setup_s,
-        "advlib": advlib,
+        "advlib": advlib, "torch_threads": threads, "one_thread": one_thread,
         "speedup_vs_textbook_best": advlib["images_per_s"]["median"] / textbook[best]["images_per_s"]["median"],
         "speedup_vs_textbook_num_workers_0": (advlib["images_per_s"]["median"]
                                               / textbook["num_workers_0"]["images_per_s"]["median"]),
