@@ -27,7 +27,7 @@ test: data  ## unit tests, pipeline and browser tests, then nbval over the commi
 	$(PY) -m pytest tests --nbval notebooks --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 1800
 
-seeds: data  ## the seed study (5 seeds of training + sweep, about 10 minutes): figures/graph11_seed_spread.png
+seeds: data  ## the seed study (5 seeds of training + sweep, about 15 minutes): figures/graph11_seed_spread.png
 	$(PY) -m advlib.pipeline --seed-study 0,1,2,3,4 $(ARGS)
 
 bench: data  ## speed and memory benchmarks: benchmarks/results.json and results.md
