@@ -23,8 +23,16 @@ data: $(STAMP)  ## fetch and verify MNIST into data/ (no-op when already there)
 report: data  ## run the stage notebooks with papermill: figures/, figures/metrics.json, notebooks/*.ipynb
 	$(PY) -m advlib.pipeline $(ARGS)
 
-test: data  ## unit tests, pipeline and browser tests, then nbval over the committed notebooks
-	$(PY) -m pytest tests --nbval notebooks --nbval-current-env \
+# nbval re-executes the committed notebooks and compares their outputs. It runs copies (with a copy of figures/ and
+# a link to data/) so that the test run never overwrites the committed figures and metrics. nbval reads a cell's
+# output messages only after the cell ends and the kernel's message queue drops the overflow, so progress bars
+# update every 30 s here (TQDM_MININTERVAL) instead of ten times a second.
+NBVAL_DIR := test-artifacts/nbval
+
+test: data  ## unit tests, pipeline and browser tests, then nbval over copies of the committed notebooks
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
+	cp -r notebooks figures $(NBVAL_DIR)/ && ln -s $(CURDIR)/data $(NBVAL_DIR)/data
+	TQDM_MININTERVAL=30 $(PY) -m pytest tests --nbval $(NBVAL_DIR)/notebooks --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 1800
 
 seeds: data  ## the seed study (5 seeds of training + sweep, about 15 minutes): figures/graph11_seed_spread.png

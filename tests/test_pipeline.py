@@ -124,6 +124,18 @@ def test_every_stage_declares_the_shared_parameters():
             assert name in declared, f"{stage} does not declare {name}"
 
 
+def test_nbval_markers_are_ones_nbval_recognises():
+    """nbval only honours a comment that is exactly a marker: "# NBVAL_IGNORE_OUTPUT: why" is silently ignored."""
+    from nbval.plugin import comment_markers
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for line in cell.source.splitlines():
+                word = line.strip().lstrip("#").strip()
+                if line.strip().startswith("#") and word.startswith(("NBVAL", "PYTEST_VALIDATE")):
+                    assert word in comment_markers, f"{path.name} cell {index}: {line!r} is not an nbval marker"
+
+
 @pytest.mark.parametrize("text, value", [("1", 1), ("0.5", 0.5), ("None", None), ("[0, 0.1]", [0, 0.1]),
                                          ("fgsm_rs", "fgsm_rs"), ("true", True)])
 def test_command_line_values(text, value):
