@@ -32,6 +32,7 @@ class Settings:
     train_steps: int  # optimizer steps per timed training run (batch 64)
     train_repeats: int
     full_epoch: bool  # also train a whole epoch with each pipeline and report test accuracy
+    epoch_seeds: int  # that epoch for seeds 0..epoch_seeds-1: the accuracy difference is judged against seed noise
     train_images_for_accuracy: int | None  # None: all 60,000 (the "full epoch")
     test_images_for_accuracy: int | None  # None: all 10,000
     sweep_images: int  # the "1,000 correctly classified test images"
@@ -47,17 +48,17 @@ class Settings:
 
 
 SETTINGS = {
-    "full": Settings("full", train_steps=300, train_repeats=3, full_epoch=True, train_images_for_accuracy=None,
+    "full": Settings("full", train_steps=300, train_repeats=3, full_epoch=True, epoch_seeds=3, train_images_for_accuracy=None,
                      test_images_for_accuracy=None,
                      sweep_images=1000, loop_repeats=3, sweep_repeats=5, full_sweep_images=10_000,
                      full_sweep_repeats=3, peer_batch=1000, slider_moves=200, slider_builds=3, pipeline=True,
                      matmul_n=2048),
-    "quick": Settings("quick", train_steps=100, train_repeats=2, full_epoch=True, train_images_for_accuracy=12_800,
+    "quick": Settings("quick", train_steps=100, train_repeats=2, full_epoch=True, epoch_seeds=1, train_images_for_accuracy=12_800,
                       test_images_for_accuracy=None,
                       sweep_images=1000, loop_repeats=1, sweep_repeats=3, full_sweep_images=10_000,
                       full_sweep_repeats=1, peer_batch=1000, slider_moves=100, slider_builds=1, pipeline=False,
                       matmul_n=1024),
-    "smoke": Settings("smoke", train_steps=3, train_repeats=1, full_epoch=True, train_images_for_accuracy=640,
+    "smoke": Settings("smoke", train_steps=3, train_repeats=1, full_epoch=True, epoch_seeds=1, train_images_for_accuracy=640,
                       test_images_for_accuracy=500,
                       sweep_images=16, loop_repeats=1, sweep_repeats=1, full_sweep_images=64,
                       full_sweep_repeats=1, peer_batch=32, slider_moves=5, slider_builds=1, pipeline=False,

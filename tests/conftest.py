@@ -17,7 +17,7 @@ import torch
 
 from advlib.data import MNIST, MNIST_MD5, REGISTRY_PACKAGE, REGISTRY_WHEEL, fetch_mnist, is_verified, load_mnist
 from advlib.model import ResNetConfig, SmallResNet
-from advlib.train import History, TrainConfig, train
+from advlib.train import History, TrainConfig, recalibrate_batchnorm, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,26 +29,6 @@ torch.set_num_threads(1)
 TRAIN_SUBSET = 4000
 TRAIN_CONFIG = TrainConfig(epochs=1, batch_size=32, lr=0.01, seed=0)
 TEST_SUBSET = 1000  # test images evaluated during training (keeps the fixture fast)
-
-
-def recalibrate_batchnorm(model: SmallResNet, x: torch.Tensor, batch_size: int = 500) -> None:
-    """Replace BatchNorm's running statistics by the exact population statistics over x.
-
-    After only ~100 Adam steps at lr 0.01 the running averages (momentum 0.1) lag the fast-moving weights, and
-    eval-mode accuracy swings between ~15% and ~85% with the seed or the thread count. Recomputed statistics give
-    a stable ~90%, which the "attacks lower accuracy" tests need. The weights are train()'s, untouched.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
-    model.train()
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
-    for bn in norms:
-        bn.momentum = 0.1
-    model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -62,8 +62,28 @@ def test_training_section(results):
     assert {"num_workers_0", "num_workers_2"} == set(tr["textbook"])
     for run in [*tr["textbook"].values(), tr["advlib"]]:
         assert is_stats(run["seconds"]) and is_stats(run["images_per_s"])
+    ep = tr["epoch"]
     for k in ("textbook", "advlib"):
-        assert 0 <= tr["epoch"][k]["test_accuracy"] <= 100
+        assert len(ep[k]) == ep["seeds"] == 1 and 0 <= ep[k][0]["test_accuracy"] <= 100
+    assert ep["difference_se_pp"] is None  # one seed: no spread to judge by
+
+
+def test_accuracy_difference_is_judged_against_the_seed_spread():
+    from benchmarks.report import targets
+    from benchmarks.train_speed import accuracy_comparison
+
+    cmp = accuracy_comparison([97.0, 97.4, 96.8], [97.5, 97.9, 97.3])
+    assert cmp["accuracy_difference_pp"] == pytest.approx(-0.5)
+    # both samples have variance 0.0933...: se = sqrt(2 * 0.09333 / 3)
+    assert cmp["difference_se_pp"] == pytest.approx((2 * 0.28 / 3 / 3) ** 0.5)
+
+    def judged(epoch):
+        t = {t["id"]: t for t in targets({"sections": {"training": {"epoch": epoch}}})}
+        return t["training_accuracy"]["met"]
+
+    assert judged(cmp) is False  # 0.5 pp apart with a 0.25 pp standard error: not within noise
+    assert judged(accuracy_comparison([97.0, 98.0, 96.0], [97.5, 98.5, 96.5])) is True  # same gap, large spread
+    assert judged(accuracy_comparison([97.0], [97.5])) is True  # one seed: the fixed 1 pp band
 
 
 def test_sweep_sections(results):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from advlib.data import MNIST
 from advlib.metrics import accuracy
 from advlib.model import ResNetConfig
-from advlib.train import History, TrainConfig, adversarial_batch, resolve_device, train
+from advlib.train import History, TrainConfig, adversarial_batch, recalibrate_batchnorm, resolve_device, train
 
 TINY = dict(epochs=1, batch_size=32, adv_check_size=64)
 
@@ -254,3 +254,26 @@ def test_adversarial_training_keeps_the_epoch_with_the_best_pgd_check(mnist_smal
     assert history.kept_epoch == 1
     for name, tensor in one_epoch.state_dict().items():
         assert torch.equal(tensor, kept.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("batch_size", [300, 64])
+def test_recalibrate_batchnorm_sets_recomputed_statistics_and_leaves_weights(untrained_model, batch_size):
+    torch.manual_seed(0)
+    x = torch.rand(300, 1, 32, 32) * 2 - 1
+    model = copy.deepcopy(untrained_model)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(model, x, batch_size=batch_size)
+    # Oracle: the stem's BatchNorm sees conv(x); the average over batches of the per-channel mean and unbiased
+    # variance over (N, H, W) (one batch: x's exact statistics).
+    with torch.no_grad():
+        h = model.stem[0](x)
+    parts = h.split(batch_size)
+    mean = torch.stack([p.mean(dim=(0, 2, 3)) for p in parts]).mean(0)
+    var = torch.stack([p.var(dim=(0, 2, 3), unbiased=True) for p in parts]).mean(0)
+    bn = model.stem[1]
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-6)
+    assert not model.training and bn.momentum == 0.1
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k

@@ -156,35 +156,16 @@ def _prepare_notebook(src: Path, dest: Path, parameters: dict) -> None:
     nbformat.write(nb, dest)
 
 
-def _recalibrate_batchnorm(model, x, batch_size: int = 500) -> None:
-    """Set BatchNorm's running statistics to the exact statistics over x (weights untouched). After ~100 Adam
-    steps the running averages lag the weights and eval-mode accuracy swings between ~15% and ~85% with seed or
-    thread count (tests/conftest.py does the same); a degenerate model would make the slider test meaningless."""
-    import torch
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
-    for bn in norms:
-        bn.momentum = 0.1
-    model.eval()
-
-
 def _train_tiny_checkpoint(path: Path, data_root: Path) -> None:
     from advlib.checkpoint import save_checkpoint
     from advlib.data import MNIST, load_mnist
-    from advlib.train import TrainConfig, train
+    from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
     m = load_mnist(data_root, fetch=False, train_subset=TRAIN_SUBSET)
     data = MNIST(m.train_x, m.train_y, m.test_x[:TRAIN_EVAL], m.test_y[:TRAIN_EVAL])
     config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, seed=0)
     model, optimizer, history = train(data, config=config, progress=False)
-    _recalibrate_batchnorm(model, m.train_x)
+    recalibrate_batchnorm(model, m.train_x)
     save_checkpoint(path, model, optimizer, history, config.to_dict(), metadata={"purpose": "tests/e2e"})
 
 
