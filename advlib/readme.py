@@ -75,10 +75,18 @@ def replace_block(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
 
 
+def bench_block(bench_md: str) -> str:
+    """The README's share of benchmarks/results.md: its machine line and its table of targets."""
+    machine = next((line for line in bench_md.splitlines() if line.startswith("Machine:")), "")
+    match = re.search(r"^## Targets\n(.*?)(?=^## |\Z)", bench_md, re.S | re.M)
+    table = match.group(1).strip() if match else "(no targets table in benchmarks/results.md)"
+    return f"{table}\n\n{machine}\nEverything measured, with the spreads: [benchmarks/results.md](benchmarks/results.md)."
+
+
 def render(readme_text: str, metrics: dict, bench_md: str | None) -> str:
     text = replace_block(readme_text, "results", results_block(metrics))
     if bench_md is not None and "<!-- bench:start -->" in text:
-        text = replace_block(text, "bench", bench_md.strip())
+        text = replace_block(text, "bench", bench_block(bench_md))
     return text
 
 

@@ -150,3 +150,11 @@ def test_readme_tables_are_generated_from_the_committed_metrics():
     bench = ROOT / "benchmarks" / "results.md"
     expected = readme.render(text, load_metrics(metrics_path), bench.read_text() if bench.is_file() else None)
     assert text == expected, "README's generated blocks are stale: run `python -m advlib.readme`"
+
+
+def test_readme_takes_only_the_targets_table_from_the_benchmarks():
+    md = ("# Benchmarks (full run)\n\nMachine: 2 cores.\n\n## Targets\n\n| target | met |\n|---|---|\n| sweep | yes |\n\n"
+          "## Training\n\n| pipeline | images/s |\n|---|---|\n| advlib | 1 |\n")
+    block = readme.bench_block(md)
+    assert block.startswith("| target | met |\n|---|---|\n| sweep | yes |\n\nMachine: 2 cores.")
+    assert "images/s" not in block and "benchmarks/results.md" in block
