@@ -48,18 +48,18 @@ class Settings:
 
 
 SETTINGS = {
-    "full": Settings("full", train_steps=300, train_repeats=3, full_epoch=True, epoch_seeds=3, train_images_for_accuracy=None,
-                     test_images_for_accuracy=None,
+    "full": Settings("full", train_steps=300, train_repeats=3, full_epoch=True, epoch_seeds=3,
+                     train_images_for_accuracy=None, test_images_for_accuracy=None,
                      sweep_images=1000, loop_repeats=3, sweep_repeats=5, full_sweep_images=10_000,
                      full_sweep_repeats=3, peer_batch=1000, slider_moves=200, slider_builds=3, pipeline=True,
                      matmul_n=2048),
-    "quick": Settings("quick", train_steps=100, train_repeats=2, full_epoch=True, epoch_seeds=1, train_images_for_accuracy=12_800,
-                      test_images_for_accuracy=None,
+    "quick": Settings("quick", train_steps=100, train_repeats=2, full_epoch=True, epoch_seeds=1,
+                      train_images_for_accuracy=12_800, test_images_for_accuracy=None,
                       sweep_images=1000, loop_repeats=1, sweep_repeats=3, full_sweep_images=10_000,
                       full_sweep_repeats=1, peer_batch=1000, slider_moves=100, slider_builds=1, pipeline=False,
                       matmul_n=1024),
-    "smoke": Settings("smoke", train_steps=3, train_repeats=1, full_epoch=True, epoch_seeds=1, train_images_for_accuracy=640,
-                      test_images_for_accuracy=500,
+    "smoke": Settings("smoke", train_steps=3, train_repeats=1, full_epoch=True, epoch_seeds=1,
+                      train_images_for_accuracy=640, test_images_for_accuracy=500,
                       sweep_images=16, loop_repeats=1, sweep_repeats=1, full_sweep_images=64,
                       full_sweep_repeats=1, peer_batch=32, slider_moves=5, slider_builds=1, pipeline=False,
                       matmul_n=128),
@@ -70,26 +70,19 @@ SETTINGS = {
 # Statistics
 
 
-def summarize(samples: list[float]) -> dict:
-    """median, min, max, first and third quartile (linear interpolation) and the raw runs."""
-    s = sorted(samples)
-
-    def quantile(q: float) -> float:
-        pos = q * (len(s) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-    return {"median": quantile(0.5), "min": s[0], "max": s[-1], "q1": quantile(0.25), "q3": quantile(0.75),
-            "n": len(s), "runs": list(samples)}
-
-
 def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of samples, interpolating linearly between order statistics."""
     s = sorted(samples)
     pos = q / 100 * (len(s) - 1)
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, min, max, first and third quartile (linear interpolation) and the raw runs."""
+    return {"median": percentile(samples, 50), "min": min(samples), "max": max(samples),
+            "q1": percentile(samples, 25), "q3": percentile(samples, 75), "n": len(samples), "runs": list(samples)}
 
 
 def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[dict, object]:

@@ -80,23 +80,31 @@ def peer_available() -> bool:
         return False
 
 
+def time_batched(section: dict, model, x, y, peer_batch: int, repeats: int, warmup: bool) -> dict:
+    """(c) advlib's sweep and (b) torchattacks' per-eps FGSM (batches of peer_batch), timed in interleaved rounds.
+    Records each method's seconds (or why the peer was not measured) in section["methods"]; returns
+    {method: predictions}."""
+    runs = {"advlib": lambda: advlib_sweep(model, x, y, EPS_GRID)}
+    if peer_available():
+        runs["torchattacks"] = lambda: peer_sweep(model, x, y, EPS_GRID, peer_batch)
+    else:
+        section["methods"]["torchattacks"] = {"not_measured": "torchattacks is not installed "
+                                                              "(pip install --no-deps torchattacks)"}
+    seconds, preds = time_interleaved(runs, repeats, warmup=warmup)
+    for name in runs:
+        section["methods"][name] = {"seconds": seconds[name]}
+    if "torchattacks" in runs:
+        section["methods"]["torchattacks"]["batch_size"] = peer_batch
+    return preds
+
+
 def run_subset(settings: Settings, model, x, y, say=print) -> dict:
     """Section 2: the sweep on the correctly classified images, (a), (b) and (c)."""
     n, work = len(x), len(x) * len(EPS_GRID)
     load = [loadavg()]
     section = {"images": n, "eps": EPS_GRID, "adversarial_evaluations": work, "methods": {}}
-    runs = {"advlib": lambda: advlib_sweep(model, x, y, EPS_GRID)}
-    if peer_available():
-        runs["torchattacks"] = lambda: peer_sweep(model, x, y, EPS_GRID, n)
-    else:
-        section["methods"]["torchattacks"] = {"not_measured": "torchattacks is not installed "
-                                                              "(pip install --no-deps torchattacks)"}
     say(f"  (c) advlib fgsm_sweep and (b) torchattacks on {n} images, {settings.sweep_repeats} interleaved rounds ...")
-    seconds, preds = time_interleaved(runs, settings.sweep_repeats)
-    for name in runs:
-        section["methods"][name] = {"seconds": seconds[name]}
-    if "torchattacks" in runs:
-        section["methods"]["torchattacks"]["batch_size"] = n
+    preds = time_batched(section, model, x, y, n, settings.sweep_repeats, warmup=True)
 
     say(f"  (a) per-image loop on {n} images x {settings.loop_repeats} ...")
     warm = min(20, n)
@@ -122,19 +130,10 @@ def run_full(settings: Settings, model, x, y, per_image_seconds: float | None, s
     n, work = len(x), len(x) * len(EPS_GRID)
     load = [loadavg()]
     section = {"images": n, "eps": EPS_GRID, "adversarial_evaluations": work, "methods": {}}
-    runs = {"advlib": lambda: advlib_sweep(model, x, y, EPS_GRID)}
     b = settings.peer_batch
-    if peer_available():
-        runs["torchattacks"] = lambda: peer_sweep(model, x, y, EPS_GRID, b)
-    else:
-        section["methods"]["torchattacks"] = {"not_measured": "torchattacks is not installed"}
     say(f"  (c) advlib fgsm_sweep and (b) torchattacks (batches of {b}) on {n} images, "
         f"{settings.full_sweep_repeats} interleaved rounds (warmed up by section 2) ...")
-    seconds, preds = time_interleaved(runs, settings.full_sweep_repeats, warmup=False)
-    for name in runs:
-        section["methods"][name] = {"seconds": seconds[name]}
-    if "torchattacks" in runs:
-        section["methods"]["torchattacks"]["batch_size"] = b
+    preds = time_batched(section, model, x, y, b, settings.full_sweep_repeats, warmup=False)
     if per_image_seconds is not None:
         section["methods"]["per_image_loop"] = {"estimated_seconds": per_image_seconds * work,
                                                 "note": "not run: per-image-per-eps time of section 2 x "

@@ -87,8 +87,9 @@ def advlib_run(data: MNIST, steps: int) -> float:
 
 def time_interleaved(runs: dict, steps: int, repeats: int, warmup_steps: int = 10) -> dict:
     """runs: {name: run(steps) -> seconds}. A short untimed warm-up of each, then `repeats` rounds that run
-    each once in turn, so a change in the machine's load hits every pipeline alike.
-    Returns {name: {"seconds", "images_per_s"}}."""
+    each once in turn, so a change in the machine's load hits every pipeline alike. Unlike
+    common.time_interleaved, each run reports its own seconds, so a fresh model, DataLoader workers and warm-up
+    steps stay outside the timing. Returns {name: {"seconds", "images_per_s"}}."""
     for run in runs.values():
         run(min(warmup_steps, steps))
     seconds = {name: [] for name in runs}
