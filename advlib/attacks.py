@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlib.data import IMAGE_SIZE, STD
+from advlib.model import fold_batchnorm
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
@@ -137,105 +138,52 @@ class SweepResult:
     confidences: torch.Tensor  # (E, N) max softmax probability of each adversarial image
 
 
-# Speed (measured with benchmarks/, 2-core CPU). Forward passes for predictions go through :func:`eval_forward`:
-# for a SmallResNet every eval-mode BatchNorm is folded into the convolution before it and activations are
-# channels_last, ~1.6x faster than the model's own forward. The folded network computes the same function; only
-# float rounding differs (logits agree to ~1e-5), so an exact tie could in principle flip a prediction.
-# predict() and the sweeps share this path, so they agree with each other exactly. Gradients (FGSM's direction)
-# always use the model itself, so they match an autograd oracle bit for bit.
-# Images go through in chunks of at most CHUNK (and at most batch_size), forward passes and input gradients
-# alike: a chunk's activations stay in the CPU's caches, ~3x (forward) and ~2x (gradient) faster than batches
-# of 2000. Results do not depend on the chunking, except that a batch of one image takes other kernels
-# (different rounding), so chunks are balanced and a lone image never trails a full chunk.
+# Forward passes for predictions go through :func:`advlib.model.fold_batchnorm`: for a SmallResNet every eval-mode
+# BatchNorm is folded into the convolution before it, with channels_last activations (faster on CPU; see
+# benchmarks/). The folded network computes the same function; only float rounding differs, so an exact tie
+# could in principle flip a prediction. predict() and the sweeps share this path, so they agree with each other
+# exactly. Gradients (FGSM's direction, PGD) always use the model itself, so they match an autograd oracle.
+# Images go through in chunks of at most CHUNK, forward passes and input gradients alike: a chunk's activations
+# stay in the CPU's caches. Results do not depend on the chunking, except that a batch of one image takes other
+# kernels (different rounding), so chunks are balanced and a lone image never trails a full chunk.
 CHUNK = 256
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    """range(n) cut into ceil(n / size) consecutive slices of nearly equal length (each at most size)."""
-    k = -(-n // size)
+def _chunks(n: int) -> list[slice]:
+    """range(n) cut into ceil(n / CHUNK) consecutive slices of nearly equal length (each at most CHUNK)."""
+    k = -(-n // CHUNK)
     if k == 0:
         return []
     bounds = [i * n // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict:
-    """conv -> eval-mode bn as one convolution: w' = w * s, b' = beta - mean * s with s = gamma / sqrt(var + eps)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).to(memory_format=torch.channels_last)
-    return {"weight": weight, "bias": bn.bias - bn.running_mean * scale, "stride": conv.stride,
-            "padding": conv.padding}
+def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class (N,) and max softmax probability (N,) in eval mode, without gradients, on x's device.
 
-
-def _foldable(model: nn.Module) -> bool:
-    """True for a plain SmallResNet (no subclass, no hooks, BatchNorms with running statistics)."""
-    from advlib.model import ResidualBlock, SmallResNet
-
-    if type(model) is not SmallResNet:
-        return False
-    for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
-            return False
-        if isinstance(m, nn.BatchNorm2d) and (m.running_var is None or m.running_mean is None):
-            return False
-    return all(type(b) is ResidualBlock for b in model.blocks) and len(model.stem) == 3
-
-
-def eval_forward(model: nn.Module):
-    """A function x -> logits equal to ``model.eval()(x)`` up to float rounding, for use under no_grad.
-
-    A SmallResNet gets a BatchNorm-folded channels_last version of its forward pass (built from the current
-    weights, so build it again after changing them); any other model is returned as it is.
-    """
-    if not _foldable(model):
-        return model
-    with torch.no_grad():
-        stem = _folded_conv(model.stem[0], model.stem[1])
-        blocks = [(_folded_conv(b.conv1, b.bn1), _folded_conv(b.conv2, b.bn2),
-                   None if isinstance(b.skip, nn.Identity) else _folded_conv(b.skip[0], b.skip[1]))
-                  for b in model.blocks]
-    fc_weight, fc_bias = model.fc.weight.detach(), model.fc.bias.detach()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(F.conv2d(x.to(memory_format=torch.channels_last), **stem), inplace=True)
-        for conv1, conv2, skip in blocks:
-            out = F.conv2d(F.relu(F.conv2d(h, **conv1), inplace=True), **conv2)
-            out += h if skip is None else F.conv2d(h, **skip)
-            h = F.relu(out, inplace=True)
-        return F.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1), fc_weight, fc_bias)
-
-    return forward
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted class (N,) and max softmax probability (N,) in eval mode, without gradients.
-
-    The forward pass is :func:`eval_forward`'s (BatchNorm folded for a SmallResNet: model(x) up to float rounding),
-    at most min(batch_size, CHUNK) images at a time; the result does not depend on batch_size.
+    x: (N, 1, 32, 32) in [-1, 1]. The forward pass is :func:`advlib.model.fold_batchnorm`'s (model.eval()(x) up
+    to float rounding), CHUNK images at a time.
     """
     preds, confs = [], []
     with eval_mode(model), torch.no_grad():
-        forward = eval_forward(model)
-        for chunk in _chunks(len(x), min(batch_size, CHUNK)):
-            prob = F.softmax(forward(x[chunk]), dim=1)
-            conf, pred = prob.max(dim=1)
+        forward = fold_batchnorm(model)
+        for chunk in _chunks(len(x)):
+            conf, pred = F.softmax(forward(x[chunk]), dim=1).max(dim=1)
             preds.append(pred)
             confs.append(conf)
     return torch.cat(preds), torch.cat(confs)
 
 
-def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2000,
-                   targeted: bool = False) -> torch.Tensor:
+def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targeted: bool = False) -> torch.Tensor:
     """The FGSM step direction for every image, (N, 1, 32, 32) in {-1, 0, +1}: x_adv(eps) = clamp(x + eps * d)."""
     check_batch(x, y)
     with eval_mode(model):
-        chunks = _chunks(len(x), min(batch_size, CHUNK))
-        sign = torch.cat([input_gradient(model, x[c], y[c]).sign() for c in chunks])
+        sign = torch.cat([input_gradient(model, x[c], y[c]).sign() for c in _chunks(len(x))])
     return -sign if targeted else sign
 
 
 def sweep_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor,
-                    eps_list: Sequence[float], *, batch_size: int = 2000, progress: bool = False) -> SweepResult:
+                    eps_list: Sequence[float], *, progress: bool = False) -> SweepResult:
     """Predictions on clamp(x + eps * direction, -1, 1) for every eps: forward passes only, the same as
     :func:`predict` on each eps's images."""
     from tqdm.auto import tqdm
@@ -248,29 +196,27 @@ def sweep_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directio
         raise ValueError(f"direction must have the shape of x {tuple(x.shape)}, got "
                          f"{tuple(getattr(direction, 'shape', ()))}; compute it with fgsm_direction(model, x, y)")
     preds = torch.empty(len(eps_list), len(x), dtype=torch.long, device=x.device)
-    confs = torch.empty(len(eps_list), len(x), device=x.device)
-    chunks = _chunks(len(x), min(batch_size, CHUNK))
+    confs = torch.empty(len(eps_list), len(x), dtype=x.dtype, device=x.device)
+    chunks = _chunks(len(x))
     with eval_mode(model), torch.no_grad():
-        forward = eval_forward(model)
+        forward = fold_batchnorm(model)
         for i, eps in enumerate(tqdm(eps_list, desc="eps", disable=not progress, leave=False)):
             for c in chunks:
                 xb = (x[c] + eps * direction[c]).clamp(-1, 1)
-                conf, pred = F.softmax(forward(xb), dim=1).max(dim=1)
-                preds[i, c] = pred
-                confs[i, c] = conf
+                confs[i, c], preds[i, c] = F.softmax(forward(xb), dim=1).max(dim=1)
     return SweepResult(eps=eps_list, labels=y.clone(), preds=preds, confidences=confs)
 
 
 def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *,
-               batch_size: int = 2000, targeted: bool = False, progress: bool = False) -> SweepResult:
+               targeted: bool = False, progress: bool = False) -> SweepResult:
     """FGSM for every eps in eps_list on the same images, computing the input gradient only once.
 
     FGSM's direction sign(grad) does not depend on eps, so one backward pass per image serves the whole sweep;
     each eps then costs one forward pass. Equal to calling :func:`fgsm` once per eps.
     """
     eps_list = [check_eps(e) for e in eps_list]
-    direction = fgsm_direction(model, x, y, batch_size=batch_size, targeted=targeted)
-    return sweep_direction(model, x, y, direction, eps_list, batch_size=batch_size, progress=progress)
+    direction = fgsm_direction(model, x, y, targeted=targeted)
+    return sweep_direction(model, x, y, direction, eps_list, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,7 +224,8 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_size: float | None = None,
-        steps: int = 20, random_start: bool = True, seed: int | None = None, targeted: bool = False) -> torch.Tensor:
+        steps: int = 20, random_start: bool = True, seed: int | None = None, targeted: bool = False,
+        mask: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2017); with random_start=False it is BIM / iterative FGSM
     (Kurakin et al. 2016).
 
@@ -288,7 +235,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_
     Args:
         eps, step_size: normalized units (images in [-1, 1]); step_size defaults to 2.5 * eps / steps.
         steps: number of gradient steps (>= 1).
-        seed: fixes the random start (a private generator; the global RNG is untouched).
+        seed: fixes the random start (a private CPU generator, so the same seed gives the same start on any
+            device; the global RNG is untouched).
+        mask: optional (N,) bool, the images to attack; the others are returned as they are (x) and cost no
+            gradient step. Each image's random start is drawn for the whole batch, then indexed, so an attacked
+            image's result does not depend on the mask.
     Returns:
         x_adv (N, 1, 32, 32) in [-1, 1] with |x_adv - x|_inf <= eps.
     """
@@ -296,19 +247,27 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_
     check_batch(x, y)
     steps = _check_steps(steps)
     step_size = check_eps(2.5 * eps / steps if step_size is None else step_size, "step_size")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                             or tuple(mask.shape) != (len(x),)):
+        raise ValueError(f"mask must be a bool tensor of shape ({len(x)},), one entry per image, got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
     x = x.detach()
-    x_adv = x.clone()
+    mask = torch.ones(len(x), dtype=torch.bool, device=x.device) if mask is None else mask.to(x.device)
+    start = x
     if random_start:
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        x_adv = (x + eps * noise).clamp(-1, 1)
-    direction = -1.0 if targeted else 1.0
-    with eval_mode(model):
-        for _ in range(steps):
-            x_adv = x_adv + direction * step_size * input_gradient(model, x_adv, y).sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(-1, 1)
-    return x_adv.detach()
+        gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        noise = (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1).to(x.device)  # (N, ...): every image
+        start = (x + eps * noise).clamp(-1, 1)
+    x_adv = x.clone()
+    if mask.any():
+        sign = -1.0 if targeted else 1.0
+        xs, ys, xa = x[mask], y[mask], start[mask]
+        with eval_mode(model):
+            for _ in range(steps):
+                xa = xa + sign * step_size * input_gradient(model, xa, ys).sign()
+                xa = torch.min(torch.max(xa, xs - eps), xs + eps).clamp(-1, 1)
+        x_adv[mask] = xa.detach()
+    return x_adv
 
 
 def bim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, step_size: float | None = None,

@@ -8,17 +8,18 @@ where clean mistakes count as failures.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from advlib.attacks import NUM_CLASSES, SweepResult, predict
+from advlib.attacks import NUM_CLASSES, SweepResult, fgsm_sweep, pgd, predict, to_pixel_eps
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """Percentage of x classified as y (eval mode, no gradients)."""
-    preds, _ = predict(model, x, batch_size)
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percentage of x (N, 1, 32, 32) in [-1, 1] classified as y (N,) (eval mode, no gradients)."""
+    preds, _ = predict(model, x)
     return 100.0 * (preds == y).float().mean().item()
 
 
@@ -59,8 +60,6 @@ def sweep_metrics(result: SweepResult, clean_confidences: torch.Tensor) -> list[
     Returns one dict per eps: eps (normalized), eps_pixel ([0, 1] units), n, adv_accuracy and asr (each a
     :func:`rate` dict), mean clean and adversarial confidence (percent).
     """
-    from advlib.attacks import to_pixel_eps
-
     rows = []
     n = len(result.labels)
     for i, eps in enumerate(result.eps):
@@ -86,6 +85,32 @@ def robust_accuracy(clean_preds: torch.Tensor, result: SweepResult) -> list[dict
             for i, eps in enumerate(result.eps)]
 
 
+def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+               pgd_steps: int = 20, seed: int = 0) -> dict[str, list[dict]]:
+    """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (normalized units), on all of x.
+
+    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. An image counts as a success only if it is classified
+    correctly both clean and under attack (as :func:`robust_accuracy`). PGD (``pgd_steps`` steps of
+    2.5 eps / steps from a random start fixed by seed) attacks only the images still classified correctly: an
+    image the clean model gets wrong already counts as a failure and costs no gradient step, which changes no
+    number (each image's random start does not depend on which others are attacked).
+
+    Returns:
+        {"fgsm": rows, "pgd": rows}, one row per eps: ``{"eps": eps, **rate(k, N)}``.
+    """
+    clean_pred, _ = predict(model, x)
+    clean_ok = clean_pred == y
+    fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))
+    pgd_rows = []
+    for eps in eps_grid:
+        ok = clean_ok
+        if eps > 0 and clean_ok.any():
+            x_pgd = pgd(model, x, y, eps, steps=pgd_steps, seed=seed, mask=clean_ok)
+            ok = clean_ok & (predict(model, x_pgd)[0] == y)
+        pgd_rows.append({"eps": eps, **rate(int(ok.sum()), len(y))})
+    return {"fgsm": fgsm_rows, "pgd": pgd_rows}
+
+
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts; element (i, j) = images of true label i predicted as j."""
     if y_true.shape != y_pred.shape:
@@ -103,34 +128,93 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
 # Is confidence a detector? Score = max-softmax confidence; positive class = adversarial, which should score LOW.
 
 
+def _scores(scores: Sequence[float]) -> torch.Tensor:
+    """Scores as a sorted float64 CPU tensor (N,), from a list, an array or a tensor on any device."""
+    return torch.as_tensor(scores).detach().to("cpu", torch.float64).flatten().sort().values
+
+
 def roc_curve(scores_negative: Sequence[float], scores_positive: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """ROC of the detector "flag as adversarial when confidence <= t", swept over every threshold t.
 
     Args:
         scores_negative: confidences of clean images (should be high).
         scores_positive: confidences of adversarial images (should be low, if confidence detects attacks).
+        Either may be a sequence, an array or a tensor on any device.
     Returns:
-        fpr, tpr: (T,) tensors from (0, 0) to (1, 1), as fractions.
+        fpr, tpr: (T,) float64 CPU tensors from (0, 0) to (1, 1), as fractions; T - 1 = the number of distinct
+        scores (the thresholds). Sort-based: O(N log N) time, O(N) memory.
     """
-    neg = torch.as_tensor(scores_negative, dtype=torch.float64)
-    pos = torch.as_tensor(scores_positive, dtype=torch.float64)
+    neg, pos = _scores(scores_negative), _scores(scores_positive)
     thresholds = torch.unique(torch.cat([neg, pos]))  # sorted ascending
-    fpr = (neg[None, :] <= thresholds[:, None]).double().mean(1)
-    tpr = (pos[None, :] <= thresholds[:, None]).double().mean(1)
     zero = torch.zeros(1, dtype=torch.float64)
+    fpr = torch.searchsorted(neg, thresholds, right=True).double() / len(neg)  # fraction of neg <= t
+    tpr = torch.searchsorted(pos, thresholds, right=True).double() / len(pos)
     return torch.cat([zero, fpr]), torch.cat([zero, tpr])
 
 
 def roc_auc(scores_negative: Sequence[float], scores_positive: Sequence[float]) -> float:
     """Area under :func:`roc_curve`: the probability that an adversarial image has lower confidence than a clean
-    one (ties count one half). 0.5 = no better than chance, 1.0 = a perfect detector."""
-    neg = torch.as_tensor(scores_negative, dtype=torch.float64)
-    pos = torch.as_tensor(scores_positive, dtype=torch.float64)
-    less = (pos[:, None] < neg[None, :]).double().sum()
-    ties = (pos[:, None] == neg[None, :]).double().sum()
-    return ((less + 0.5 * ties) / (len(pos) * len(neg))).item()
+    one (ties count one half). 0.5 = no better than chance, 1.0 = a perfect detector. O(N log N)."""
+    neg, pos = _scores(scores_negative), _scores(scores_positive)
+    at_most = torch.searchsorted(neg, pos, right=True)  # per positive: clean scores <= it
+    below = torch.searchsorted(neg, pos, right=False)  # per positive: clean scores < it
+    higher = (len(neg) - at_most).sum().item()  # pairs where the clean score is higher
+    ties = (at_most - below).sum().item()
+    return (higher + 0.5 * ties) / (len(pos) * len(neg))
 
 
 def tpr_at_fpr(fpr: torch.Tensor, tpr: torch.Tensor, max_fpr: float = 0.05) -> float:
     """Highest true-positive rate (fraction) among ROC points whose false-positive rate is <= max_fpr."""
     return tpr[fpr <= max_fpr + 1e-12].max().item()
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seed study: how much the FGSM sweep varies from one training seed to the next
+
+
+def seed_spread(sweeps: Sequence[Sequence[Mapping]]) -> dict:
+    """Mean and spread across seeds of the adversarial accuracy of FGSM sweeps on one eps grid.
+
+    Args:
+        sweeps: one list of :func:`sweep_metrics` rows per seed (reads ``row["eps"]``, normalized units, and
+            ``row["adv_accuracy"]["value"]``, percent).
+    Returns:
+        {"eps": (E,), "mean": (E,), "std": (E,) sample standard deviation (ddof=1; 0.0 with one seed),
+        "n_seeds": S, "per_seed": (S, E)} as float numpy arrays, accuracies in percent.
+    Raises:
+        ValueError: no seeds, no rows, or seeds whose eps grids differ.
+    """
+    if not sweeps or not sweeps[0]:
+        raise ValueError("sweeps is empty: pass one non-empty list of sweep rows per seed")
+    eps = np.array([float(r["eps"]) for r in sweeps[0]])
+    for i, rows in enumerate(sweeps):
+        seed_eps = [float(r["eps"]) for r in rows]
+        if len(seed_eps) != len(eps) or not np.allclose(seed_eps, eps):
+            raise ValueError(f"seed {i} has the eps grid {seed_eps}, seed 0 has {eps.tolist()}: all seeds must "
+                             "share one grid")
+    per_seed = np.array([[float(r["adv_accuracy"]["value"]) for r in rows] for rows in sweeps])  # (S, E)
+    std = per_seed.std(0, ddof=1) if len(sweeps) > 1 else np.zeros(len(eps))
+    return {"eps": eps, "mean": per_seed.mean(0), "std": std, "n_seeds": len(sweeps), "per_seed": per_seed}
+
+
+def compare_with_reference(spread: Mapping, reference: Mapping[float, float]) -> list[dict]:
+    """Where a reference (e.g. the original report) lies within the seed spread of :func:`seed_spread`.
+
+    Args:
+        spread: :func:`seed_spread`'s result.
+        reference: {eps (normalized units; a number or a string such as "0.05"): adversarial accuracy (%)}.
+    Returns:
+        One dict per reference eps on the spread's grid, in increasing eps: {"eps", "original", "mean", "std",
+        "z"} with z = (original - mean) / std, None when std is 0. Reference eps not on the grid are skipped.
+    """
+    grid = np.asarray(spread["eps"], dtype=float)
+    rows = []
+    for eps, original in sorted((float(e), float(v)) for e, v in reference.items()):
+        hits = np.flatnonzero(np.isclose(grid, eps, rtol=0, atol=1e-9))
+        if len(hits) == 0:
+            continue
+        mean, std = float(spread["mean"][hits[0]]), float(spread["std"][hits[0]])
+        rows.append({"eps": eps, "original": original, "mean": mean, "std": std,
+                     "z": (original - mean) / std if std > 0 else None})
+    return rows

@@ -5,6 +5,9 @@
     block 2: ResidualBlock(8->16,  stride 2)  1x1 projection skip  (N, 16, 16, 16)
     block 3: ResidualBlock(16->32, stride 2)  1x1 projection skip  (N, 32, 8, 8)
     head:    AdaptiveAvgPool(1) -> Linear(32->10)                  (N, 10) logits
+
+fold_batchnorm(model) gives the same network's eval-mode forward pass with every BatchNorm folded into its
+convolution, for fast inference (predictions, sweeps).
 """
 from __future__ import annotations
 
@@ -91,3 +94,82 @@ class SmallResNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The eval-mode forward pass with BatchNorm folded into the convolutions
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv -> eval-mode bn as one biased convolution: w' = w * s, b' = beta + (b - mean) * s,
+    s = gamma / sqrt(running_var + bn.eps)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    folded.bias.copy_(bias)
+    return folded
+
+
+class _FoldedResNet(nn.Module):
+    """A SmallResNet in eval mode with its BatchNorms folded: ResidualBlock(x) = ReLU(conv2(ReLU(conv1(x))) + skip(x))
+    with biased convolutions; activations channels_last."""
+
+    def __init__(self, model: SmallResNet):
+        super().__init__()
+        self.stem = _fold(model.stem[0], model.stem[1])
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([_fold(b.conv1, b.bn1), _fold(b.conv2, b.bn2)]
+                          + ([] if isinstance(b.skip, nn.Identity) else [_fold(b.skip[0], b.skip[1])]))
+            for b in model.blocks)
+        self.fc = nn.Linear(model.fc.in_features, model.fc.out_features, device=model.fc.weight.device,
+                            dtype=model.fc.weight.dtype)
+        self.fc.load_state_dict(model.fc.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x.to(memory_format=torch.channels_last)), inplace=True)
+        for conv1, conv2, *skip in self.blocks:
+            out = conv2(F.relu(conv1(h), inplace=True))
+            out += skip[0](h) if skip else h
+            h = F.relu(out, inplace=True)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+def _foldable(model: nn.Module) -> bool:
+    """True for a plain SmallResNet: no subclass, no hooks, every BatchNorm with running statistics."""
+    if type(model) is not SmallResNet or len(model.stem) != 3:
+        return False
+    if any(type(b) is not ResidualBlock for b in model.blocks):
+        return False
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        if isinstance(m, nn.BatchNorm2d) and (m.running_mean is None or m.running_var is None):
+            return False
+    return True
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """The eval-mode forward pass of a SmallResNet with every BatchNorm folded into the convolution before it.
+
+    Returns a new module computing ``model.eval()(x)`` up to float rounding (tests/test_model.py bounds it), for
+    inference only: x (N, 1, 32, 32) in [-1, 1] -> (N, num_classes) logits, on the model's device and dtype.
+    Activations are channels_last, which the CPU's convolutions run faster. The folded module is a snapshot of
+    the current weights and running statistics (fold again after changing them), whatever mode the model is in;
+    it has no gradients (``requires_grad`` is False) and does not change the model.
+
+    Applies to a plain :class:`SmallResNet` only. Any other module (a subclass, a wrapper, a model with forward
+    hooks, BatchNorm without running statistics) is returned unchanged: it is then the caller's job to put it
+    in eval mode (``advlib.attacks.eval_mode``).
+    """
+    if not _foldable(model):
+        return model
+    with torch.no_grad():
+        folded = _FoldedResNet(model)
+    return folded.to(memory_format=torch.channels_last).requires_grad_(False).eval()

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advlib.attacks import (SweepResult, bim, eval_mode, fgsm, fgsm_direction, fgsm_sweep, input_gradient, pgd,
+from advlib import attacks
+from advlib.attacks import (CHUNK, SweepResult, bim, eval_mode, fgsm, fgsm_direction, fgsm_sweep, input_gradient, pgd,
                             predict, sweep_direction, to_normalized_eps, to_pixel_eps)
 from advlib.metrics import accuracy
 
@@ -132,12 +133,14 @@ def test_accuracy_does_not_rise_with_eps(trained_model, test_batch):
 
 
 @pytest.mark.parametrize("targeted", [False, True])
-@pytest.mark.parametrize("batch_size", [2000, 40])  # one batch, and several with a ragged last one
-def test_sweep_equals_separate_fgsm_calls(trained_model, test_batch, targeted, batch_size):
+@pytest.mark.parametrize("chunk", [CHUNK, 40])  # one chunk, and several with a ragged last one
+def test_sweep_equals_separate_fgsm_calls(trained_model, test_batch, targeted, chunk, monkeypatch):
     x, y = test_batch
     x, y = x[:128], y[:128]
     labels = (y + 5) % 10 if targeted else y
-    result = fgsm_sweep(trained_model, x, labels, EPS_GRID, batch_size=batch_size, targeted=targeted)
+    monkeypatch.setattr(attacks, "CHUNK", chunk)
+    result = fgsm_sweep(trained_model, x, labels, EPS_GRID, targeted=targeted)
+    monkeypatch.undo()  # the oracle below runs in one chunk
     assert isinstance(result, SweepResult)
     assert result.eps == EPS_GRID
     assert torch.equal(result.labels, labels)
@@ -150,21 +153,24 @@ def test_sweep_equals_separate_fgsm_calls(trained_model, test_batch, targeted, b
 
 
 @pytest.mark.parametrize("targeted", [False, True])
-def test_fgsm_direction_is_the_gradient_sign(trained_model, batch64, targeted):
+def test_fgsm_direction_is_the_gradient_sign(trained_model, batch64, targeted, monkeypatch):
     x, y = batch64
     m = copy.deepcopy(trained_model).eval()
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(m(xr), y), xr)
     expected = -g.sign() if targeted else g.sign()
     assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted), expected)
-    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted, batch_size=10), expected)
+    monkeypatch.setattr(attacks, "CHUNK", 10)  # several chunks give the same result
+    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted), expected)
 
 
-def test_sweep_direction_equals_clamped_steps(trained_model, batch64):
+def test_sweep_direction_equals_clamped_steps(trained_model, batch64, monkeypatch):
     # any direction: predictions on clamp(x + eps * d, -1, 1), computed here with predict
     x, y = batch64
     d = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).sign()
-    result = sweep_direction(trained_model, x, y, d, [0.0, 0.2, 0.6], batch_size=24)
+    monkeypatch.setattr(attacks, "CHUNK", 24)
+    result = sweep_direction(trained_model, x, y, d, [0.0, 0.2, 0.6])
+    monkeypatch.undo()
     for i, eps in enumerate([0.0, 0.2, 0.6]):
         preds, confs = predict(trained_model, (x + eps * d).clamp(-1, 1))
         assert torch.equal(result.preds[i], preds) and torch.equal(result.confidences[i], confs)
@@ -466,3 +472,34 @@ def test_input_gradient_is_per_image(trained_model, batch64):
         xi = x[i : i + 1].clone().requires_grad_(True)
         (gi,) = torch.autograd.grad(F.cross_entropy(trained_model(xi), y[i : i + 1]), xi)
         assert torch.allclose(g[i : i + 1], gi, rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PGD on a subset (mask): the attacked images' results do not depend on which others are attacked
+
+
+def test_pgd_mask_equals_attacking_everything(trained_model, batch64):
+    x, y = batch64
+    mask = torch.arange(len(x)) % 3 != 0
+    full = pgd(trained_model, x, y, 0.2, steps=3, seed=7)
+    part = pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=mask)
+    assert torch.equal(part[mask], full[mask])  # same random start, same steps
+    assert torch.equal(part[~mask], x[~mask])  # the others are left alone
+    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=torch.zeros(len(x), dtype=torch.bool)), x)
+    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=torch.ones(len(x), dtype=torch.bool)), full)
+
+
+def test_pgd_mask_spends_no_steps_on_the_others(model_copy, batch64):
+    x, y = batch64
+    mask = torch.arange(len(x)) < 10
+    seen = []
+    model_copy.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+    pgd(model_copy, x, y, 0.2, steps=4, seed=0, mask=mask)
+    assert seen == [10] * 4
+
+
+@pytest.mark.parametrize("mask", [torch.ones(63, dtype=torch.bool), torch.ones(64), [True] * 64],
+                         ids=["too short", "float", "list"])
+def test_pgd_rejects_bad_mask(untrained_model, batch64, mask):
+    with pytest.raises(ValueError, match="mask must be a bool tensor of shape \\(64,\\)"):
+        pgd(untrained_model, *batch64, 0.1, steps=1, seed=0, mask=mask)

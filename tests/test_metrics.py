@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import roc_auc_score as sk_roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from advlib.attacks import SweepResult, predict
-from advlib.metrics import (accuracy, confusion_matrix, rate, robust_accuracy, roc_auc, roc_curve,
-                            select_correct, sweep_metrics, tpr_at_fpr, wilson_interval)
+from advlib import attacks
+from advlib.attacks import SweepResult, fgsm, pgd, predict
+from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, rate, robust_accuracy, robustness,
+                            roc_auc, roc_curve, seed_spread, select_correct, sweep_metrics, tpr_at_fpr,
+                            wilson_interval)
 
 Z95 = 1.959963984540054
 
@@ -281,12 +284,13 @@ def test_robust_accuracy_counts_clean_mistakes(synthetic_sweep):
 # accuracy and select_correct (on the trained fixture)
 
 
-def test_accuracy_counts_by_hand(trained_model, test_batch):
+def test_accuracy_counts_by_hand(trained_model, test_batch, monkeypatch):
     x, y = test_batch
     with torch.no_grad():
         hand = 100.0 * (trained_model(x).argmax(1) == y).sum().item() / len(y)
     assert accuracy(trained_model, x, y) == pytest.approx(hand, abs=1e-4)
-    assert accuracy(trained_model, x, y, batch_size=100) == pytest.approx(hand, abs=1e-4)
+    monkeypatch.setattr(attacks, "CHUNK", 100)  # in chunks: the same count
+    assert accuracy(trained_model, x, y) == pytest.approx(hand, abs=1e-4)
 
 
 def test_select_correct(trained_model, test_batch):
@@ -301,3 +305,159 @@ def test_select_correct(trained_model, test_batch):
     assert select_correct(trained_model, x, y, len(correct)).tolist() == correct
     with pytest.raises(ValueError, match=f"only {len(correct)} images"):
         select_correct(trained_model, x, y, len(correct) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ROC at scale: 10,000 + 10,000 scores with ties, against scikit-learn, in little memory
+
+
+def _large_scores():
+    neg, pos = _scores(5, n_neg=10_000, n_pos=10_000)
+    return (neg * 1000).round() / 1000, (pos * 1000).round() / 1000  # 3 decimals: thousands of ties
+
+
+def test_roc_large_with_ties_matches_sklearn():
+    neg, pos = _large_scores()
+    assert len(torch.unique(torch.cat([neg, pos]))) < 1000  # the ties are really there
+    labels, sk_scores = _sklearn_inputs(neg, pos)
+    fpr, tpr = roc_curve(neg, pos)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(labels, sk_scores, drop_intermediate=False)
+    assert fpr.tolist() == pytest.approx(sk_fpr.tolist(), abs=1e-12)
+    assert tpr.tolist() == pytest.approx(sk_tpr.tolist(), abs=1e-12)
+    assert roc_auc(neg, pos) == pytest.approx(sk_roc_auc_score(labels, sk_scores), abs=1e-12)
+
+
+ROC_MEMORY_SCRIPT = """
+import torch
+from advlib.metrics import roc_auc, roc_curve
+
+def status_mb(key):  # this process's resident memory (VmRSS) or its peak (VmHWM), from /proc
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+gen = torch.Generator().manual_seed(0)
+neg = (torch.rand(10_000, generator=gen, dtype=torch.float64) * 1000).round() / 1000
+pos = (torch.rand(10_000, generator=gen, dtype=torch.float64) * 1000).round() / 1000
+roc_curve(neg[:10], pos[:10]), roc_auc(neg[:10], pos[:10])  # load every kernel before the baseline
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak to the current resident memory
+before = status_mb("VmRSS")
+roc_curve(neg, pos), roc_auc(neg, pos)
+print(status_mb("VmHWM") - before)
+"""
+
+
+def test_roc_memory_at_10k_plus_10k():
+    # A fresh process whose peak resident memory (Linux's VmHWM, reset just before) measures the ROC alone.
+    # (getrusage's ru_maxrss would not do: a child process inherits its parent's peak.)
+    import os
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
+    done = subprocess.run([sys.executable, "-c", ROC_MEMORY_SCRIPT], capture_output=True, text=True, check=True)
+    peak_mb = float(done.stdout.strip())
+    assert peak_mb < 100, f"roc_curve + roc_auc on 10,000 + 10,000 scores raised peak memory by {peak_mb:.0f} MB"
+
+
+def test_roc_accepts_tensors_of_any_shape_and_returns_cpu_float64():
+    neg, pos = _scores(6)
+    fpr, tpr = roc_curve(neg.float()[None], pos.float().numpy())
+    assert fpr.device.type == tpr.device.type == "cpu" and fpr.dtype == tpr.dtype == torch.float64
+    assert roc_auc(neg.float()[None], pos.float().numpy()) == pytest.approx(roc_auc(neg.float(), pos.float()), abs=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# robustness: FGSM and PGD curves over a whole set, clean mistakes counted as failures
+
+
+def robustness_oracle(model, x, y, eps_grid, pgd_steps, seed):
+    """Every image attacked, one attack call per eps; an image counts if right both clean and attacked."""
+    clean_ok = predict(model, x)[0] == y
+    rows = {"fgsm": [], "pgd": []}
+    for eps in eps_grid:
+        for name, x_adv in (("fgsm", fgsm(model, x, y, eps)),
+                            ("pgd", pgd(model, x, y, eps, steps=pgd_steps, seed=seed) if eps > 0 else x)):
+            ok = clean_ok & (predict(model, x_adv)[0] == y)
+            rows[name].append({"eps": eps, **rate(int(ok.sum()), len(y))})
+    return rows
+
+
+def test_robustness_equals_attacking_everything(trained_model, test_batch):
+    x, y = test_batch
+    x, y = x[:128], y[:128]
+    assert (predict(trained_model, x)[0] != y).any()  # some clean mistakes: the skipping is exercised
+    eps_grid = [0.0, 0.1, 0.3]
+    got = robustness(trained_model, x, y, eps_grid, pgd_steps=3, seed=4)
+    assert got == robustness_oracle(trained_model, x, y, eps_grid, pgd_steps=3, seed=4)
+    assert [r["eps"] for r in got["pgd"]] == eps_grid and all(r["n"] == 128 for r in got["pgd"])
+    assert all(p["k"] <= f["k"] for p, f in zip(got["pgd"][1:], got["fgsm"][1:]))  # PGD at least as strong here
+
+
+def test_robustness_spends_pgd_steps_only_on_correct_images(model_copy, test_batch):
+    x, y = test_batch
+    x, y = x[:64], y[:64]
+    n_correct = int((predict(model_copy, x)[0] == y).sum())
+    assert 0 < n_correct < len(y)
+    gradient_images = []
+    model_copy.register_forward_pre_hook(
+        lambda module, inputs: gradient_images.append(len(inputs[0])) if torch.is_grad_enabled() else None)
+    robustness(model_copy, x, y, [0.0, 0.1, 0.2], pgd_steps=2, seed=0)
+    # FGSM's one gradient pass over all images, then 2 steps at each of the 2 non-zero eps on the correct ones
+    assert sum(gradient_images) == len(y) + 2 * 2 * n_correct
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seed statistics
+
+
+def _sweep_rows(eps_grid, accuracies):
+    return [{"eps": e, "adv_accuracy": {"value": a}} for e, a in zip(eps_grid, accuracies)]
+
+
+def test_seed_spread_against_numpy():
+    eps_grid = [0.0, 0.05, 0.1, 0.3]
+    values = np.random.default_rng(0).uniform(0, 100, size=(5, len(eps_grid)))
+    spread = seed_spread([_sweep_rows(eps_grid, v) for v in values])
+    assert spread["n_seeds"] == 5
+    np.testing.assert_array_equal(spread["eps"], eps_grid)
+    np.testing.assert_array_equal(spread["per_seed"], values)
+    np.testing.assert_allclose(spread["mean"], [np.mean(values[:, j]) for j in range(4)], rtol=1e-12)
+    np.testing.assert_allclose(spread["std"], [np.std(values[:, j], ddof=1) for j in range(4)], rtol=1e-12)
+
+
+def test_seed_spread_one_seed_has_zero_std():
+    spread = seed_spread([_sweep_rows([0.0, 0.1], [100.0, 60.0])])
+    assert spread["n_seeds"] == 1 and spread["std"].tolist() == [0.0, 0.0]
+    assert spread["mean"].tolist() == [100.0, 60.0] and spread["per_seed"].shape == (1, 2)
+
+
+@pytest.mark.parametrize("sweeps, match", [
+    ([], "empty"),
+    ([[]], "empty"),
+    ([_sweep_rows([0.0, 0.1], [1, 2]), _sweep_rows([0.0, 0.2], [1, 2])], "seed 1 has the eps grid"),
+    ([_sweep_rows([0.0, 0.1], [1, 2]), _sweep_rows([0.0], [1])], "seed 1 has the eps grid"),
+])
+def test_seed_spread_rejects_bad_input(sweeps, match):
+    with pytest.raises(ValueError, match=match):
+        seed_spread(sweeps)
+
+
+def test_compare_with_reference_by_hand():
+    spread = {"eps": np.array([0.0, 0.05, 0.1]), "mean": np.array([99.0, 90.0, 60.0]),
+              "std": np.array([0.0, 2.0, 8.0])}
+    rows = compare_with_reference(spread, {0.1: 56.0, "0.05": 95.0, 0.0: 99.5, 0.3: 10.0})  # 0.3: not on the grid
+    assert rows == [
+        {"eps": 0.0, "original": 99.5, "mean": 99.0, "std": 0.0, "z": None},  # no spread: no z
+        {"eps": 0.05, "original": 95.0, "mean": 90.0, "std": 2.0, "z": 2.5},
+        {"eps": 0.1, "original": 56.0, "mean": 60.0, "std": 8.0, "z": -0.5},
+    ]
+    assert compare_with_reference(spread, {0.2: 50.0}) == []
+
+
+def test_compare_with_reference_on_seed_spread():
+    values = np.array([[100.0, 80.0], [100.0, 70.0], [100.0, 66.0]])
+    spread = seed_spread([_sweep_rows([0.0, 0.15], v) for v in values])
+    (row,) = compare_with_reference(spread, {0.15: 32.86})
+    assert row["z"] == pytest.approx((32.86 - values[:, 1].mean()) / values[:, 1].std(ddof=1), rel=1e-12)

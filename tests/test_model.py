@@ -1,10 +1,12 @@
 """advlib.model: the architecture the report describes, counted by hand; configs that describe themselves."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from advlib.model import ResNetConfig, ResidualBlock, SmallResNet, count_parameters
+from advlib.model import ResNetConfig, ResidualBlock, SmallResNet, count_parameters, fold_batchnorm
 
 
 def expected_parameters(cfg: ResNetConfig) -> int:
@@ -111,3 +113,91 @@ def test_mismatched_blocks_rejected():
 def test_model_keeps_its_config():
     cfg = ResNetConfig(stem_channels=4)
     assert SmallResNet(cfg).config == cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fold_batchnorm: the folded network against the model's own eval-mode forward pass (the oracle)
+
+
+def randomize_batchnorm(model: SmallResNet, seed: int = 0) -> SmallResNet:
+    """Give every BatchNorm non-trivial statistics: running means ~ N(0, 1), variances from 1e-3 to 10 (so that
+    bn.eps matters), affine weights and biases ~ N(0, 1) and, on every other BatchNorm, eps = 0.05 instead of 1e-5."""
+    gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for i, bn in enumerate(norms):
+            c = bn.num_features
+            bn.running_mean.copy_(torch.randn(c, generator=gen))
+            bn.running_var.copy_(10 ** (torch.rand(c, generator=gen) * 4 - 3))
+            bn.weight.copy_(torch.randn(c, generator=gen))
+            bn.bias.copy_(torch.randn(c, generator=gen))
+            if i % 2:
+                bn.eps = 0.05
+    return model
+
+
+def assert_same_logits(folded, model, x, rel=1e-4):
+    """Folded logits equal model.eval()(x) up to float rounding: within rel of the logits' largest magnitude."""
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = folded(x)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    error = (got - expected).abs().max().item() / expected.abs().max().item()
+    assert error <= rel, f"folded logits differ by {error:.2e} of the largest logit"
+    return got, expected
+
+
+def test_fold_matches_trained_model(trained_model, test_batch):
+    x, _ = test_batch
+    got, expected = assert_same_logits(fold_batchnorm(trained_model), copy.deepcopy(trained_model), x)
+    assert (got.argmax(1) == expected.argmax(1)).float().mean().item() >= 0.99
+
+
+@pytest.mark.parametrize("cfg", [
+    ResNetConfig(),
+    ResNetConfig(block_channels=(8, 8), block_strides=(1, 1)),  # identity skips only
+    ResNetConfig(stem_channels=4, block_channels=(12, 12, 24, 24), block_strides=(2, 1, 2, 1), num_classes=7),
+])
+def test_fold_matches_random_batchnorm_statistics(cfg):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SmallResNet(cfg))
+    x = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert_same_logits(fold_batchnorm(model), model, x)
+
+
+def test_fold_in_float64_is_exact_up_to_rounding():
+    # in float64 only the rounding of the folded arithmetic remains, so any error in the algebra stands out
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SmallResNet(), seed=2).double()
+    x = torch.rand(16, 1, 32, 32, dtype=torch.float64) * 2 - 1
+    assert_same_logits(fold_batchnorm(model), model, x, rel=1e-12)
+
+
+def test_fold_is_an_inference_snapshot_that_leaves_the_model_alone(untrained_model):
+    model = randomize_batchnorm(untrained_model).train()  # train mode: folding uses the running statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    folded = fold_batchnorm(model)
+    assert model.training and not folded.training
+    assert all(not p.requires_grad for p in folded.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        logits = folded(x)
+        model.fc.bias.add_(1.0)  # a later change to the model does not reach the snapshot
+        assert torch.equal(folded(x), logits)
+    assert_same_logits(fold_batchnorm(model), copy.deepcopy(model), x)  # folding again picks it up
+
+
+class _Subclass(SmallResNet):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_fold_returns_what_it_cannot_fold_unchanged(untrained_model):
+    hooked = copy.deepcopy(untrained_model)
+    hooked.blocks[1].register_forward_hook(lambda module, inputs, out: out * 0)
+    no_stats = SmallResNet()
+    no_stats.stem[1] = torch.nn.BatchNorm2d(8, track_running_stats=False)
+    wrapper = torch.nn.Sequential(untrained_model)
+    for model in (hooked, _Subclass(), no_stats, wrapper):
+        assert fold_batchnorm(model) is model
