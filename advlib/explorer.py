@@ -1,20 +1,35 @@
-"""The eps slider: drag eps, watch a handful of digits and the 1,000-image accuracy change.
+"""The eps slider: drag eps, watch a handful of digits and the whole set's adversarial accuracy change.
 
-Construction computes the FGSM direction sign(grad_x loss) once for all images (one backward pass) and the
-adversarial accuracy of the whole set at every slider position (forward passes only). A move then costs a
-lookup, one forward pass over the handful of shown images and one redraw: no gradient, no sweep.
+:class:`EpsExplorer` holds the numbers. Construction computes the FGSM direction sign(grad_x loss) once for all
+images (one backward pass) and the adversarial accuracy of the whole set at every slider position (forward passes
+only); :meth:`EpsExplorer.state` then gives everything a view shows at one eps. Three views draw a state:
 
-eps is in normalized units (images in [-1, 1]); the status line also gives [0, 1] pixel units.
+- :func:`static_figure`: a matplotlib picture (:func:`advlib.plotting.plot_explorer`, Figure 5's image grid over the
+  accuracy curve), for saving and for renderers that only show images;
+- :func:`live_widget`: an ipywidgets slider over :func:`panel_html`, for JupyterLab (needs a running kernel);
+- :func:`standalone_html`: one self-contained HTML fragment holding every slider position
+  (:func:`standalone_data`) and plain JavaScript; it works with no kernel and no network (an exported page).
+
+``display(explorer)`` in a notebook shows the live widget in JupyterLab and saves the standalone fragment and the
+picture in the same output, so that an HTML export (nbconvert falls back to text/html when no widget state is
+saved, see :mod:`advlib.html_report`) shows a working slider. The perturbation's colour scale is the one of every
+figure (:data:`advlib.plotting.PERTURBATION_LIMIT`), stated under the images.
+
+eps is in normalized units (images in [-1, 1]); every view also gives [0, 1] pixel units.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import html
 import io
+import json
 
 import numpy as np
 import torch
 from torch import nn
 
+from advlib import plotting
 from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction, to_pixel_eps
 
 
@@ -24,17 +39,18 @@ def _grid(eps_max: float, eps_step: float) -> list[float]:
 
 
 class EpsExplorer:
-    """Interactive FGSM explorer over a set of correctly classified images.
+    """FGSM over a set of (normally correctly classified) images, at every position of an eps slider.
 
     Args:
-        model: trained classifier (put in eval mode while attacked; its mode is restored).
-        x: (N, 1, 32, 32) float in [-1, 1], e.g. the 1,000 correctly classified test images; y: (N,) labels.
-        n_show: how many of the first images to display.
+        model: trained classifier (put in eval mode while attacked; its mode is restored). Any device.
+        x: (N, 1, 32, 32) float in [-1, 1] on the model's device, e.g. the 1,000 correctly classified test images;
+            y: (N,) labels.
+        n_show: how many of the first images the views display.
         eps_max, eps_step: slider range and resolution, normalized units.
         initial_eps: where the slider starts.
 
-    Use ``display(explorer)`` in a notebook (a static render shows a PNG of the current state), or
-    ``explorer.update(eps)`` (the slider's callback) and ``explorer.state(eps)`` (numbers only) from code.
+    Attributes: ``eps_grid`` (the slider's eps, normalized), ``accuracy_curve`` (adversarial accuracy in percent
+    of all N images at each), ``current`` (the state the live widget shows).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
@@ -43,180 +59,309 @@ class EpsExplorer:
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
-        self.eps_grid = _grid(eps_max, eps_step)
+        self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
         self.direction = fgsm_direction(model, x, y)  # (N, 1, 32, 32): the only gradient ever computed
         sweep = sweep_direction(model, x, y, self.direction, self.eps_grid, progress=progress)
-        correct = (sweep.preds == sweep.labels).float().mean(dim=1)  # (E,)
-        self.accuracy_curve = (100.0 * correct).tolist()  # adversarial accuracy (%) at each grid eps
-        self._widgets = None
+        self.accuracy_curve = (100.0 * (sweep.preds == sweep.labels).float().mean(dim=1)).tolist()  # (E,) percent
+        self.clean_preds = sweep.preds[0, :n_show].tolist()  # eps_grid[0] == 0
+        self._widget = None
         self.current = self.state(initial_eps)
 
-    # -- numbers --------------------------------------------------------------------------------------------
     def snap(self, eps: float) -> int:
-        """Index of the grid eps nearest to eps."""
+        """Index of the grid eps nearest to eps (clipped to the slider's range)."""
         return int(min(max(round(eps / self.eps_step), 0), len(self.eps_grid) - 1))
 
     def state(self, eps: float) -> dict:
-        """Everything the display shows at eps (snapped to the slider grid)."""
+        """Everything a view shows at eps, snapped to the slider grid; numbers, lists and CPU tensors only.
+
+        Keys: eps (normalized) and eps_pixel ([0, 1] units); n (images behind the rates); adv_accuracy and asr
+        (percent of the n images); for the n_show shown images: labels, clean_preds, preds (ints), confidences
+        (percent, of the predicted class), x and x_adv ((n_show, 1, 32, 32) in [-1, 1], on the CPU).
+        """
         i = self.snap(eps)
         eps = self.eps_grid[i]
-        xs, ys = self.x[: self.n_show], self.y[: self.n_show]
+        xs = self.x[: self.n_show]
         x_adv = (xs + eps * self.direction[: self.n_show]).clamp(-1, 1)
         pred, conf = predict(self.model, x_adv)  # the same forward path as the sweep behind accuracy_curve
         acc = self.accuracy_curve[i]
         return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(self.x), "adv_accuracy": acc,
-                "asr": 100.0 - acc, "labels": ys.tolist(), "preds": pred.tolist(),
-                "confidences": (100.0 * conf).tolist(), "x_adv": x_adv}
+                "asr": 100.0 - acc, "labels": self.y[: self.n_show].tolist(), "clean_preds": self.clean_preds,
+                "preds": pred.tolist(), "confidences": (100.0 * conf).tolist(),
+                "x": xs.detach().cpu(), "x_adv": x_adv.detach().cpu()}
 
-    # -- drawing --------------------------------------------------------------------------------------------
-    # The live view is plain HTML (tiny PNG data URIs and an inline SVG curve): building it takes milliseconds,
-    # where a matplotlib redraw of the same panel takes hundreds.
-    @staticmethod
-    def _png_uri(img: np.ndarray, cmap=None) -> str:
-        """(32, 32) array in [0, 1] -> data URI of a 96x96 PNG (grey, or RGB through cmap)."""
-        from PIL import Image
-
-        arr = cmap(img)[..., :3] if cmap is not None else img
-        pil = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).resize((96, 96), Image.NEAREST)
-        buf = io.BytesIO()
-        pil.save(buf, format="png", compress_level=1)
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-    def _curve_svg(self, state: dict, width: int = 560, height: int = 170) -> str:
-        left, right, top, bottom = 46, 10, 10, 36
-        def px(eps, acc):
-            x = left + (width - left - right) * eps / self.eps_grid[-1]
-            return x, top + (height - top - bottom) * (1 - acc / 100.0)
-        points = " ".join("%.1f,%.1f" % px(e, a) for e, a in zip(self.eps_grid, self.accuracy_curve))
-        mx, my = px(state["eps"], state["adv_accuracy"])
-        x0, y100 = px(0, 100)
-        x1, y0 = px(self.eps_grid[-1], 0)
-        ticks = "".join(f'<text x="{px(e, 0)[0]:.1f}" y="{y0 + 14}" font-size="10" text-anchor="middle">{e:.2f}</text>'
-                        for e in np.linspace(0, self.eps_grid[-1], 7))
-        yticks = "".join(f'<text x="{left - 4}" y="{px(0, a)[1] + 3:.1f}" font-size="10" text-anchor="end">{a}</text>'
-                         for a in (0, 25, 50, 75, 100))
-        return (f'<svg class="advlib-explorer-curve" width="{width}" height="{height}" '
-                f'xmlns="http://www.w3.org/2000/svg" style="background:white">'
-                f'<rect x="{left}" y="{top}" width="{x1 - left}" height="{y0 - top}" fill="none" stroke="#999"/>'
-                f'<line x1="{x0}" y1="{y100:.1f}" x2="{x1}" y2="{y100:.1f}" stroke="green" stroke-dasharray="4"/>'
-                f'<polyline points="{points}" fill="none" stroke="#d62728" stroke-width="2"/>'
-                f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="5" fill="black"/>{ticks}{yticks}'
-                f'<text x="{(left + x1) / 2}" y="{height - 4}" font-size="11" text-anchor="middle">'
-                f'ε (normalized units; pixel units = ε/2) — red: adversarial accuracy, green: clean, dot: slider</text>'
-                f'<text x="12" y="{(top + y0) / 2}" font-size="11" text-anchor="middle" '
-                f'transform="rotate(-90 12 {(top + y0) / 2})">accuracy (%)</text></svg>')
-
-    def panel_html(self, state: dict | None = None) -> str:
-        """The images (original, adversarial, perturbation x10) with labels, and the accuracy curve, as HTML."""
-        import matplotlib
-
-        s = state or self.current
-        k = self.n_show
-        xs = (self.x[:k, 0] * 0.5 + 0.5).numpy()
-        adv = (s["x_adv"][:, 0] * 0.5 + 0.5).numpy()
-        cmap = matplotlib.colormaps["seismic"]
-        rows = {"original": [self._png_uri(xs[c]) for c in range(k)],
-                "adversarial": [self._png_uri(adv[c]) for c in range(k)],
-                "perturbation ×10": [self._png_uri(np.clip(0.5 + 10 * (adv[c] - xs[c]), 0, 1), cmap)
-                                     for c in range(k)]}
-        html = ['<table class="advlib-explorer-grid" style="border-collapse:collapse;text-align:center">']
-        for name, uris in rows.items():
-            cells = "".join(f'<td style="padding:2px"><img src="{u}" width="72" height="72"/></td>' for u in uris)
-            html.append(f'<tr><th style="text-align:right;padding-right:6px">{name}</th>{cells}</tr>')
-            if name == "adversarial":
-                caps = "".join(
-                    f'<td style="font-size:11px;color:{"black" if p == t else "#d62728"}">'
-                    f'true {t} → <b>{p}</b> ({c:.0f}%)</td>'
-                    for t, p, c in zip(s["labels"], s["preds"], s["confidences"]))
-                html.append(f'<tr class="advlib-explorer-labels"><th></th>{caps}</tr>')
-        html.append("</table>")
-        html.append(self._curve_svg(s))
-        return "".join(html)
-
-    def figure(self, state: dict | None = None):
-        """A matplotlib Figure of the same view (for saving, and for static renderings of the notebook)."""
-        from matplotlib.figure import Figure
-
-        s = state or self.current
-        k = self.n_show
-        fig = Figure(figsize=(1.4 * k, 6.2), dpi=100)
-        gs = fig.add_gridspec(4, k, height_ratios=[1, 1, 1, 1.6], hspace=0.6, wspace=0.1)
-        xs = self.x[:k, 0]
-        adv = s["x_adv"][:, 0]
-        for c in range(k):
-            for r, (img, kw) in enumerate([((xs[c] * 0.5 + 0.5), dict(cmap="gray", vmin=0, vmax=1)),
-                                           ((adv[c] * 0.5 + 0.5), dict(cmap="gray", vmin=0, vmax=1)),
-                                           ((10 * (adv[c] - xs[c]) / 2).clamp(-1, 1), dict(cmap="seismic", vmin=-1, vmax=1))]):
-                ax = fig.add_subplot(gs[r, c])
-                ax.imshow(img.numpy(), **kw)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(["original", "adversarial", "perturb. ×10"][r], fontsize=9)
-                if r == 0:
-                    ax.set_title(f"true {s['labels'][c]}", fontsize=9)
-                if r == 1:
-                    ok = s["preds"][c] == s["labels"][c]
-                    ax.set_title(f"pred {s['preds'][c]} ({s['confidences'][c]:.0f}%)", fontsize=9,
-                                 color="black" if ok else "red")
-        ax = fig.add_subplot(gs[3, :])
-        ax.plot(self.eps_grid, self.accuracy_curve, color="tab:red", lw=2, label="adversarial accuracy")
-        ax.axhline(100, color="tab:green", ls="--", lw=1, label="clean accuracy")
-        ax.plot([s["eps"]], [s["adv_accuracy"]], "o", color="black", ms=8, label="slider position")
-        ax.set_xlabel("ε (normalized units, images in [-1, 1]); pixel units = ε / 2")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 105)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
-        fig.suptitle(f"FGSM ε = {s['eps']:.3f} normalized ({s['eps_pixel']:.4f} in [0, 1] pixels): "
-                     f"adversarial accuracy {s['adv_accuracy']:.1f}% on {s['n']} images", fontsize=11)
-        return fig
-
-    def render(self, state: dict | None = None) -> bytes:
-        """PNG bytes of :meth:`figure`."""
-        buf = io.BytesIO()
-        self.figure(state).savefig(buf, format="png", bbox_inches="tight")
-        return buf.getvalue()
-
-    def status_html(self, state: dict | None = None) -> str:
-        s = state or self.current
-        preds = " · ".join(f"{p} ({c:.0f}%)" for p, c in zip(s["preds"], s["confidences"]))
-        return (f'<div class="advlib-explorer-status">ε = <b>{s["eps"]:.3f}</b> normalized '
-                f'(= {s["eps_pixel"]:.4f} in [0, 1] pixel units) · adversarial accuracy '
-                f'<b>{s["adv_accuracy"]:.2f}%</b> · ASR <b>{s["asr"]:.2f}%</b> on {s["n"]} images</div>'
-                f'<div class="advlib-explorer-preds">predicted: {preds}</div>')
-
-    # -- the widget -----------------------------------------------------------------------------------------
     @property
     def widget(self):
-        """The ipywidgets VBox(slider, status, image); built on first use."""
-        if self._widgets is None:
-            import ipywidgets as W
-
-            slider = W.FloatSlider(value=self.current["eps"], min=0.0, max=self.eps_grid[-1], step=self.eps_step,
-                                   readout_format=".3f", continuous_update=True, description="ε (normalized)",
-                                   style={"description_width": "initial"}, layout=W.Layout(width="520px"))
-            status = W.HTML(self.status_html())
-            image = W.HTML(self.panel_html())
-            slider.observe(lambda change: self.update(change["new"]), names="value")
-            self._widgets = (W.VBox([slider, status, image]), slider, status, image)
-        return self._widgets[0]
+        """The live ipywidgets view (:func:`live_widget`), built on first use."""
+        if self._widget is None:
+            self._widget = live_widget(self)
+        return self._widget
 
     def update(self, eps: float) -> dict:
-        """The slider's callback: recompute the state at eps and redraw. Returns the state."""
+        """The slider's callback: recompute the state at eps and redraw the live view. Returns the state."""
         self.current = self.state(eps)
-        if self._widgets is not None:
-            _, _, status, image = self._widgets
-            image.value = self.panel_html()
-            status.value = self.status_html()
+        if self._widget is not None:
+            self._widget.children[1].value = _live_panel(self, self.current)
         return self.current
 
     def _repr_mimebundle_(self, **kwargs):
-        # The live widget for JupyterLab, plus a PNG and HTML of the current state so that a static rendering
-        # (GitHub, nbconvert without widget state) shows the last state instead of "Error displaying widget".
+        # JupyterLab renders the widget; nbconvert without saved widget state takes text/html, the kernel-free
+        # slider; renderers with neither take the picture.
         bundle = self.widget._repr_mimebundle_(**kwargs)
-        png = self.render()
-        bundle["image/png"] = base64.b64encode(png).decode()
+        bundle["text/html"] = standalone_html(self)
+        bundle["image/png"] = base64.b64encode(static_png(self)).decode()
         bundle["text/plain"] = f"EpsExplorer at ε = {self.current['eps']:.3f} (normalized)"
         return bundle
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The static picture
+
+
+def static_figure(explorer: EpsExplorer, state: dict | None = None):
+    """A matplotlib Figure of the state (default: the current one): Figure 5's grid over the accuracy curve."""
+    return plotting.plot_explorer(state or explorer.current, explorer.eps_grid, explorer.accuracy_curve)
+
+
+def static_png(explorer: EpsExplorer, state: dict | None = None) -> bytes:
+    """PNG bytes of :func:`static_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = static_figure(explorer, state)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML: one panel markup for the live widget and the standalone page
+
+
+def png_uri(img: np.ndarray) -> str:
+    """(H, W) uint8 grey or (H, W, 3) uint8 RGB -> data URI of a PNG at native size (the page scales it up)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _grey(img: torch.Tensor) -> np.ndarray:
+    """(1, H, W) in [-1, 1] -> (H, W) uint8."""
+    return np.round((img[0].numpy() * 0.5 + 0.5).clip(0, 1) * 255).astype(np.uint8)
+
+
+def frame(explorer: EpsExplorer, state: dict) -> dict:
+    """What changes with the slider, as JSON-ready data: the state's numbers and the shown images as PNG data URIs
+    (adversarial in grey, perturbation x_adv - x on the shared colour scale), plus the curve marker's position."""
+    delta = state["x_adv"] - state["x"]
+    return {"eps": state["eps"], "eps_pixel": state["eps_pixel"], "adv_accuracy": state["adv_accuracy"],
+            "asr": state["asr"], "preds": state["preds"], "confidences": state["confidences"],
+            "adversarial": [png_uri(_grey(a)) for a in state["x_adv"]],
+            "perturbation": [png_uri(rgb) for rgb in plotting.perturbation_rgb(delta[:, 0])],
+            "marker": _curve_xy(explorer, state["eps"], state["adv_accuracy"])}
+
+
+_CSS = """
+.advlib-explorer{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:14px;
+  line-height:1.45;color:#222;max-width:820px}
+.advlib-explorer .advlib-explorer-slider{display:flex;flex-wrap:wrap;align-items:center;gap:4px 10px;
+  margin:4px 0 6px}
+.advlib-explorer .advlib-explorer-slider[hidden]{display:none}
+.advlib-explorer .advlib-explorer-slider input{flex:1 1 220px;max-width:520px;margin:0;accent-color:#d62728}
+.advlib-explorer .advlib-explorer-readout{font-weight:bold;font-variant-numeric:tabular-nums;min-width:3.2em}
+.advlib-explorer .advlib-explorer-status,.advlib-explorer .advlib-explorer-preds{margin:2px 0}
+.advlib-explorer .advlib-explorer-status b,.advlib-explorer .advlib-explorer-preds{font-variant-numeric:tabular-nums}
+.advlib-explorer .advlib-explorer-preds{color:#555;font-size:13px}
+.advlib-explorer .advlib-explorer-grid{display:flex;flex-wrap:wrap;gap:8px 6px;margin:10px 0 4px}
+.advlib-explorer .advlib-explorer-digit,.advlib-explorer .advlib-explorer-rows{display:flex;flex-direction:column;
+  align-items:center;width:76px}
+.advlib-explorer .advlib-explorer-rows{align-items:flex-end;width:auto;color:#555;font-size:12px;text-align:right}
+.advlib-explorer .advlib-explorer-rows span{height:76px;display:flex;align-items:center}
+.advlib-explorer .advlib-explorer-rows span.advlib-explorer-caprow{height:34px}
+.advlib-explorer .advlib-explorer-digit img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc;
+  display:block;margin:2px 0}
+.advlib-explorer .advlib-explorer-caption{height:34px;font-size:12px;line-height:16px;text-align:center}
+.advlib-explorer .advlib-explorer-rowlegend{display:none;font-size:12px;color:#555}
+@media (max-width:600px){.advlib-explorer .advlib-explorer-rows{display:none}
+  .advlib-explorer .advlib-explorer-rowlegend{display:block}}
+.advlib-explorer .advlib-explorer-caption.advlib-explorer-wrong{color:#d62728;font-weight:bold}
+.advlib-explorer .advlib-explorer-scale{display:flex;flex-wrap:wrap;align-items:center;gap:4px 8px;font-size:12px;
+  color:#555;margin:2px 0 8px}
+.advlib-explorer .advlib-explorer-scale i{display:inline-block;width:120px;height:10px;border:1px solid #ccc}
+.advlib-explorer .advlib-explorer-curve{width:100%;max-width:560px;height:auto;display:block;background:#fff}
+.advlib-explorer .advlib-explorer-legend{font-size:12px;color:#555;margin:0 0 4px}
+"""
+
+# Every selector starts with .advlib-explorer: the page's own styles (nbconvert's, JupyterLab's) must not win.
+
+# the accuracy curve's SVG canvas: width, height and the plot area's margins (left, right, top, bottom)
+_SVG_W, _SVG_H, _SVG_MARGINS = 480, 190, (46, 34, 10, 40)
+
+
+def _curve_xy(explorer: EpsExplorer, eps: float, acc: float) -> list[float]:
+    """SVG coordinates of the point (eps normalized, accuracy percent) on the curve's canvas."""
+    left, right, top, bottom = _SVG_MARGINS
+    return [round(left + (_SVG_W - left - right) * eps / explorer.eps_grid[-1], 1),
+            round(top + (_SVG_H - top - bottom) * (1 - acc / 100.0), 1)]
+
+
+def _curve_svg(explorer: EpsExplorer, state: dict) -> str:
+    left, right, top, bottom = _SVG_MARGINS
+    x0, y0 = _curve_xy(explorer, 0, 0)
+    x1, y100 = _curve_xy(explorer, explorer.eps_grid[-1], 100)
+    points = " ".join("%.1f,%.1f" % tuple(_curve_xy(explorer, e, a))
+                      for e, a in zip(explorer.eps_grid, explorer.accuracy_curve))
+    mx, my = _curve_xy(explorer, state["eps"], state["adv_accuracy"])
+    yc = _curve_xy(explorer, 0, explorer.accuracy_curve[0])[1]  # clean accuracy: eps_grid[0] == 0
+    ticks = "".join(f'<text x="{_curve_xy(explorer, e, 0)[0]}" y="{y0 + 15}" text-anchor="middle">'
+                    f'{e:.2g}<tspan fill="#888"> ({to_pixel_eps(e):.3g})</tspan></text>'
+                    for e in np.linspace(0, explorer.eps_grid[-1], 4))
+    yticks = "".join(f'<text x="{left - 5}" y="{_curve_xy(explorer, 0, a)[1] + 4}" text-anchor="end">{a}</text>'
+                     for a in (0, 25, 50, 75, 100))
+    return (f'<svg class="advlib-explorer-curve" viewBox="0 0 {_SVG_W} {_SVG_H}" role="img" font-size="13" '
+            f'aria-label="adversarial accuracy against ε, with the slider position marked" '
+            f'xmlns="http://www.w3.org/2000/svg">'
+            f'<rect x="{x0}" y="{y100}" width="{x1 - x0:.1f}" height="{y0 - y100:.1f}" fill="none" stroke="#bbb"/>'
+            f'<line x1="{x0}" y1="{yc}" x2="{x1}" y2="{yc}" stroke="{plotting.CLEAN}" stroke-dasharray="4"/>'
+            f'<polyline points="{points}" fill="none" stroke="{plotting.ADV}" stroke-width="2"/>'
+            f'<circle class="advlib-explorer-marker" cx="{mx}" cy="{my}" r="6" fill="black"/>{ticks}{yticks}'
+            f'<text x="{(x0 + x1) / 2}" y="{_SVG_H - 6}" text-anchor="middle">ε, normalized '
+            f'<tspan fill="#888">([0, 1] pixel units)</tspan></text>'
+            f'<text x="12" y="{(y0 + y100) / 2}" text-anchor="middle" '
+            f'transform="rotate(-90 12 {(y0 + y100) / 2})">accuracy (%)</text></svg>')
+
+
+def _alt(kind: str, label: int, eps: float, pred: int | None = None, conf: float | None = None) -> str:
+    if kind == "original":
+        return f"original digit, true label {label}"
+    if kind == "adversarial":
+        return f"FGSM image at ε = {eps:.3f}, true {label}, predicted {pred} ({conf:.0f}%)"
+    return f"perturbation x_adv − x of the digit {label} at ε = {eps:.3f}"
+
+
+def panel_html(explorer: EpsExplorer, state: dict) -> str:
+    """The explorer at one state as HTML: status line, predictions, the shown digits (original, adversarial with
+    its prediction, perturbation), the colour scale and the accuracy curve with the slider's marker. Both the live
+    widget and the standalone page show exactly this markup; the standalone page's script rewrites its values."""
+    f = frame(explorer, state)
+    e = state["eps"]
+    preds = " · ".join(f"{p} ({c:.0f}%)" for p, c in zip(state["preds"], state["confidences"]))
+    cards = ['<div class="advlib-explorer-rows" aria-hidden="true"><span>original</span><span>FGSM adversarial</span>'
+             '<span class="advlib-explorer-caprow">true → predicted<br>(confidence)</span><span>perturbation</span>'
+             '</div>']
+    for j, (t, p, c) in enumerate(zip(state["labels"], state["preds"], state["confidences"])):
+        orig = png_uri(_grey(state["x"][j]))
+        wrong = " advlib-explorer-wrong" if p != t else ""
+        cards.append(
+            f'<div class="advlib-explorer-digit">'
+            f'<img src="{orig}" alt="{_alt("original", t, e)}"/>'
+            f'<img class="advlib-explorer-adv" src="{f["adversarial"][j]}" alt="{_alt("adversarial", t, e, p, c)}"/>'
+            f'<div class="advlib-explorer-caption{wrong}">true {t} →<br><b>{p}</b> ({c:.0f}%)</div>'
+            f'<img class="advlib-explorer-pert" src="{f["perturbation"][j]}" alt="{_alt("perturbation", t, e)}"/>'
+            f'</div>')
+    limit = plotting.PERTURBATION_LIMIT
+    return (f'<div class="advlib-explorer-status">ε = <b class="advlib-v-eps">{e:.3f}</b> normalized (= '
+            f'<span class="advlib-v-epspx">{state["eps_pixel"]:.4f}</span> in [0, 1] pixel units) · adversarial '
+            f'accuracy <b class="advlib-v-acc">{state["adv_accuracy"]:.2f}%</b> · ASR '
+            f'<b class="advlib-v-asr">{state["asr"]:.2f}%</b> on {state["n"]} images</div>'
+            f'<div class="advlib-explorer-preds">predicted: <span class="advlib-v-preds">{preds}</span></div>'
+            f'<div class="advlib-explorer-rowlegend">each column, top to bottom: original, FGSM adversarial, '
+            f'true → predicted (confidence), perturbation</div>'
+            f'<div class="advlib-explorer-grid">{"".join(cards)}</div>'
+            f'<div class="advlib-explorer-scale">perturbation colours: <span>−{limit:g}</span>'
+            f'<i style="background:{plotting.perturbation_css_gradient()}"></i><span>+{limit:g}</span>'
+            f'<span>({html.escape(plotting.perturbation_label())}; white = unchanged, red = brighter, '
+            f'blue = darker)</span></div>'
+            f'<div class="advlib-explorer-legend"><span style="color:{plotting.ADV}">━ adversarial accuracy of all '
+            f'{state["n"]} images</span> · <span style="color:{plotting.CLEAN}">╌ clean (ε = 0)</span> · '
+            f'● slider</div>'
+            + _curve_svg(explorer, state))
+
+
+def _live_panel(explorer: EpsExplorer, state: dict) -> str:
+    return f"<style>{_CSS}</style>" + panel_html(explorer, state)
+
+
+def live_widget(explorer: EpsExplorer):
+    """ipywidgets VBox(FloatSlider, HTML panel) for JupyterLab; moving the slider calls ``explorer.update``."""
+    import ipywidgets as W
+
+    slider = W.FloatSlider(value=explorer.current["eps"], min=0.0, max=explorer.eps_grid[-1],
+                           step=explorer.eps_step, readout_format=".3f", continuous_update=True,
+                           description="ε (normalized)", style={"description_width": "initial"},
+                           layout=W.Layout(width="520px", max_width="100%"))
+    panel = W.HTML(_live_panel(explorer, explorer.current))
+    slider.observe(lambda change: explorer.update(change["new"]), names="value")
+    box = W.VBox([slider, panel])
+    box.add_class("advlib-explorer")
+    return box
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The standalone page: every slider position precomputed, plain JavaScript, no kernel, no network
+
+
+def standalone_data(explorer: EpsExplorer) -> dict:
+    """Every slider position as JSON-ready data: ``eps_grid``, ``initial`` (index of the current state),
+    ``n``, ``labels`` and ``frames`` (one :func:`frame` per grid eps, equal to ``explorer.state(eps)``'s numbers)."""
+    return {"eps_grid": explorer.eps_grid, "initial": explorer.snap(explorer.current["eps"]),
+            "n": len(explorer.x), "labels": explorer.current["labels"],
+            "frames": [frame(explorer, explorer.state(e)) for e in explorer.eps_grid]}
+
+
+# Rewrites the panel's values from data.frames[i]; formats numbers as panel_html does (toFixed = f"{v:.Nf}").
+_SCRIPT = """(function () {
+  var root = document.currentScript.parentNode;
+  var data = JSON.parse(root.querySelector("script.advlib-explorer-data").textContent);
+  var input = root.querySelector(".advlib-explorer-slider input");
+  var readout = root.querySelector(".advlib-explorer-readout");
+  function q(sel) { return root.querySelector(sel); }
+  function all(sel) { return root.querySelectorAll(sel); }
+  function show(i) {
+    var f = data.frames[i], e = f.eps.toFixed(3);
+    readout.textContent = e;
+    input.setAttribute("aria-valuetext", "ε = " + e + " normalized");
+    q(".advlib-v-eps").textContent = e;
+    q(".advlib-v-epspx").textContent = f.eps_pixel.toFixed(4);
+    q(".advlib-v-acc").textContent = f.adv_accuracy.toFixed(2) + "%";
+    q(".advlib-v-asr").textContent = f.asr.toFixed(2) + "%";
+    q(".advlib-v-preds").textContent = f.preds.map(function (p, k) {
+      return p + " (" + f.confidences[k].toFixed(0) + "%)"; }).join(" · ");
+    var adv = all("img.advlib-explorer-adv"), pert = all("img.advlib-explorer-pert");
+    var caps = all(".advlib-explorer-caption");
+    f.preds.forEach(function (p, k) {
+      var t = data.labels[k], c = f.confidences[k].toFixed(0);
+      adv[k].src = f.adversarial[k];
+      adv[k].alt = "FGSM image at ε = " + e + ", true " + t + ", predicted " + p + " (" + c + "%)";
+      pert[k].src = f.perturbation[k];
+      pert[k].alt = "perturbation x_adv − x of the digit " + t + " at ε = " + e;
+      caps[k].innerHTML = "true " + t + " →<br><b>" + p + "</b> (" + c + "%)";
+      caps[k].classList.toggle("advlib-explorer-wrong", p !== t);
+    });
+    var m = q(".advlib-explorer-marker");
+    m.setAttribute("cx", f.marker[0]);
+    m.setAttribute("cy", f.marker[1]);
+  }
+  input.addEventListener("input", function () { show(+input.value); });
+  q(".advlib-explorer-slider").hidden = false;
+  show(+input.value);
+})();"""
+
+
+def standalone_html(explorer: EpsExplorer) -> str:
+    """One self-contained HTML fragment: a range input over the slider grid (arrow keys move it one step) and the
+    panel, driven by :func:`standalone_data` inlined as JSON and a few lines of plain JavaScript. No request leaves
+    the page. Without JavaScript it shows the current state (the input stays hidden)."""
+    data = standalone_data(explorer)
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes its <script>
+    uid = hashlib.sha1(payload.encode()).hexdigest()[:12]  # stable across runs with the same numbers
+    last, i = len(explorer.eps_grid) - 1, data["initial"]
+    return (f'<div class="advlib-explorer" id="advlib-explorer-{uid}"><style>{_CSS}</style>'
+            f'<label class="advlib-explorer-slider" hidden>ε (normalized) <input type="range" min="0" '
+            f'max="{last}" step="1" value="{i}" aria-label="FGSM ε, normalized units, step {explorer.eps_step:g}">'
+            f'<output class="advlib-explorer-readout">{explorer.eps_grid[i]:.3f}</output></label>'
+            + panel_html(explorer, explorer.state(explorer.eps_grid[i]))
+            + f'<script type="application/json" class="advlib-explorer-data">{payload}</script>'
+            f'<script>{_SCRIPT}</script></div>')

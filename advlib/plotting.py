@@ -1,5 +1,6 @@
 """Figures of the study: the original report's Figures 1-9 (graph1..graph8, sample_predictions) and the new ones
-(graph10 adversarial training, graph11 seed spread, graph12 confidence as a detector).
+(graph10 adversarial training, graph11 seed spread, graph12 confidence as a detector), and the picture of the eps
+explorer (:func:`plot_explorer`, the same image grid as Figure 5 plus the accuracy curve).
 
 Every function takes plain data (lists, dicts, numpy arrays or torch tensors) and returns a matplotlib
 ``Figure``; it never shows or saves. :func:`save_figure` writes one atomically and closes it.
@@ -10,6 +11,8 @@ Conventions:
 - Rates are percentages (0..100). A rate is a dict ``{"value", "ci_low", "ci_high", ...}`` as made by
   :func:`advlib.metrics.rate`; its 95% Wilson interval is drawn as error bars (bars) or a shaded band (curves).
 - Colours: clean = green, adversarial = red, adversarially trained (robust) model = blue, standard model = orange.
+- The perturbation x_adv - x has one colour scale everywhere (Figure 5, the explorer's picture and its HTML views):
+  :data:`PERTURBATION_CMAP` from -:data:`PERTURBATION_LIMIT` to +:data:`PERTURBATION_LIMIT`, stated on the colour bar.
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ BAND_ALPHA = 0.2
 EPS_LABEL = "ε (normalized units, images in [-1, 1])"
 PIXEL_LABEL = "ε in [0, 1] pixel units"
 CI_NOTE = "95% Wilson interval"
+
+# The perturbation's colour scale, shared by every view of x_adv - x. FGSM moves a pixel by +-eps (less where the
+# image clamps at -1 or 1), so at every eps from this limit up the picture shows the sign pattern at full colour.
+PERTURBATION_LIMIT = 0.1  # normalized units (= 0.05 in [0, 1] pixel units): the colours saturate here
+PERTURBATION_CMAP = "RdBu_r"  # white = unchanged, red = brighter, blue = darker
 
 # Sizes chosen for figures about 10-13 inches wide saved at dpi=150: text stays legible when the PNG is shown
 # at half size in a report.
@@ -102,7 +110,7 @@ def eps_text(eps: float, short: bool = False) -> str:
 
 def label_eps_axis(ax, ticks: Sequence[float] | None = None):
     """Label ax's x axis (data in normalized eps) and add a top axis in [0, 1] pixel units; with ticks, put ticks
-    at those eps on both axes. Returns the secondary axis. Public so other figures (the explorer) match."""
+    at those eps on both axes. Returns the secondary axis."""
     ax.set_xlabel(EPS_LABEL)
     sec = ax.secondary_xaxis("top", functions=(to_pixel_eps, to_normalized_eps))
     sec.set_xlabel(PIXEL_LABEL)
@@ -110,6 +118,25 @@ def label_eps_axis(ax, ticks: Sequence[float] | None = None):
         ax.set_xticks(list(ticks), [_num(e) for e in ticks])
         sec.set_xticks([to_pixel_eps(e) for e in ticks], [_num(to_pixel_eps(e)) for e in ticks])
     return sec
+
+
+def perturbation_label() -> str:
+    """What the perturbation colours mean, in both units (the colour bar's label in every view)."""
+    return (f"x_adv − x, normalized units; saturates at ±{_num(PERTURBATION_LIMIT)} "
+            f"(±{_num(to_pixel_eps(PERTURBATION_LIMIT))} in [0, 1] px)")
+
+
+def perturbation_rgb(delta: Any) -> np.ndarray:
+    """(..., H, W) perturbation x_adv - x (normalized units) -> (..., H, W, 3) uint8 RGB on the shared colour scale,
+    the colours the figures draw; for the views that are not matplotlib (the explorer's HTML)."""
+    norm = mpl.colors.Normalize(-PERTURBATION_LIMIT, PERTURBATION_LIMIT, clip=True)
+    return np.round(255 * mpl.colormaps[PERTURBATION_CMAP](norm(_np(delta)))[..., :3]).astype(np.uint8)
+
+
+def perturbation_css_gradient(stops: int = 9) -> str:
+    """The colour scale as a CSS linear-gradient, from -PERTURBATION_LIMIT (left) to +PERTURBATION_LIMIT."""
+    colours = perturbation_rgb(np.linspace(-PERTURBATION_LIMIT, PERTURBATION_LIMIT, stops)[None])[0]
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in colours) + ")"
 
 
 def _rate_arrays(rates: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,40 +345,78 @@ def _prediction_title(ax, true: int, pred: int, arrow: bool = True) -> None:
     ax.set_title(text, color=ADV if wrong else "black", fontweight="bold" if wrong else "normal", fontsize=11)
 
 
-@_styled
-def plot_image_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, eps: float,
-                    magnify: float = 10) -> Figure:
-    """Figure 5 (graph5): originals (top), FGSM images (middle), perturbation magnified (bottom).
-
-    Args:
-        x, x_adv: (K, 1, 32, 32) images in [-1, 1] (tensors or arrays).
-        y, pred_clean, pred_adv: (K,) int labels 0..9. Wrong predictions get red titles.
-        eps: the attack's eps, normalized units.
-        magnify: the perturbation x_adv - x (normalized units) is shown times magnify on a diverging scale
-            clipped to [-1, 1] (white = unchanged, red = brighter, blue = darker).
-    """
-    x, x_adv = _images(x, "x"), _images(x_adv, "x_adv")
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
+def _image_grid(fig, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
+                pred_adv: np.ndarray) -> None:
+    """Originals, adversarial images and perturbation (shared colour scale, colour bar) as 3 rows of fig (a Figure
+    or SubFigure). Arguments as checked by :func:`plot_image_grid`."""
     k = len(x)
-    y, pred_clean, pred_adv = (_labels(a, k, n) for a, n in ((y, "y"), (pred_clean, "pred_clean"), (pred_adv, "pred_adv")))
-    delta = x_adv - x
-
-    fig, axes = plt.subplots(3, k, figsize=(1.7 * k + 1.5, 6.6), layout="constrained", squeeze=False)
+    axes = fig.subplots(3, k, squeeze=False)
     for j in range(k):
         _show(axes[0, j], x[j])
         _prediction_title(axes[0, j], y[j], pred_clean[j])
         _show(axes[1, j], x_adv[j])
         _prediction_title(axes[1, j], y[j], pred_adv[j])
-        im = _show(axes[2, j], np.clip(magnify * delta[j], -1, 1), cmap="RdBu_r")
-    for row, text in enumerate(("original", "FGSM adversarial", f"perturbation ×{_num(magnify)}")):
+        im = _show(axes[2, j], x_adv[j] - x[j], cmap=PERTURBATION_CMAP, vmin=-PERTURBATION_LIMIT,
+                   vmax=PERTURBATION_LIMIT)
+    for row, text in enumerate(("original", "FGSM adversarial", "perturbation")):
         axes[row, 0].set_ylabel(text, fontsize=12)
     cbar = fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, aspect=12)
-    # Ticks read the true perturbation: the colour of magnify * delta, labelled with delta itself.
-    cbar.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v / magnify:+.2g}" if v else "0"))
-    cbar.set_label(f"x_adv − x (normalized units)\nsaturates at ±{_num(1 / magnify)}", fontsize=10)
+    cbar.set_label(perturbation_label().replace("; ", "\n"), fontsize=10)
+
+
+def _grid_inputs(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any) -> tuple[np.ndarray, ...]:
+    x, x_adv = _images(x, "x"), _images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
+    k = len(x)
+    return (x, x_adv, *(_labels(a, k, n) for a, n in ((y, "y"), (pred_clean, "pred_clean"), (pred_adv, "pred_adv"))))
+
+
+@_styled
+def plot_image_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, eps: float) -> Figure:
+    """Figure 5 (graph5): originals (top), FGSM images (middle), perturbation x_adv - x (bottom).
+
+    Args:
+        x, x_adv: (K, 1, 32, 32) images in [-1, 1] (tensors or arrays, any device).
+        y, pred_clean, pred_adv: (K,) int labels 0..9. Wrong predictions get red titles.
+        eps: the attack's eps, normalized units.
+    The perturbation is drawn on the shared diverging scale (:data:`PERTURBATION_LIMIT`, white = unchanged, red =
+    brighter, blue = darker), labelled on its colour bar.
+    """
+    x, x_adv, y, pred_clean, pred_adv = _grid_inputs(x, x_adv, y, pred_clean, pred_adv)
+    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, 6.6), layout="constrained")
+    _image_grid(fig, x, x_adv, y, pred_clean, pred_adv)
     fig.suptitle(f"Figure 5: FGSM adversarial examples, {eps_text(eps)}\n"
                  "red titles: misclassified")
+    return fig
+
+
+@_styled
+def plot_explorer(state: Mapping, curve_eps: Sequence[float], curve_accuracy: Sequence[float]) -> Figure:
+    """The eps explorer at one slider position: Figure 5's image grid over the accuracy curve with a marker.
+
+    Args:
+        state: :meth:`advlib.explorer.EpsExplorer.state` output; reads ``x``, ``x_adv`` ((K, 1, 32, 32) in
+            [-1, 1]), ``labels``, ``clean_preds``, ``preds`` ((K,) ints), ``eps`` (normalized), ``adv_accuracy``
+            (percent) and ``n`` (images behind the accuracy).
+        curve_eps, curve_accuracy: the slider's eps grid (normalized, starting at 0) and the adversarial accuracy
+            (percent) there.
+    """
+    x, x_adv, y, pred_clean, pred_adv = _grid_inputs(state["x"], state["x_adv"], state["labels"],
+                                                     state["clean_preds"], state["preds"])
+    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, 10.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1.15])
+    _image_grid(top, x, x_adv, y, pred_clean, pred_adv)
+    ax = bottom.subplots()
+    ax.plot(curve_eps, curve_accuracy, color=ADV, linewidth=2, label="adversarial accuracy (FGSM)")
+    ax.axhline(curve_accuracy[0], color=CLEAN, linestyle="--", linewidth=1, label="clean accuracy (ε = 0)")
+    ax.plot([state["eps"]], [state["adv_accuracy"]], "o", color="black", markersize=9, label="slider position")
+    label_eps_axis(ax)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 105)
+    ax.legend(loc="upper right")
+    fig.suptitle(f"FGSM {eps_text(state['eps'])}\nadversarial accuracy {state['adv_accuracy']:.1f}% on "
+                 f"{state['n']} images; red titles: misclassified")
     return fig
 
 
@@ -567,49 +632,45 @@ def plot_adversarial_row(x: Any, x_adv: Any, y: Any, pred_adv: Any, eps: float, 
 
 
 @_styled
-def plot_seed_spread(runs: Sequence[Sequence[Mapping]], reference: Mapping[float, float] | None = None) -> Figure:
+def plot_seed_spread(spread: Mapping, reference: Mapping[float, float] | None = None) -> Figure:
     """Figure 11 (graph11): FGSM sweep across training seeds, mean ± 1 standard deviation with each seed drawn thin.
 
     Args:
-        runs: one list of :func:`advlib.metrics.sweep_metrics` rows per seed, all on the same eps grid
-            (normalized units); reads ``adv_accuracy`` and ``asr`` (rate dicts, percent).
+        spread: :func:`advlib.metrics.seed_spread` output: ``eps`` (E,) normalized; ``mean``, ``std`` (E,) and
+            ``per_seed`` (S, E) adversarial accuracy in percent; ``n_seeds``. The attack success rate panel is
+            100 - accuracy (the attacked images are correctly classified).
         reference: optional {eps: adversarial accuracy in percent} of the original report, drawn as black crosses
             (on the ASR panel as 100 - accuracy, the report's definition). Keys may be strings ("0.05").
     """
-    runs = [_check_rows(r, ("eps", "adv_accuracy", "asr")) for r in runs]
-    if not runs:
-        raise ValueError("runs is empty: pass one list of sweep rows per seed")
-    eps = np.array([float(r["eps"]) for r in runs[0]])
-    for i, run in enumerate(runs):
-        run_eps = [float(r["eps"]) for r in run]
-        if len(run_eps) != len(eps) or not np.allclose(run_eps, eps):
-            raise ValueError(f"run {i} has a different eps grid from run 0; all seeds must share one grid")
-    ref = None
-    if reference:
-        ref = sorted((float(e), float(v)) for e, v in reference.items())
+    missing = {"eps", "mean", "std", "n_seeds", "per_seed"} - set(spread)
+    if missing:
+        raise ValueError(f"spread lacks {sorted(missing)}: pass advlib.metrics.seed_spread(sweeps)")
+    eps = np.asarray(spread["eps"], dtype=float)
+    mean, std = np.asarray(spread["mean"], dtype=float), np.asarray(spread["std"], dtype=float)
+    per_seed = np.asarray(spread["per_seed"], dtype=float)
+    if per_seed.ndim != 2 or per_seed.shape[1] != len(eps) or mean.shape != eps.shape or std.shape != eps.shape:
+        raise ValueError(f"spread's per_seed must be (seeds, {len(eps)}) and mean, std ({len(eps)},) like eps, got "
+                         f"{per_seed.shape}, {mean.shape}, {std.shape}")
+    ref = sorted((float(e), float(v)) for e, v in reference.items()) if reference else None
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), layout="constrained")
-    panels = [("adv_accuracy", "adversarial accuracy (%)", "Adversarial accuracy", False),
-              ("asr", "attack success rate (%)", "Attack success rate", True)]
-    for ax, (key, ylabel, title, is_asr) in zip(axes, panels):
-        values = np.array([[float(r[key]["value"]) for r in run] for run in runs])  # (S, E)
-        mean = values.mean(0)
-        std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
-        for s, v in enumerate(values):
+    panels = [("adversarial accuracy (%)", "Adversarial accuracy", False),
+              ("attack success rate (%)", "Attack success rate", True)]
+    for ax, (ylabel, title, is_asr) in zip(axes, panels):
+        centre, seeds = (100 - mean, 100 - per_seed) if is_asr else (mean, per_seed)
+        for s, v in enumerate(seeds):
             ax.plot(eps, v, color=ADV, alpha=0.35, linewidth=0.9, label="individual seeds" if s == 0 else None)
-        ax.fill_between(eps, mean - std, mean + std, color=ADV, alpha=BAND_ALPHA, linewidth=0,
+        ax.fill_between(eps, centre - std, centre + std, color=ADV, alpha=BAND_ALPHA, linewidth=0,
                         label="mean ± 1 s.d. across seeds")
-        ax.plot(eps, mean, color=ADV, marker="o", linewidth=2.2, label=f"mean of {len(runs)} seeds")
+        ax.plot(eps, centre, color=ADV, marker="o", linewidth=2.2, label=f"mean of {spread['n_seeds']} seeds")
         if ref:
-            ref_eps = [e for e, _ in ref]
-            ref_val = [100 - v if is_asr else v for _, v in ref]
-            ax.plot(ref_eps, ref_val, "x", color="black", markersize=10, markeredgewidth=2.2, label="original report",
-                    zorder=4)
+            ax.plot([e for e, _ in ref], [100 - v if is_asr else v for _, v in ref], "x", color="black",
+                    markersize=10, markeredgewidth=2.2, label="original report", zorder=4)
         label_eps_axis(ax)
         ax.set_ylabel(ylabel)
         ax.set_ylim(-2, 105)
         ax.set_title(title)
         ax.legend(loc="upper left" if is_asr else "lower left")
-    fig.suptitle(f"Figure 11: FGSM across {len(runs)} training seeds ({runs[0][0].get('n', '?')} images per seed)")
+    fig.suptitle(f"Figure 11: FGSM across {spread['n_seeds']} training seeds")
     return fig
 
 

@@ -1,17 +1,40 @@
-"""The eps slider's logic, against fgsm + predict as the oracle (the browser test checks the rendering)."""
+"""The eps slider's numbers against fgsm + predict as the oracle, and its three views (static picture, live widget,
+standalone HTML) against its numbers. The browser tests (tests/e2e) check what a reader sees."""
 from __future__ import annotations
 
+import base64
+import io
+import json
+import re
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from advlib import plotting as P
 from advlib.attacks import fgsm, predict
-from advlib.explorer import EpsExplorer
+from advlib.explorer import (EpsExplorer, frame, panel_html, standalone_data, standalone_html, static_figure,
+                             static_png)
+
+N_SHOW = 5
 
 
 @pytest.fixture(scope="module")
 def explorer(trained_model, test_batch):
     x, y = test_batch
-    return EpsExplorer(trained_model, x[:200], y[:200], n_show=5, eps_step=0.01, initial_eps=0.1, progress=False)
+    return EpsExplorer(trained_model, x[:200], y[:200], n_show=N_SHOW, eps_step=0.01, initial_eps=0.1,
+                       progress=False)
+
+
+def decode(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def grey(x: torch.Tensor) -> np.ndarray:
+    """(1, H, W) in [-1, 1] -> (H, W) uint8, computed here independently of the explorer."""
+    return np.round(((x[0] + 1) / 2).clamp(0, 1).numpy() * 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.03, 0.1, 0.3])
@@ -24,9 +47,10 @@ def test_state_equals_fgsm_oracle(explorer, eps):
     assert state["eps_pixel"] == pytest.approx(eps / 2)
     assert state["adv_accuracy"] == pytest.approx(100.0 * (preds == y).float().mean().item())
     assert state["asr"] == pytest.approx(100.0 - state["adv_accuracy"])
-    assert state["preds"] == preds[:5].tolist()
-    assert state["confidences"] == pytest.approx((100 * confs[:5]).tolist(), abs=1e-4)
-    assert torch.allclose(state["x_adv"], x_adv[:5])
+    assert state["preds"] == preds[:N_SHOW].tolist()
+    assert state["clean_preds"] == predict(explorer.model, x[:N_SHOW])[0].tolist()
+    assert state["confidences"] == pytest.approx((100 * confs[:N_SHOW]).tolist(), abs=1e-4)
+    assert torch.allclose(state["x_adv"], x_adv[:N_SHOW]) and torch.equal(state["x"], x[:N_SHOW])
 
 
 def test_slider_snaps_to_its_grid(explorer):
@@ -36,22 +60,77 @@ def test_slider_snaps_to_its_grid(explorer):
     assert len(explorer.eps_grid) == len(explorer.accuracy_curve) == 31
 
 
+def test_standalone_data_equals_state_at_every_position(explorer):
+    data = standalone_data(explorer)
+    assert data["eps_grid"] == explorer.eps_grid and len(data["frames"]) == len(explorer.eps_grid)
+    assert data["initial"] == explorer.snap(0.1) and data["n"] == 200
+    assert data["labels"] == explorer.y[:N_SHOW].tolist()
+    for eps, f in zip(explorer.eps_grid, data["frames"]):
+        s = explorer.state(eps)
+        for key in ("eps", "eps_pixel", "adv_accuracy", "asr", "preds", "confidences"):
+            assert f[key] == s[key], f"{key} at eps {eps}"
+        for k in range(N_SHOW):  # the pictures are the state's images, decoded back
+            assert np.array_equal(decode(f["adversarial"][k]), grey(s["x_adv"][k]))
+            assert np.array_equal(decode(f["perturbation"][k]), P.perturbation_rgb((s["x_adv"] - s["x"])[k, 0]))
+    assert json.loads(json.dumps(data)) == data  # plain JSON: what the page embeds
+
+
+def test_standalone_html_is_self_contained(explorer):
+    page = standalone_html(explorer)
+    assert page == standalone_html(explorer)  # deterministic: the same numbers give the same output
+    embedded = re.search(r'<script type="application/json" class="advlib-explorer-data">(.*?)</script>', page, re.S)
+    assert json.loads(embedded.group(1)) == standalone_data(explorer)
+    assert '<input type="range" min="0" max="30" step="1" value="10"' in page  # arrow keys move one grid step
+    assert not re.search(r'(src|href)=["\']?(https?:)?//', page), "the fragment loads something from a network"
+    assert re.search(r"@import|url\(", page) is None
+    imgs = re.findall(r"<img [^>]*>", page)
+    assert len(imgs) == 3 * N_SHOW and all(re.search(r'alt="[^"]+"', i) for i in imgs)
+
+
 def test_update_is_the_callback_and_redraws(explorer):
     widget = explorer.widget
-    slider, status, panel = widget.children
+    slider, panel = widget.children
     slider.value = 0.2  # what dragging does
     assert explorer.current["eps"] == pytest.approx(0.2)
-    assert "ε = <b>0.200</b>" in status.value
-    assert f"{explorer.current['adv_accuracy']:.2f}%" in status.value
-    assert panel.value.count("<img") == 3 * 5 and "advlib-explorer-curve" in panel.value
+    assert 'ε = <b class="advlib-v-eps">0.200</b>' in panel.value
+    assert f"{explorer.current['adv_accuracy']:.2f}%" in panel.value
+    assert panel.value.count("<img") == 3 * N_SHOW and "advlib-explorer-curve" in panel.value
     state = explorer.update(0.05)
-    assert "ε = <b>0.050</b>" in status.value and state is explorer.current
+    assert '<b class="advlib-v-eps">0.050</b>' in panel.value and state is explorer.current
+    assert panel.value.endswith(panel_html(explorer, state))  # the markup the standalone page starts from
 
 
-def test_static_rendering_carries_a_picture(explorer):
+def test_display_carries_widget_standalone_html_and_picture(explorer):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"] == standalone_html(explorer)
     assert bundle["image/png"] and "EpsExplorer" in bundle["text/plain"]
+    assert base64.b64decode(bundle["image/png"]) == static_png(explorer)
+
+
+def test_one_perturbation_scale_in_every_view(explorer):
+    """Defect 6: the static picture, the live view, the standalone page and Figure 5 draw x_adv - x with the same
+    colours, stated on the colour bar in both units. eps = 0.05 lies below the saturation, so scales that differ
+    show different colours."""
+    s = explorer.state(0.05)
+    delta = (s["x_adv"] - s["x"]).numpy()
+    limit = P.PERTURBATION_LIMIT
+    norm = np.clip(delta / limit, -1, 1) * 0.5 + 0.5  # the oracle: the diverging map over [-limit, limit]
+    want = np.round(255 * P.mpl.colormaps[P.PERTURBATION_CMAP](norm)[..., :3]).astype(int)  # (K, 1, H, W, 3)
+
+    def tiles(fig):
+        images = [ax.images[0] for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+        return [np.round(255 * im.to_rgba(im.get_array())[..., :3]).astype(int) for im in images[-N_SHOW:]]
+
+    figure5 = P.plot_image_grid(s["x"], s["x_adv"], s["labels"], s["clean_preds"], s["preds"], s["eps"])
+    views = {"Figure 5": tiles(figure5), "static picture": tiles(static_figure(explorer, s)),
+             "live and standalone HTML": [decode(u).astype(int) for u in frame(explorer, s)["perturbation"]]}
+    for name, got in views.items():
+        for k in range(N_SHOW):
+            # up to one step of the 256-entry colour map (pixels on a bin edge); another scale is 50+ off
+            assert np.abs(got[k] - want[k, 0]).max() <= 8, f"{name}: image {k} is on another colour scale"
+    panel = panel_html(explorer, s)
+    assert f"±{limit:g}" in panel and f"±{limit / 2:g} in [0, 1] px" in panel
 
 
 def test_bad_arguments(trained_model, test_batch):

@@ -23,7 +23,8 @@ from matplotlib.text import Text  # noqa: E402
 
 from advlib import plotting as P  # noqa: E402
 from advlib.attacks import SweepResult  # noqa: E402
-from advlib.metrics import confusion_matrix, rate, roc_auc, roc_curve, sweep_metrics, tpr_at_fpr  # noqa: E402
+from advlib.metrics import (confusion_matrix, rate, roc_auc, roc_curve, seed_spread, sweep_metrics,  # noqa: E402
+                            tpr_at_fpr)
 
 EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 REPORT_ACC = [100.0, 88.67, 59.39, 32.86, 20.0, 14.0, 10.61]  # the original report's adversarial accuracy
@@ -77,6 +78,19 @@ def history():
     steps = 3 * 40
     return {"step_loss": list(2.3 * np.exp(-np.arange(steps) / 30) + 0.05), "epoch_loss": [0.9, 0.1, 0.06],
             "train_accuracy": [80.0, 96.0, 97.5], "test_accuracy": [95.0, 97.0, 98.41], "pgd_check_accuracy": []}
+
+
+def make_spread(runs) -> dict:
+    """The seed_spread contract (advlib.metrics.seed_spread), computed here with numpy from sweep rows."""
+    acc = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])  # (S, E)
+    return {"eps": [r["eps"] for r in runs[0]], "mean": acc.mean(0), "std": acc.std(0, ddof=1),
+            "n_seeds": len(runs), "per_seed": acc}
+
+
+def make_explorer_state(images, eps=0.05, accuracy=62.5):
+    x, x_adv, y, pred_clean, pred_adv = images
+    return {"x": x, "x_adv": x_adv, "labels": y.tolist(), "clean_preds": pred_clean.tolist(),
+            "preds": pred_adv.tolist(), "eps": eps, "adv_accuracy": accuracy, "n": 200}
 
 
 def make_curves():
@@ -158,7 +172,8 @@ def build_all(rows, images, history):
         "sample_predictions": (P.plot_sample_predictions(x, y, pred_adv, ncols=4), K, False),
         "defense": (P.plot_defense_robustness(make_curves()), 1, True),
         "adversarial_row": (P.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD"), 2 * K, False),
-        "seed_spread": (P.plot_seed_spread([make_rows(seed=s) for s in range(3)]), 2, True),
+        "seed_spread": (P.plot_seed_spread(seed_spread([make_rows(seed=s) for s in range(3)])), 2, True),
+        "explorer": (P.plot_explorer(make_explorer_state(images), EPS, REPORT_ACC), 3 * K + 1, True),
         "roc": (P.plot_confidence_roc(*make_roc(), 0.15), 1, False),
     }
 
@@ -172,7 +187,7 @@ def test_every_figure_is_titled_and_labelled(rows, images, history):
         for ax in axes:
             if ax.images:  # image tiles: labelled by titles and row labels, checked per figure below
                 continue
-            assert ax.get_title() or fig.get_suptitle(), name
+            assert ax.get_title() or fig.get_suptitle() or ax.figure.get_suptitle(), name
             assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axis {ax.get_title()!r}"
             if eps_axis:
                 assert_eps_axis(ax)
@@ -305,7 +320,7 @@ def test_defense_robustness_colour_is_model_linestyle_is_attack():
 def test_seed_spread_mean_band_seeds_and_reference():
     runs = [make_rows(acc=np.clip(np.array(REPORT_ACC) + d, 0, 100), seed=s) for s, d in enumerate((-6, 0, 6))]
     reference = {str(e): a for e, a in zip(EPS, REPORT_ACC)}  # keys as JSON would give them
-    fig = P.plot_seed_spread(runs, reference=reference)
+    fig = P.plot_seed_spread(make_spread(runs), reference=reference)
     acc_ax, asr_ax = fig.axes
     values = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])
     mean_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("mean"))
@@ -325,18 +340,54 @@ def test_seed_spread_mean_band_seeds_and_reference():
         assert "original report" in legend_labels(ax)
 
 
-def test_seed_spread_refuses_different_eps_grids():
-    with pytest.raises(ValueError, match="eps grid"):
-        P.plot_seed_spread([make_rows(), make_rows(acc=REPORT_ACC[:5])])
+def test_seed_spread_takes_the_metrics_contract():
+    spread = make_spread([make_rows(seed=s) for s in range(2)])
+    with pytest.raises(ValueError, match="seed_spread"):
+        P.plot_seed_spread({k: v for k, v in spread.items() if k != "std"})
+    with pytest.raises(ValueError, match="per_seed"):
+        P.plot_seed_spread({**spread, "per_seed": spread["per_seed"][:, :3]})
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images
 
 
-def test_image_grid_rows_titles_and_magnified_perturbation(images):
+def assert_perturbation_scale(fig, delta):
+    """The bottom image row draws delta on the one shared scale, and its colour bar says so in both units."""
+    (cbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    label = cbar.get_ylabel()
+    limit = P.PERTURBATION_LIMIT
+    assert f"±{limit:g}" in label and f"±{limit / 2:g}" in label and "normalized" in label and "px" in label
+    tiles = [ax for ax in data_axes(fig) if ax.images]
+    im = tiles[-len(delta)].images[0]
+    assert im.norm.vmin == -limit and im.norm.vmax == limit and im.get_cmap().name == P.PERTURBATION_CMAP
+    assert np.allclose(im.get_array(), delta[0, 0], atol=1e-6)
+    # the colours every other view uses (perturbation_rgb) are the ones drawn here
+    assert np.abs(P.perturbation_rgb(delta[0, 0]).astype(int)
+                  - np.round(255 * im.to_rgba(im.get_array())[..., :3]).astype(int)).max() <= 1
+
+
+def test_explorer_picture_is_figure5_over_the_curve(images):
     x, x_adv, y, pred_clean, pred_adv = images
-    fig = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps=0.15, magnify=10)
+    state = make_explorer_state(images, eps=0.05, accuracy=62.5)
+    fig = P.plot_explorer(state, EPS, REPORT_ACC)
+    figure5 = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.05)
+    tiles = [ax for ax in data_axes(fig) if ax.images]
+    for a, b in zip(tiles, [ax for ax in data_axes(figure5) if ax.images]):
+        assert a.get_title() == b.get_title() and np.array_equal(a.images[0].get_array(), b.images[0].get_array())
+    assert_perturbation_scale(fig, (x_adv - x).numpy())
+    (curve_ax,) = [ax for ax in data_axes(fig) if not ax.images]
+    assert_eps_axis(curve_ax)
+    curve = next(line for line in curve_ax.get_lines() if line.get_label().startswith("adversarial"))
+    assert np.allclose(curve.get_ydata(), REPORT_ACC)
+    marker = next(line for line in curve_ax.get_lines() if line.get_label() == "slider position")
+    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (0.05, 62.5)
+    assert "62.5%" in fig.get_suptitle() and "0.025" in fig.get_suptitle()
+
+
+def test_image_grid_rows_titles_and_perturbation_scale(images):
+    x, x_adv, y, pred_clean, pred_adv = images
+    fig = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps=0.15)
     axes = data_axes(fig)
     assert len(axes) == 3 * K and len(fig.axes) == 3 * K + 1  # plus the perturbation colour bar
     top, middle, bottom = axes[:K], axes[K:2 * K], axes[2 * K:]
@@ -345,9 +396,8 @@ def test_image_grid_rows_titles_and_magnified_perturbation(images):
     red = [ax for ax in middle if to_rgba(ax.title.get_color()) == to_rgba(P.ADV)]
     assert [middle.index(ax) for ax in red] == [1, 4]
     assert all(to_rgba(ax.title.get_color()) != to_rgba(P.ADV) for ax in top)
-    assert "×10" in bottom[0].get_ylabel()
-    delta = (x_adv - x)[0, 0].numpy()
-    assert np.allclose(bottom[0].images[0].get_array(), np.clip(10 * delta, -1, 1))
+    assert "perturbation" in bottom[0].get_ylabel()
+    assert_perturbation_scale(fig, (x_adv - x).numpy())
     assert np.allclose(top[0].images[0].get_array(), x[0, 0].numpy())
     title = fig.get_suptitle()
     assert "0.15" in title and "0.075" in title and "normalized" in title and "pixel" in title

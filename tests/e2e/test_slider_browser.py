@@ -537,7 +537,7 @@ class Session:
 
 
 def _parse_view(view: dict) -> dict:
-    """Numbers out of the explorer's DOM text (see EpsExplorer.status_html / panel_html)."""
+    """Numbers out of the explorer's DOM text (see advlib.explorer.panel_html)."""
     status = " ".join(view["status"].split())
     m = re.search(r"ε = ([\d.]+) normalized \(= ([\d.]+) in \[0, 1\] pixel units\) · adversarial accuracy "
                   r"([\d.]+)% · ASR ([\d.]+)% on (\d+) images", status)
@@ -576,7 +576,7 @@ def _mismatches(parsed: dict, exp: Expected) -> list[str]:
 _JS_VIEW = """(box) => ({
   status: (box.querySelector('.advlib-explorer-status') || {}).innerText || '',
   preds: (box.querySelector('.advlib-explorer-preds') || {}).innerText || '',
-  captions: Array.from(box.querySelectorAll('.advlib-explorer-labels td')).map(td => td.innerText),
+  captions: Array.from(box.querySelectorAll('.advlib-explorer-caption')).map(c => c.innerText),
   readout: (box.querySelector('.widget-readout') || {}).innerText || '',
   images: box.querySelectorAll('.advlib-explorer-grid img').length,
   curve: box.querySelectorAll('svg.advlib-explorer-curve').length,
