@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 import advlib.data as data_mod
-from advlib.data import (MNIST_MD5, DataError, batches, fetch_mnist, fetch_registry, idx_files_from_pickle,
-                         load_mnist, raw_dir, read_registry_wheel, unpickle_numpy_only, verify_raw)
+from advlib.data import (MNIST, MNIST_MD5, DataError, SplitNotLoaded, batches, fetch_mnist, fetch_registry,
+                         idx_files_from_pickle, load_mnist, raw_dir, read_registry_wheel, unpickle_numpy_only,
+                         verify_raw)
 
 # The published md5 sums of the uncompressed originals, copied independently of advlib.data.MNIST_MD5.
 ORIGINAL_MD5 = {
@@ -55,11 +57,12 @@ def test_raw_files_are_the_originals(data_root, name):
 
 
 def test_shapes_range_and_labels(full):
-    assert full.train_x.shape == (60000, 1, 32, 32)
+    assert full.train_u8.shape == (60000, 1, 32, 32) and full.train_u8.dtype == torch.uint8
+    assert full.train_u8.min().item() == 0 and full.train_u8.max().item() == 255
     assert full.test_x.shape == (10000, 1, 32, 32)
     assert full.train_y.shape == (60000,) and full.test_y.shape == (10000,)
     for x in (full.train_x, full.test_x):
-        assert x.dtype == torch.float32
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 32, 32)
         assert x.min().item() == -1.0 and x.max().item() == 1.0
     for y in (full.train_y, full.test_y):
         assert y.dtype == torch.int64
@@ -71,8 +74,69 @@ def test_shapes_range_and_labels(full):
 
 def test_train_subset_is_a_prefix(data_root, full):
     sub = load_mnist(data_root, fetch=False, train_subset=100)
-    assert torch.equal(sub.train_x, full.train_x[:100]) and torch.equal(sub.train_y, full.train_y[:100])
+    assert torch.equal(sub.train_u8, full.train_u8[:100]) and torch.equal(sub.train_y, full.train_y[:100])
     assert torch.equal(sub.test_x, full.test_x)
+
+
+def test_train_x_is_a_fresh_float_copy_of_train_u8(full):
+    sub = MNIST(full.train_u8[:50], full.train_y[:50], None, None)
+    first = sub.train_x
+    # ToTensor's and Normalize's arithmetic written out: p / 255, then (v - 0.5) / 0.5
+    assert torch.equal(first, (sub.train_u8.to(torch.float32) / 255 - 0.5) / 0.5)
+    first.zero_()  # a copy: changing it changes neither the pixels nor the next access
+    assert torch.equal(sub.train_x, (sub.train_u8.to(torch.float32) / 255 - 0.5) / 0.5)
+
+
+@pytest.mark.parametrize("splits", [("test",), ("train",), ("train", "test"), ("test", "train"), "test"])
+def test_load_only_the_splits_asked_for(data_root, full, monkeypatch, splits):
+    read = []
+    real = data_mod._cached_split
+    monkeypatch.setattr(data_mod, "_cached_split", lambda root, split: read.append(split) or real(root, split))
+    got = load_mnist(data_root, fetch=False, splits=splits)
+    wanted = {splits} if isinstance(splits, str) else set(splits)
+    assert set(read) == wanted  # the other split's cache is not even read
+    if "train" in wanted:
+        assert torch.equal(got.train_u8, full.train_u8) and torch.equal(got.train_y, full.train_y)
+    else:
+        assert got.train_u8 is None and got.train_y is None
+        with pytest.raises(SplitNotLoaded, match=r"load_mnist\(root, splits="):
+            got.train_x
+        with pytest.raises(SplitNotLoaded, match="splits="):
+            got.split_validation()
+    if "test" in wanted:
+        assert torch.equal(got.test_x, full.test_x) and torch.equal(got.test_y, full.test_y)
+    else:
+        assert got.test_x is None and got.test_y is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"splits": ("valid",)}, r"splits must be a non-empty subset of \('train', 'test'\)"),
+    ({"splits": ("train", "tset")}, r"\('train', 'test'\)"),
+    ({"splits": ()}, "non-empty"),
+    ({"splits": ("test",), "train_subset": 10}, "needs the training split"),
+    ({"train_subset": 0}, "train_subset"),
+])
+def test_load_rejects_bad_arguments(data_root, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_mnist(data_root, fetch=False, **kwargs)
+
+
+def test_split_validation_is_the_classic_50k_10k_split(full):
+    rest, val_x, val_y = full.split_validation()
+    assert rest.train_u8.shape == (50000, 1, 32, 32) and rest.train_y.shape == (50000,)
+    assert torch.equal(rest.train_u8, full.train_u8[:50000]) and torch.equal(rest.train_y, full.train_y[:50000])
+    assert val_x.dtype == torch.float32 and val_x.shape == (10000, 1, 32, 32)
+    assert torch.equal(val_x, (full.train_u8[50000:].to(torch.float32) / 255 - 0.5) / 0.5)
+    assert torch.equal(val_y, full.train_y[50000:])
+    assert rest.test_x is full.test_x and rest.test_y is full.test_y  # the test split is not touched
+    small, vx, vy = full.split_validation(512)
+    assert len(small.train_u8) == 60000 - 512 and torch.equal(vy, full.train_y[-512:])
+
+
+@pytest.mark.parametrize("n_val", [0, -1, 60000, 1.5])
+def test_split_validation_rejects_bad_sizes(full, n_val):
+    with pytest.raises(ValueError, match="n_val"):
+        full.split_validation(n_val)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
@@ -83,7 +147,7 @@ def test_tensors_equal_torchvision_pipeline(data_root, full, train):
 
     ds = torchvision.datasets.MNIST(str(data_root), train=train, download=False, transform=transforms.Compose(
         [transforms.Resize(32), transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]))
-    x_all, y_all = (full.train_x, full.train_y) if train else (full.test_x, full.test_y)
+    x_all, y_all = (full.train_x, full.train_y) if train else (full.test_x, full.test_y)  # train_x: normalize(u8)
     n = len(ds)
     gen = torch.Generator().manual_seed(7)
     idx = sorted(set(torch.randint(0, n, (250,), generator=gen).tolist()) | {0, 1, n - 1})
@@ -91,6 +155,73 @@ def test_tensors_equal_torchvision_pipeline(data_root, full, train):
         img, label = ds[i]
         assert torch.equal(img.unsqueeze(0), x_all[i : i + 1]), f"image {i} differs from torchvision's"
         assert label == y_all[i].item()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tensor cache is verified on load (a copy in tmp_path; data/ is never written)
+
+
+@pytest.fixture
+def cache_copy(raw_copy, data_root) -> Path:
+    """raw_copy plus a copy of data/'s tensor cache (both splits), as a data root in tmp_path."""
+    load_mnist(data_root, fetch=False)  # make sure data/'s cache exists and is current
+    import shutil
+
+    shutil.copytree(data_root / "MNIST" / "cache", raw_copy / "MNIST" / "cache")
+    return raw_copy
+
+
+def _cache_file(root: Path, split: str) -> Path:
+    (path,) = (root / "MNIST" / "cache").glob(f"{split}-*.pt")
+    return path
+
+
+def _edit_test_image(blob):
+    blob["images"][0] = 255  # the first test image becomes white
+
+
+def _edit_train_label(blob):
+    blob["labels"][7] = (blob["labels"][7] + 1) % 10  # one label changed
+
+
+@pytest.mark.parametrize("split, edit", [("test", _edit_test_image), ("train", _edit_train_label)])
+def test_edited_cache_is_detected_and_rebuilt(cache_copy, full, split, edit):
+    path = _cache_file(cache_copy, split)
+    blob = torch.load(path, weights_only=True)
+    edit(blob)  # everything else, its stamps and stored digest included, stays as written
+    torch.save(blob, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = load_mnist(cache_copy, fetch=False)
+    # the true data, not the edited cache
+    assert torch.equal(got.test_x, full.test_x) and torch.equal(got.test_y, full.test_y)
+    assert torch.equal(got.train_y, full.train_y) and torch.equal(got.train_u8, full.train_u8)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "rebuilding" in said[0] and path.name in said[0], said  # said once, naming the file
+    rebuilt = torch.load(path, weights_only=True)  # the cache is rewritten with the true tensors
+    if split == "test":
+        assert torch.equal(data_mod.normalize(rebuilt["images"]), full.test_x)
+        assert torch.equal(rebuilt["labels"], full.test_y)
+    else:
+        assert torch.equal(rebuilt["images"], full.train_u8) and torch.equal(rebuilt["labels"], full.train_y)
+
+
+def test_intact_cache_is_used_as_it_is(cache_copy, full):
+    before = {split: _cache_file(cache_copy, split).stat().st_mtime_ns for split in ("train", "test")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the control: no warning, no rebuild
+        got = load_mnist(cache_copy, fetch=False)
+    assert {split: _cache_file(cache_copy, split).stat().st_mtime_ns for split in ("train", "test")} == before
+    assert torch.equal(got.test_x, full.test_x) and torch.equal(got.train_u8, full.train_u8)
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a torch file"])
+def test_unreadable_cache_is_rebuilt(cache_copy, full, damage):
+    path = _cache_file(cache_copy, "test")
+    path.write_bytes(damage)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        got = load_mnist(cache_copy, fetch=False, splits=("test",))
+    assert torch.equal(got.test_x, full.test_x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,3 +425,18 @@ def test_batches_shuffle_repeatable_with_seed():
     a = [b[1] for b in batches(x, y, 7, shuffle=True, generator=torch.Generator().manual_seed(3))]
     b = [b[1] for b in batches(x, y, 7, shuffle=True, generator=torch.Generator().manual_seed(3))]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_batches_normalize_uint8_per_batch():
+    gen = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    y = torch.arange(50) % 10
+    floats = (u8.to(torch.float32) / 255 - 0.5) / 0.5  # the oracle: ToTensor then Normalize(0.5, 0.5)
+    for shuffle in (False, True):
+        a = list(batches(u8, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(3)))
+        b = list(batches(floats, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(3)))
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
+    # float input passes through unchanged (no copy in order)
+    first, _ = next(batches(floats, y, 16))
+    assert first.data_ptr() == floats.data_ptr()

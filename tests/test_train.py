@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advlib.data import MNIST
+import advlib.data as data_mod
+import advlib.train as train_module
+from advlib.data import MNIST, SplitNotLoaded
 from advlib.metrics import accuracy
-from advlib.model import ResNetConfig
-from advlib.train import History, TrainConfig, adversarial_batch, recalibrate_batchnorm, resolve_device, train
+from advlib.model import ResNetConfig, SmallResNet
+from advlib.train import (History, TrainConfig, adversarial_batch, recalibrate_batchnorm, resolve_device, train,
+                          train_epoch)
 
 TINY = dict(epochs=1, batch_size=32, adv_check_size=64)
 
@@ -57,17 +60,17 @@ def test_different_seed_different_run(mnist_small, seed0_run):
 
 
 def test_training_leaves_global_rng_reproducible_and_data_untouched(mnist_small):
-    x_before = mnist_small.train_x.clone()
+    x_before = mnist_small.train_u8.clone()
     run(mnist_small, seed=5)
     after_first = torch.rand(3)
     run(mnist_small, seed=5)
     assert torch.equal(torch.rand(3), after_first)  # the seed fixes the global RNG as well
-    assert torch.equal(mnist_small.train_x, x_before)
+    assert torch.equal(mnist_small.train_u8, x_before)
 
 
 def test_training_learns(mnist):
     # 1000 images, 2 epochs: the loss falls well below chance (ln 10 = 2.30) and training accuracy rises
-    data = MNIST(mnist.train_x[:1000], mnist.train_y[:1000], mnist.test_x[:200], mnist.test_y[:200])
+    data = MNIST(mnist.train_u8[:1000], mnist.train_y[:1000], mnist.test_x[:200], mnist.test_y[:200])
     _, _, hist = train(data, ResNetConfig(), TrainConfig(epochs=2, batch_size=32, seed=0), progress=False)
     assert hist.step_loss[0] > 2.0
     assert hist.epoch_loss[1] < hist.epoch_loss[0] < math.log(10)
@@ -79,7 +82,7 @@ def test_training_learns(mnist):
 
 
 def test_history_lengths_and_values(mnist_small):
-    data = MNIST(mnist_small.train_x[:200], mnist_small.train_y[:200], mnist_small.test_x[:100],
+    data = MNIST(mnist_small.train_u8[:200], mnist_small.train_y[:200], mnist_small.test_x[:100],
                  mnist_small.test_y[:100])
     model, optimizer, hist = train(data, ResNetConfig(), TrainConfig(epochs=2, batch_size=64, seed=0),
                                    progress=False)
@@ -87,7 +90,8 @@ def test_history_lengths_and_values(mnist_small):
     assert len(hist.step_loss) == steps_per_epoch * 2
     for name in ("epoch_loss", "train_accuracy", "test_accuracy", "seconds"):
         assert len(getattr(hist, name)) == 2, name
-    assert hist.pgd_check_accuracy == []  # standard training
+    assert hist.pgd_check_accuracy == [] and hist.selection is None  # standard training: every image trains
+    assert hist.trained_on == "train[0:200]"
     assert all(s > 0 for s in hist.seconds)
     assert all(0 <= a <= 100 for a in hist.train_accuracy + hist.test_accuracy)
     # epoch loss is the image-weighted mean of that epoch's step losses
@@ -104,10 +108,13 @@ def test_history_lengths_and_values(mnist_small):
 
 def test_history_round_trip():
     h = History(step_loss=[1.0, 0.5], epoch_loss=[0.75], train_accuracy=[50.0], test_accuracy=[60.0],
-                pgd_check_accuracy=[], seconds=[1.5])
+                pgd_check_accuracy=[40.0], seconds=[1.5], kept_epoch=1, trained_on="train[0:50000]",
+                selection="train[50000:50512]")
     assert History.from_dict(h.to_dict()) == h
     assert History.from_dict(h.to_dict() | {"unknown": [1]}) == h  # newer fields are ignored
     assert History.from_dict({}) == History()
+    old = {k: v for k, v in h.to_dict().items() if k not in ("trained_on", "selection")}  # a checkpoint's, before
+    assert History.from_dict(old) == History(**old)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,19 +169,22 @@ def test_train_config_accepts_defaults_and_modes():
 
 @pytest.mark.parametrize("mode", ["fgsm_rs", "pgd"])
 def test_adversarial_training_runs_and_checks_pgd(mnist_small, mode):
-    data = MNIST(mnist_small.train_x[:96], mnist_small.train_y[:96], mnist_small.test_x[:64],
+    data = MNIST(mnist_small.train_u8[:96], mnist_small.train_y[:96], mnist_small.test_x[:64],
                  mnist_small.test_y[:64])
     model, _, hist = run(data, adversarial=mode, adv_pgd_steps=2, epochs=2)
+    # the classic split's proportions: 96 images -> 80 train, 16 held out (60,000 -> 50,000 + 10,000)
+    assert hist.trained_on == "train[0:80]" and hist.selection == "train[80:96]"
     assert len(hist.pgd_check_accuracy) == 2
     assert all(0 <= a <= 100 for a in hist.pgd_check_accuracy)
-    assert len(hist.step_loss) == 2 * 3
+    assert len(hist.step_loss) == 2 * 3  # ceil(80 / 32) steps per epoch
     assert all(math.isfinite(l) for l in hist.step_loss)
     assert not model.training
-    # the check is PGD-10 on the last adv_check_size test images, with the run's seed
+    # the check is PGD-10 on the held-out training images, with the run's seed, for the kept epoch's weights
     from advlib.attacks import pgd
 
-    x_check = pgd(model, data.test_x, data.test_y, 0.3, steps=10, seed=0)
-    assert hist.pgd_check_accuracy[-1] == pytest.approx(accuracy(model, x_check, data.test_y))
+    x_val, y_val = data.train_x[80:], data.train_y[80:]
+    x_check = pgd(model, x_val, y_val, 0.3, steps=10, seed=0)
+    assert hist.pgd_check_accuracy[hist.kept_epoch - 1] == pytest.approx(accuracy(model, x_check, y_val))
     # deterministic too
     _, _, again = run(data, adversarial=mode, adv_pgd_steps=2, epochs=2)
     assert without_time(hist) == without_time(again)
@@ -242,13 +252,11 @@ def test_adversarial_batch_uses_the_generator(model_copy, batch):
 def test_adversarial_training_keeps_the_epoch_with_the_best_pgd_check(mnist_small, monkeypatch):
     """Guard against catastrophic overfitting: when the PGD check accuracy collapses in a later epoch, the
     weights of the best epoch are kept (checked against a run that stops after that epoch, same seed)."""
-    import advlib.train as train_module
-
     config = dict(epochs=1, batch_size=64, seed=3, adversarial="fgsm_rs", adv_check_size=32)
     one_epoch, _, _ = train(mnist_small, config=TrainConfig(**config), progress=False)
 
-    readings = iter([50.0, 80.0, 50.0, 10.0])  # per epoch: clean test accuracy, then PGD check accuracy
-    monkeypatch.setattr(train_module, "accuracy", lambda *args, **kwargs: next(readings))
+    readings = iter([80.0, 10.0])  # PGD check accuracy per epoch
+    monkeypatch.setattr(train_module, "pgd_check", lambda *args, **kwargs: next(readings))
     kept, _, history = train(mnist_small, config=TrainConfig(**{**config, "epochs": 2}), progress=False)
     assert history.pgd_check_accuracy == [80.0, 10.0]
     assert history.kept_epoch == 1
@@ -277,3 +285,87 @@ def test_recalibrate_batchnorm_sets_recomputed_statistics_and_leaves_weights(unt
     for k, v in model.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model selection never sees a test image; the float training set is never made
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in x.detach().reshape(len(x), -1)}
+
+
+def test_adversarial_selection_uses_held_out_training_images_never_test_images(mnist_small, monkeypatch):
+    """Defect 4: the epoch kept by adversarial training was chosen on the last test images. Every image that
+    the PGD check (the only pgd call under fgsm_rs) attacks must be a held-out training image, none a test image,
+    and none of them may be trained on."""
+    data = mnist_small  # 256 training images -> 214 train + 42 held out
+    attacked, trained_on = [], []
+    real_pgd, real_batches = train_module.pgd, train_module.batches
+    monkeypatch.setattr(train_module, "pgd", lambda model, x, y, *a, **k: attacked.append(x) or
+                        real_pgd(model, x, y, *a, **k))
+    monkeypatch.setattr(train_module, "batches", lambda x, y, *a, **k: (k.get("shuffle") and trained_on.append(x))
+                        or real_batches(x, y, *a, **k))  # shuffled: the training batches
+    _, _, history = run(data, adversarial="fgsm_rs", epochs=2, adv_check_size=32)
+
+    train_rows = [data_mod.as_float(x) for x in data.train_u8]
+    test_rows, all_train = _rows(data.test_x), _rows(torch.stack(train_rows))
+    assert len(attacked) == 2  # one check per epoch
+    for x in attacked:
+        assert len(_rows(x) & test_rows) == 0, f"the selection check attacked {len(_rows(x) & test_rows)} test images"
+        assert _rows(x) <= all_train, "the selection check attacked images from outside the training split"
+    held_out = _rows(torch.stack(train_rows[214:214 + 32]))
+    assert all(_rows(x) == held_out for x in attacked)  # the first adv_check_size held-out images
+    assert history.selection == "train[214:246]"
+    # the held-out images are not trained on
+    (trained,) = {id(x): x for x in trained_on}.values()
+    assert len(trained) == 214 and len(_rows(data_mod.as_float(trained)) & held_out) == 0
+
+
+def test_standard_training_uses_every_training_image(mnist_small, monkeypatch):
+    seen = []
+    real_batches = train_module.batches
+    monkeypatch.setattr(train_module, "batches", lambda x, y, *a, **k: (k.get("shuffle") and seen.append(len(x)))
+                        or real_batches(x, y, *a, **k))  # shuffled: the training batches
+    _, _, history = run(mnist_small, epochs=2)
+    assert seen == [256, 256] and history.trained_on == "train[0:256]"
+
+
+def test_training_never_makes_the_float_training_set(mnist_small, monkeypatch):
+    """uint8 images are normalized batch by batch: no call converts more than one batch."""
+    sizes = []
+    real = data_mod.normalize
+    monkeypatch.setattr(data_mod, "normalize", lambda x: sizes.append(len(x)) or real(x))
+    run(mnist_small, epochs=1, batch_size=32)
+    assert len(sizes) == 256 // 32 and max(sizes) == 32
+
+
+def test_train_needs_the_training_split(mnist_small):
+    no_train = MNIST(None, None, mnist_small.test_x, mnist_small.test_y)
+    with pytest.raises(SplitNotLoaded, match="splits="):
+        run(no_train)
+
+
+def test_train_without_test_split_records_no_test_accuracy(mnist_small):
+    data = MNIST(mnist_small.train_u8[:64], mnist_small.train_y[:64], None, None)
+    model, _, history = run(data)
+    assert history.test_accuracy == [] and len(history.epoch_loss) == 1
+
+
+def test_train_epoch_uint8_equals_float_and_reports_the_epoch(mnist_small):
+    """train_epoch on uint8 pixels (normalized per batch) gives exactly what it gives on the float images; its
+    epoch loss is the image-weighted mean of its step losses and its accuracy counts the batches' predictions."""
+    config = TrainConfig(batch_size=48, seed=0)
+    runs = []
+    for x in (mnist_small.train_u8, mnist_small.train_x):
+        torch.manual_seed(0)
+        model = SmallResNet()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        runs.append((model, train_epoch(model, optimizer, x, mnist_small.train_y, config,
+                                        torch.Generator().manual_seed(0))))
+    (model_a, (loss_a, mean_a, acc_a)), (model_b, (loss_b, mean_b, acc_b)) = runs
+    assert same_weights(model_a, model_b) and loss_a == loss_b and (mean_a, acc_a) == (mean_b, acc_b)
+    assert model_a.training
+    sizes = [48] * 5 + [16]  # 256 images
+    assert len(loss_a) == 6 and mean_a == pytest.approx(sum(l * n for l, n in zip(loss_a, sizes)) / 256, rel=1e-9)
+    assert 0 <= acc_a <= 100 and (acc_a * 256 / 100) == pytest.approx(round(acc_a * 256 / 100))

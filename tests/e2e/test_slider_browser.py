@@ -162,7 +162,7 @@ def _train_tiny_checkpoint(path: Path, data_root: Path) -> None:
     from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
     m = load_mnist(data_root, fetch=False, train_subset=TRAIN_SUBSET)
-    data = MNIST(m.train_x, m.train_y, m.test_x[:TRAIN_EVAL], m.test_y[:TRAIN_EVAL])
+    data = MNIST(m.train_u8, m.train_y, m.test_x[:TRAIN_EVAL], m.test_y[:TRAIN_EVAL])
     config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, seed=0)
     model, optimizer, history = train(data, config=config, progress=False)
     recalibrate_batchnorm(model, m.train_x)
