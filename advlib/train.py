@@ -1,16 +1,22 @@
-"""Training: the original report's recipe (Adam, lr 0.01, batch 64, 3 epochs, cross-entropy, CPU) with a seed,
+"""Training: the original report's recipe (Adam, lr 0.01, batch 64, 3 epochs, cross-entropy) with a seed,
 a progress bar, a per-step history and, optionally, adversarial training.
+
+:func:`train` composes the parts: :func:`train_epoch` (one shuffled pass of Adam steps), :func:`evaluate` (clean
+accuracy, after each epoch on the test images: Figure 6) and, for adversarial training, :func:`pgd_check`.
 
 Adversarial training (``TrainConfig.adversarial``):
 - "fgsm_rs": FGSM from a uniform random start in the eps-ball with step 1.25 * eps ("Fast is better than free",
   Wong, Rice & Kolter 2020); one extra forward/backward per batch.
 - "pgd": PGD from a random start (Madry et al. 2017), ``adv_pgd_steps`` steps of 2.5 * eps / steps; stronger, slower.
-Each epoch then also records PGD-10 accuracy on a small fixed held-out batch, to catch catastrophic overfitting
-(FGSM training whose PGD accuracy collapses while FGSM accuracy stays high).
+It trains on the first five sixths of the training images (MNIST's classic 50,000 of 60,000) and holds out the
+rest as validation images: after each epoch, PGD-10 accuracy on ``adv_check_size`` of them catches catastrophic
+overfitting (FGSM training whose PGD accuracy collapses while FGSM accuracy stays high), and the epoch with the best
+check accuracy is kept. Model selection never sees a test image.
 """
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlib.attacks import check_eps, eval_mode, input_gradient, pgd
-from advlib.data import MNIST, batches
-from advlib.metrics import accuracy
+from advlib.attacks import check_eps, eval_mode, input_gradient, pgd, predict
+from advlib.data import MNIST, TRAIN_SIZE, VALIDATION_SIZE, SplitNotLoaded, as_float, batches
 from advlib.model import ResNetConfig, SmallResNet
 
 ADVERSARIAL_MODES = (None, "fgsm_rs", "pgd")
+CHECK_PGD_STEPS = 10  # the per-epoch PGD check of adversarial training
+PROGRESS_EVERY = 50  # steps between progress bar updates (each one is a message to a notebook's front end)
+EVAL_CHUNK = 10_000  # images normalized at a time by evaluate (a float chunk of 40 MB)
 
 
 @dataclass
@@ -36,7 +44,7 @@ class TrainConfig:
     adversarial: str | None = None  # None (standard), "fgsm_rs" or "pgd"
     adv_eps: float = 0.3  # training eps, normalized units (0.15 in [0, 1] pixel units)
     adv_pgd_steps: int = 7  # PGD steps when adversarial == "pgd"
-    adv_check_size: int = 512  # held-out test images for the per-epoch PGD check
+    adv_check_size: int = 512  # held-out validation images (training split) for the per-epoch PGD check
 
     def __post_init__(self):
         if self.adversarial not in ADVERSARIAL_MODES:
@@ -55,21 +63,25 @@ class TrainConfig:
 
 @dataclass
 class History:
-    """What happened during training. Rates are percentages; losses are mean cross-entropy."""
+    """What happened during training. Rates are percentages; losses are mean cross-entropy. Image ranges such as
+    "train[0:50000]" index the training split of the MNIST given to train()."""
 
     step_loss: list[float] = field(default_factory=list)  # every optimizer step
     epoch_loss: list[float] = field(default_factory=list)  # mean training loss per epoch
     train_accuracy: list[float] = field(default_factory=list)  # on the (possibly adversarial) training batches
-    test_accuracy: list[float] = field(default_factory=list)  # clean test accuracy after each epoch
+    test_accuracy: list[float] = field(default_factory=list)  # clean test accuracy after each epoch (reported only)
     pgd_check_accuracy: list[float] = field(default_factory=list)  # adversarial training only
     seconds: list[float] = field(default_factory=list)  # wall time per epoch
     kept_epoch: int | None = None  # adversarial training: the epoch (1-based) whose weights were kept
+    trained_on: str | None = None  # the training images, e.g. "train[0:60000]"
+    selection: str | None = None  # adversarial training: the held-out images of the PGD check, "train[50000:50512]"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
+        """Tolerant of other versions: unknown keys are ignored, missing ones take their defaults."""
         return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()
                       if k in cls.__dataclass_fields__})
 
@@ -94,8 +106,11 @@ def seed_everything(seed: int) -> None:
 
 
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                      generator: torch.Generator) -> torch.Tensor:
-    """The training inputs for one batch under config.adversarial (x itself for standard training)."""
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """The training inputs for one batch under config.adversarial (x itself for standard training).
+
+    x: (B, 1, 32, 32) float in [-1, 1]; generator: draws the random starts, on x's device (None: the global RNG).
+    Returns (B, 1, 32, 32) in [-1, 1] within config.adv_eps of x, without gradient history."""
     eps = config.adv_eps
     if config.adversarial == "fgsm_rs":
         # Wong et al. 2020: uniform start in the eps-ball, one FGSM step of 1.25 eps, projected back.
@@ -106,75 +121,137 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config
         x_adv = x0 + 1.25 * eps * grad.sign()
         return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(-1, 1).detach()
     if config.adversarial == "pgd":
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=x.device).item())
         return pgd(model, x, y, eps, steps=config.adv_pgd_steps, random_start=True, seed=seed)
     return x
 
 
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                config: TrainConfig, generator: torch.Generator, attack_generator: torch.Generator | None = None,
+                *, progress: bool = False, desc: str = "", replica=None) -> tuple[list[float], float, float]:
+    """One shuffled pass over (x, y): an optimizer step per batch of config.batch_size (adversarial batches when
+    config.adversarial is set). The model is left in train mode.
+
+    Args:
+        x: (N, 1, 32, 32) uint8 pixels 0..255 (normalized per batch, see data.batches) or float in [-1, 1];
+            y: (N,) int64. Both on the model's device.
+        generator: draws the shuffling order (CPU). attack_generator: the random starts of adversarial training,
+            on the model's device.
+        replica: data-parallel training (advlib.parallel.Replica): each batch is cut to this process's share, its
+            loss weighted by the share's fraction, and replica.synchronize sums the gradients over the processes
+            (and averages BatchNorm's statistics) before the step;
+            the losses and accuracy returned are then this process's parts (summed over the processes: the
+            whole batch's).
+    Returns:
+        (the loss of every step, the epoch's mean loss per image, training accuracy in percent on the batches
+        trained on). Losses and counts stay on the device until the end of the epoch: one synchronisation.
+    """
+    from tqdm.auto import tqdm
+
+    steps = -(-len(x) // config.batch_size)
+    losses = torch.empty(steps, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    model.train()
+    with tqdm(total=steps, desc=desc, disable=not progress) as bar:
+        for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, shuffle=True, generator=generator)):
+            weight = 1.0
+            if replica is not None:
+                xb, yb, weight = replica.share(xb, yb)
+            xb = adversarial_batch(model, xb, yb, config, attack_generator)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb) * weight
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if replica is not None:
+                replica.synchronize(model)
+            optimizer.step()
+            losses[i] = loss.detach()
+            correct += (logits.argmax(1) == yb).sum()
+            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == steps:
+                bar.update(i + 1 - bar.n)
+    step_loss = losses.tolist()
+    sizes = [min(config.batch_size, len(x) - start) for start in range(0, len(x), config.batch_size)]
+    epoch_loss = sum(loss * n for loss, n in zip(step_loss, sizes)) / len(x)
+    return step_loss, epoch_loss, 100.0 * correct.item() / len(x)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Clean accuracy in percent: one eval-mode pass without gradients.
+
+    x: (N, 1, 32, 32) float in [-1, 1], or uint8 pixels normalized EVAL_CHUNK images at a time (the whole uint8
+    training set is never copied to floats); y: (N,) int64, on the model's device."""
+    correct = sum((predict(model, xb)[0] == yb).sum().item() for xb, yb in batches(x, y, EVAL_CHUNK))
+    return 100.0 * correct / len(y)
+
+
+def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> float:
+    """Accuracy in percent under PGD-10 at config.adv_eps (seeded with config.seed) on held-out images x."""
+    return evaluate(model, pgd(model, x, y, config.adv_eps, steps=CHECK_PGD_STEPS, seed=config.seed), y)
+
+
 def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: TrainConfig = TrainConfig(),
-          progress: bool = True) -> tuple[SmallResNet, torch.optim.Optimizer, History]:
-    """Train a fresh SmallResNet on data.train_*, evaluating on data.test_* after each epoch.
+          progress: bool = True, replica=None) -> tuple[SmallResNet, torch.optim.Optimizer, History]:
+    """Train a fresh SmallResNet on data's training split; clean test accuracy after each epoch when data.test_x
+    is loaded (reported only, never used to choose anything).
+
+    Standard training uses every training image. Adversarial training holds out the last sixth (MNIST's classic
+    10,000 validation images of 60,000: see data.MNIST.split_validation) and keeps the epoch with the best PGD-10
+    accuracy on the first config.adv_check_size of them. History.trained_on and History.selection say which images.
 
     Same seed, same machine and thread count (torch.get_num_threads()) -> identical weights and history.
+    replica: one process of data-parallel training (advlib.parallel.train_data_parallel), passed to train_epoch.
 
     Returns:
         (model in eval mode, its Adam optimizer, History)
     """
-    from tqdm.auto import tqdm
-    import time
-
+    if data.train_u8 is None:
+        raise SplitNotLoaded("train() needs the training split: load it with load_mnist(root, splits=(\"train\", "
+                             "\"test\"))")
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    # With one CPU thread, channels_last weights (so channels_last activations) make oneDNN's 8-16-channel
-    # convolutions faster: 36 vs 47 ms per batch-64 step measured here; with two threads they are slower (32-40 vs
-    # 30 ms), so it is used only for one thread. Same maths, another float rounding order; deterministic. Undone
-    # before returning, so the returned model computes exactly like one loaded from a checkpoint.
+    history = History()
+    check = None
+    n = len(data.train_y)
+    if config.adversarial is not None:
+        n_val = max(1, n * VALIDATION_SIZE // TRAIN_SIZE)
+        data, val_x, val_y = data.split_validation(n_val)
+        k = min(config.adv_check_size, n_val)
+        check = (val_x[:k].to(device), val_y[:k].to(device))
+        history.selection = f"train[{n - n_val}:{n - n_val + k}]"
+    train_x, train_y = data.train_u8.to(device), data.train_y.to(device)  # uint8, normalized per batch
+    history.trained_on = f"train[0:{len(train_y)}]"
+    test = None if data.test_x is None else (data.test_x.to(device), data.test_y.to(device))
+
     model = SmallResNet(model_config).to(device)
     if device.type == "cpu" and torch.get_num_threads() == 1:
+        # oneDNN's convolutions of these narrow layers run faster on channels_last with one thread (not with more;
+        # measured by benchmarks.profile_training). Same maths, another rounding order; undone before returning,
+        # so the returned model computes exactly like one loaded from a checkpoint.
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     attack_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    check_x, check_y = test_x[-config.adv_check_size:], test_y[-config.adv_check_size:]
-    history = History()
-    best_state = None  # adversarial training keeps the epoch with the best PGD check accuracy
-    steps_per_epoch = -(-len(train_x) // config.batch_size)
+    best_state = None
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(batches(train_x, train_y, config.batch_size, shuffle=True, generator=shuffle_gen),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for x, y in bar:
-            x = adversarial_batch(model, x, y, config, attack_gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_loss = loss.item()
-            history.step_loss.append(step_loss)
-            loss_sum += step_loss * len(x)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(x)
-            if len(history.step_loss) % 50 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
-        history.epoch_loss.append(loss_sum / seen)
-        history.train_accuracy.append(100.0 * correct / seen)
-        history.test_accuracy.append(accuracy(model, test_x, test_y))
-        if config.adversarial is not None:
-            x_check = pgd(model, check_x, check_y, config.adv_eps, steps=10, seed=config.seed)
-            history.pgd_check_accuracy.append(accuracy(model, x_check, check_y))
+        step_loss, epoch_loss, train_acc = train_epoch(model, optimizer, train_x, train_y, config, shuffle_gen,
+                                                       attack_gen, progress=progress, replica=replica,
+                                                       desc=f"epoch {epoch + 1}/{config.epochs}")
+        history.step_loss += step_loss
+        history.epoch_loss.append(epoch_loss)
+        history.train_accuracy.append(train_acc)
+        if test is not None:
+            history.test_accuracy.append(evaluate(model, *test))
+        if check is not None:
+            history.pgd_check_accuracy.append(pgd_check(model, *check, config))
             if history.pgd_check_accuracy[-1] >= max(history.pgd_check_accuracy):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 history.kept_epoch = epoch + 1
         history.seconds.append(time.perf_counter() - start)
         if progress:
-            extra = f", PGD-10 check {history.pgd_check_accuracy[-1]:.2f}%" if history.pgd_check_accuracy else ""
-            print(f"epoch {epoch + 1}: loss {history.epoch_loss[-1]:.4f}, train acc {history.train_accuracy[-1]:.2f}%, "
-                  f"test acc {history.test_accuracy[-1]:.2f}%{extra}")
+            print(f"epoch {epoch + 1}: loss {epoch_loss:.4f}, train acc {train_acc:.2f}%"
+                  + (f", test acc {history.test_accuracy[-1]:.2f}%" if test is not None else "")
+                  + (f", PGD-10 check {history.pgd_check_accuracy[-1]:.2f}%" if check is not None else ""))
     if best_state is not None and history.kept_epoch != config.epochs:
         # Catastrophic overfitting (Wong et al. 2020): robustness to PGD collapsed in a later epoch. Keep the
         # weights of the epoch with the best PGD check accuracy, as their early stopping does. (The optimizer
@@ -189,12 +266,13 @@ def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: Trai
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> None:
     """Replace BatchNorm's running statistics by statistics recomputed over x with the current weights ("precise BN").
 
-    x: (N, 1, 32, 32) in [-1, 1], typically the training images. Each BatchNorm's running mean and variance become
-    the plain average of its per-batch mean and (unbiased) variance over the batches of x; with one batch
-    (batch_size >= N) they are exactly x's statistics. The weights are untouched; the model is left in
-    eval mode. Useful after very short training (about 100 Adam steps at lr 0.01), where the running averages
-    (momentum 0.1) lag the fast-moving weights and eval-mode accuracy swings between ~15% and ~85% with the seed
-    or the thread count; recomputed statistics give a stable result. The tests' small models use it.
+    x: (N, 1, 32, 32) float in [-1, 1] or uint8 pixels (normalized per batch), typically the training images, on
+    the model's device. Each BatchNorm's running mean and variance become the plain average of its per-batch mean
+    and (unbiased) variance over the batches of x; with one batch (batch_size >= N) they are exactly x's
+    statistics. The weights are untouched; the model is left in eval mode. Useful after very short training (about
+    100 Adam steps at lr 0.01), where the running averages (momentum 0.1) lag the fast-moving weights and eval-mode
+    accuracy swings between ~15% and ~85% with the seed or the thread count; recomputed statistics give a stable
+    result. The tests' small models use it.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
@@ -203,7 +281,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 5
     model.train()
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
+            model(as_float(x[start : start + batch_size]))
     for bn in norms:
         bn.momentum = 0.1
     model.eval()

@@ -1,10 +1,11 @@
-"""The targets of issue 4, judged from the measurements, and the markdown table of results.md."""
+"""The targets (issues 4 and 11), judged from the measurements, and the markdown of results.md."""
 from __future__ import annotations
 
-# "Same final accuracy within noise": with several seeds, |mean difference| <= 2 standard errors of it (from the
-# seed-to-seed spread); with one seed (--quick, --smoke) there is no spread to judge by, so a fixed band.
+# Speed must not be bought with accuracy: after one epoch, advlib's test accuracy may be below the textbook
+# pipeline's by less than this, with 95% confidence (the mean paired difference over seeds minus 2 standard errors
+# of it), so a real loss of this size fails the target however the seeds fall.
+ACCURACY_MARGIN_PP = 1.0
 NOISE_SE = 2.0
-ACCURACY_TOLERANCE_PP = 1.0
 
 
 def _get(d: dict, *keys):
@@ -21,6 +22,20 @@ def _target(tid: str, description: str, goal: str, measured, unit: str, ok, note
         note = "not measured in this run (its section was not run)"
     return {"id": tid, "description": description, "goal": goal, "measured": measured, "unit": unit,
             "met": None if measured is None else bool(ok), "note": note}
+
+
+def accuracy_target(epoch: dict | None) -> dict:
+    """The one-epoch accuracy target from train_speed.accuracy_comparison's dict (None: not measured)."""
+    description = "test accuracy after one epoch, advlib minus textbook, same seeds, BatchNorm recalibrated"
+    goal = f"> -{ACCURACY_MARGIN_PP:g} pp at 95% confidence"
+    se = _get(epoch, "difference_se_pp")
+    if se is None:
+        why = "one seed has no spread to judge by (needs 2 or more)" if epoch else ""
+        return _target("training_accuracy", description, goal, None, "pp", False, why)
+    lower = epoch["accuracy_difference_pp"] - NOISE_SE * se
+    return _target("training_accuracy", f"{description}, mean of {epoch['seeds']} seeds", goal,
+                   epoch["accuracy_difference_pp"], "pp", lower > -ACCURACY_MARGIN_PP,
+                   f"lower end {lower:+.2f} pp (mean - {NOISE_SE:g} standard errors of {se:.2f} pp)")
 
 
 def targets(results: dict) -> list[dict]:
@@ -48,31 +63,43 @@ def targets(results: dict) -> list[dict]:
     evals = full.get("adversarial_evaluations", "?")
     t.append(_target("sweep_full_seconds", f"advlib sweep on {full.get('images', '?')} images ({evals} "
                      "adversarial evaluations)", "< 15 s", secs, "s", secs is not None and secs < 15))
-    tr = s.get("training", {})
-    speed = tr.get("speedup_vs_textbook_best")
-    t.append(_target("training_speedup", "training images/s, advlib vs textbook pipeline (best num_workers)",
-                     ">= 2x", speed, "x", speed is not None and speed >= 2))
-    diff, se = _get(tr, "epoch", "accuracy_difference_pp"), _get(tr, "epoch", "difference_se_pp")
-    seeds = _get(tr, "epoch", "seeds") or 1
-    if se is not None:
-        t.append(_target("training_accuracy", f"test accuracy after one epoch, advlib minus textbook, mean of {seeds} "
-                         "seeds", f"within +-{NOISE_SE:g} standard errors (+-{NOISE_SE * se:.2f} pp)", diff, "pp",
-                         abs(diff) <= NOISE_SE * se, f"standard error of the difference {se:.2f} pp"))
-    else:
-        t.append(_target("training_accuracy", "test accuracy after one epoch, advlib minus textbook, one seed",
-                         f"within +-{ACCURACY_TOLERANCE_PP} pp", diff, "pp",
-                         diff is not None and abs(diff) <= ACCURACY_TOLERANCE_PP))
-    p95 = _get(s, "slider", "move_seconds", "p95")
+    slider = _get(s, "slider", "move_seconds", "p95")
     t.append(_target("slider_p95", "slider move (EpsExplorer.update), 95th percentile", "< 100 ms",
-                     None if p95 is None else 1000 * p95, "ms", p95 is not None and p95 < 0.1))
-    e2e = s.get("end_to_end", {})
-    why = e2e.get("not_measured", "")
-    wall = e2e.get("process_wall_s")
-    t.append(_target("end_to_end", "report pipeline, all stages, wall time", "< 180 s", wall, "s",
-                     wall is not None and wall < 180, why))
-    mem = e2e.get("peak_rss_upper_bound_mb")
-    t.append(_target("report_peak_memory", "peak memory of the whole report (papermill + largest kernel)",
-                     "< 2048 MB", mem, "MB", mem is not None and mem < 2048, why))
+                     None if slider is None else 1000 * slider, "ms", slider is not None and slider < 0.1))
+
+    tr = s.get("training", {})
+    speed, best = tr.get("speedup"), tr.get("advlib_best")
+    t.append(_target("training_speedup", f"training images/s vs the textbook pipeline, same run (advlib's best: "
+                     f"{best or '?'})", ">= 2x", speed, "x", speed is not None and speed >= 2))
+    t.append(accuracy_target(tr.get("epoch")))
+
+    wf = s.get("workflow", {})
+    why = wf.get("not_measured", "")
+    small = f" (small parameters: {' '.join(wf['config'][1:])})" if len(wf.get("config", [])) > 1 else ""
+    scratch = _get(wf, "from_scratch", "seconds")
+    t.append(_target("report_from_scratch", f"`make report` after installation, from scratch, 2 cores{small}",
+                     "<= 180 s", scratch, "s", scratch is not None and scratch <= 180, why))
+    reruns = {k: wf.get(f"after_{k}_change") for k in ("plot", "narrative")}
+    rerun = None if None in reruns.values() else max(r["seconds"] for r in reruns.values())
+    stale = [r["changed"] for r in reruns.values() if r is not None and not r["jobs"]]
+    if stale:  # a re-run that re-ran nothing left stale outputs: its speed means nothing
+        rerun, why = None, f"not valid: Snakemake re-ran nothing after changing {', '.join(stale)}"
+    t.append(_target("rerun_after_change", "re-run after changing only a plot or the narrative (the slower)",
+                     "<= 30 s", rerun, "s", rerun is not None and rerun <= 30, why))
+    why = wf.get("not_measured", "")
+    mt = results.get("make_test", {})
+    t.append(_target("make_test", "`make test` wall time, 2 cores", "<= 360 s", mt.get("seconds"), "s",
+                     mt.get("seconds") is not None and mt.get("returncode", 0) == 0 and mt["seconds"] <= 360,
+                     mt.get("note") or "not measured here: `python -m benchmarks --make-test` runs it, "
+                     "or pass --make-test-seconds with a measured figure"))
+    mem = _get(wf, "largest_kernel", "peak_rss_mb")
+    t.append(_target("report_peak_memory", f"peak memory of any report kernel{small}", "<= 1500 MB", mem, "MB",
+                     mem is not None and mem <= 1500, why))
+    study = wf.get("seed_study", {})
+    ten = study.get("seconds_for_10_seeds")
+    t.append(_target("seed_study", "seed study, 10 seeds (training + sweep), 2 cores" +
+                     (f", extrapolated from {study['seeds']} seeds" if study.get("extrapolated") else "") + small,
+                     "<= 600 s", ten, "s", ten is not None and ten <= 600, why))
     return t
 
 
@@ -119,29 +146,27 @@ def markdown(results: dict) -> str:
         lines += ["", f"## Training (batch {tr['batch_size']}, Adam lr {tr['lr']}, {tr['steps']} steps per run, "
                   f"torch threads: {tr['torch_threads']})", "",
                   "| pipeline | images/s | s per run |", "|---|---|---|"]
-        for k, v in tr["textbook"].items():
-            lines.append(f"| textbook, {k.replace('_', ' ')} | {_spread(v['images_per_s'], digits=0)} | "
+        for name, v in tr["pipelines"].items():
+            lines.append(f"| {name.replace('_', ' ')} | {_spread(v['images_per_s'], digits=0)} | "
                          f"{_spread(v['seconds'])} |")
-        lines.append(f"| advlib.train.train | {_spread(tr['advlib']['images_per_s'], digits=0)} | "
-                     f"{_spread(tr['advlib']['seconds'])} |")
-        one = tr.get("one_thread")
-        if one:
-            for k, label in (("textbook_num_workers_0", "textbook, num workers 0"), ("advlib", "advlib.train.train")):
-                lines.append(f"| {label}, 1 torch thread (information) | "
-                             f"{_spread(one[k]['images_per_s'], digits=0)} | {_spread(one[k]['seconds'])} |")
+        startup = _get(tr, "pipelines", "data_parallel_2x1", "startup_seconds", "median")
+        lines += ["", f"Best: {tr['advlib_best']} against {tr['textbook_best']}, {tr['speedup']:.2f}x. Two "
+                  f"single-thread processes against one: {tr['parallel_speedup_vs_1_thread']:.2f}x"
+                  + (f" (plus {startup:.1f} s to start the processes, not in the rates)." if startup else ".")]
         ep = tr.get("epoch")
         if ep:
-            lines += ["", "| one epoch | seed | train images | wall s (incl. test eval) | test accuracy % [95% CI] |",
-                      "|---|---|---|---|---|"]
-            for k in ("textbook", "advlib"):
-                for e in ep[k]:
+            lines += ["", f"One epoch on {ep['train_images']:,} images, BatchNorm statistics recomputed on "
+                      f"{ep['calibration_images']:,} of them for every model, test accuracy on {ep['test_images']:,}:",
+                      "", "| pipeline | seed | s | test accuracy % [95% CI] |", "|---|---|---|---|"]
+            for name in ("textbook", "advlib", "data_parallel_2x1"):
+                for e in ep.get(name, []):
                     ci = e["test_accuracy_ci95"]
-                    lines.append(f"| {k} | {e['seed']} | {e['train_images']:,} | {e['seconds']:.1f} | "
+                    lines.append(f"| {name.replace('_', ' ')} | {e['seed']} | {e['seconds']:.1f} | "
                                  f"{e['test_accuracy']:.2f} [{ci[0]:.2f}–{ci[1]:.2f}] |")
             se = ep["difference_se_pp"]
-            lines += ["", f"Mean over {ep['seeds']} seed(s): textbook {ep['textbook_mean']:.2f}%, advlib "
-                      f"{ep['advlib_mean']:.2f}%, difference {ep['accuracy_difference_pp']:+.2f} pp"
-                      + (f" (standard error {se:.2f} pp from the seed-to-seed spread)." if se is not None else ".")]
+            lines += ["", f"Judged: {ep['judged']} minus textbook over {ep['seeds']} seed(s), paired by seed: "
+                      f"{ep['accuracy_difference_pp']:+.2f} pp"
+                      + (f" (standard error {se:.2f} pp)." if se is not None else " (one seed: not judged).")]
 
     for key, title in (("sweep_subset", "correctly classified test images"), ("sweep_full", "test images")):
         sw = s.get(key)
@@ -177,24 +202,35 @@ def markdown(results: dict) -> str:
                   f"- one move (update with the widget built), {sl['moves']} moves: median {mv['median'] * 1000:.1f} "
                   f"ms, p95 {mv['p95'] * 1000:.1f} ms, max {mv['max'] * 1000:.1f} ms"]
 
-    e2e = s.get("end_to_end")
-    if e2e:
-        lines += ["", "## End to end (the report's pipeline, in a temporary copy)", ""]
-    if e2e and "not_measured" in e2e:
-        lines.append(f"Not measured: {e2e['not_measured']}.")
-    elif e2e:
-        lines += ["| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in e2e["stage_seconds"].items()]
-        lines += [f"| all stages (process wall time, imports included) | {e2e['process_wall_s']:.1f} |", "",
-                  f"Peak memory: papermill process {e2e['papermill_process_peak_rss_mb']:.0f} MB, largest kernel "
-                  f"{e2e['largest_kernel_peak_rss_mb']:.0f} MB (sum {e2e['peak_rss_upper_bound_mb']:.0f} MB, "
-                  f"an upper bound); sampled peak of the process tree {e2e['sampled_tree_rss_peak_mb']:.0f} MB."]
+    wf = s.get("workflow")
+    if wf:
+        lines += ["", "## The workflow (Snakemake, 2 cores, in a copy of the repository)", ""]
+    if wf and "not_measured" in wf:
+        lines.append(f"Not measured: {wf['not_measured']}.")
+    elif wf:
+        lines += [f"`--config {' '.join(wf['config'])}`.", "", "| run | seconds |", "|---|---|"]
+        runs = {"from scratch": wf["from_scratch"], "after changing " + wf["after_plot_change"]["changed"]:
+                wf["after_plot_change"], "after changing " + wf["after_narrative_change"]["changed"]:
+                wf["after_narrative_change"]}
+        lines += [f"| {name} | {r['seconds']:.1f} |" for name, r in runs.items()]
+        st = wf["seed_study"]
+        lines.append(f"| seed study, {st['seeds']} seeds | {st['seconds']:.1f}"
+                     + (f" (10 seeds: {st['seconds_for_10_seeds']:.0f}, extrapolated)" if st["extrapolated"] else "")
+                     + " |")
+        lines += ["", "Jobs of the run from scratch (sampled every 0.2 s; a notebook's peak memory is its kernel's):",
+                  "", "| job | seconds | peak memory MB |", "|---|---|---|"]
+        lines += [f"| {name} | {j['seconds']:.1f} | {j['peak_rss_mb']:.0f} |"
+                  for name, j in wf["from_scratch"]["jobs"].items()]
+    mt = results.get("make_test")
+    if mt:
+        lines += ["", f"`make test`: {mt['seconds']:.0f} s" + (f" ({mt['note']})" if mt.get("note") else "")
+                  + (f", exit code {mt['returncode']}" if mt.get("returncode") else "") + "."]
 
     mem = s.get("memory")
     if mem:
         tr_m, sw_m = mem["training"], mem["sweep"]
         lines += ["", "## Peak memory (child processes, VmHWM)", "",
-                  f"- training ({tr_m['train_images']:,} images, all data loaded): {tr_m['self_peak_rss_mb']:.0f} MB",
+                  f"- training ({tr_m['train_images']:,} images, both splits loaded): {tr_m['self_peak_rss_mb']:.0f} MB",
                   f"- sweep ({sw_m['images']:,} images x {sw_m['eps']} eps): {sw_m['self_peak_rss_mb']:.0f} MB"]
 
     ef = s.get("efficiency")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from advlib.attacks import fgsm_sweep, to_pixel_eps
 
-from benchmarks.common import EPS_GRID, Settings, loadavg, time_interleaved, time_runs
+from benchmarks.common import EPS_GRID, Settings, loadavg, time_interleaved
 
 
 def per_image_loop(model, x, y, eps_list) -> torch.Tensor:
@@ -109,10 +109,11 @@ def run_subset(settings: Settings, model, x, y, say=print) -> dict:
     say(f"  (a) per-image loop on {n} images x {settings.loop_repeats} ...")
     warm = min(20, n)
     per_image_loop(model, x[:warm], y[:warm], EPS_GRID)  # warm-up on a few images
-    seconds, preds["per_image_loop"] = time_runs(lambda: per_image_loop(model, x, y, EPS_GRID),
-                                                 settings.loop_repeats, warmup=0)
-    section["methods"]["per_image_loop"] = {"seconds": seconds,
-                                            "seconds_per_image_per_eps": seconds["median"] / work}
+    seconds, last = time_interleaved({"loop": lambda: per_image_loop(model, x, y, EPS_GRID)}, settings.loop_repeats,
+                                     warmup=False)
+    preds["per_image_loop"] = last["loop"]
+    section["methods"]["per_image_loop"] = {"seconds": seconds["loop"],
+                                            "seconds_per_image_per_eps": seconds["loop"]["median"] / work}
 
     base = section["methods"]["advlib"]["seconds"]["median"]
     for name, m in section["methods"].items():

@@ -1,18 +1,26 @@
-"""Training throughput: the textbook pipeline against advlib.train.train, same model, batch 64, Adam lr 0.01.
+"""Training throughput: the textbook pipeline against advlib's, same model, batch 64, Adam lr 0.01.
 
 Textbook: ``torchvision.datasets.MNIST(root='data')`` with ``Compose([Resize(32), ToTensor(), Normalize(0.5,
 0.5)])`` (PIL resize per image per epoch), a shuffling DataLoader (num_workers 0, and 2 in case it helps), and
 the plain eager step: zero_grad, forward, cross-entropy, backward, Adam step, ``loss.item()``.
-advlib: the whole ``advlib.train.train`` call on the pre-transformed tensors (model creation and its end-of-epoch
-evaluation on 64 images included).
+advlib: ``advlib.train.train`` on the cached uint8 tensors, with torch's default thread count and with one
+thread, and ``advlib.parallel.train_data_parallel`` over two single-thread processes.
 
-Both run the same number of optimizer steps from a fresh seeded model; images/s = steps * 64 / seconds.
-Then each trains one full epoch, for a few seeds, and reports its test accuracy, so speed is not bought with
-accuracy: the two pipelines shuffle differently, so even at one seed their models differ, and the difference in
-accuracy is only meaningful against the seed-to-seed spread.
+Every run trains `steps` optimizer steps from a fresh seeded model and times its own steps: the textbook loop
+after 3 warm-up steps (so DataLoader workers are already running), advlib its epoch (History.seconds: the loop
+and the end-of-epoch evaluation on 64 test images; the data-parallel processes' start-up is recorded apart).
+images/s = steps * 64 / seconds.
+
+Then one epoch of the textbook pipeline and of advlib's two pipelines for a few seeds, so speed is not bought with
+accuracy. Like with like: at one seed both start from the same weights (torch.manual_seed, then SmallResNet()) and
+draw the same order (DataLoader's RandomSampler and advlib.data.batches both take torch.randperm of a generator
+seeded alike), BatchNorm's statistics are recomputed on the same training images for every model (after one
+epoch the running averages lag the weights: one textbook seed once fell to 42% without it), and every model is
+evaluated on the same test tensors. Differences are paired by seed.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -20,13 +28,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from advlib.data import MNIST
-from advlib.metrics import wilson_interval
+from advlib.metrics import accuracy, wilson_interval
 from advlib.model import SmallResNet
-from advlib.train import TrainConfig, train
+from advlib.parallel import train_data_parallel
+from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
-from benchmarks.common import Settings, loadavg, rate, summarize
+from benchmarks.common import Settings, loadavg, per_second, summarize, time_interleaved
 
 BATCH, LR, SEED = 64, 0.01, 0  # the original report's hyperparameters
+CALIBRATION_IMAGES = 10_000  # training images BatchNorm's statistics are recomputed on, for every model alike
+PARALLEL = "data_parallel_2x1"
+
+
+def subset(data: MNIST, n_train: int | None, n_test: int | None) -> MNIST:
+    return MNIST(data.train_u8[:n_train], data.train_y[:n_train], data.test_x[:n_test], data.test_y[:n_test])
 
 
 def textbook_dataset(root: str, train: bool = True, limit: int | None = None):
@@ -35,18 +50,6 @@ def textbook_dataset(root: str, train: bool = True, limit: int | None = None):
     transform = T.Compose([T.Resize(32), T.ToTensor(), T.Normalize(0.5, 0.5)])
     ds = datasets.MNIST(root=root, train=train, download=False, transform=transform)
     return Subset(ds, range(limit)) if limit is not None else ds
-
-
-def textbook_loader(ds, num_workers: int, shuffle: bool = True, batch_size: int = BATCH,
-                    seed: int = SEED) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def fresh_model(seed: int = SEED) -> tuple[SmallResNet, torch.optim.Optimizer]:
-    torch.manual_seed(seed)
-    model = SmallResNet()
-    return model, torch.optim.Adam(model.parameters(), lr=LR)
 
 
 def textbook_steps(model, optimizer, batches, steps: int) -> float:
@@ -63,138 +66,118 @@ def textbook_steps(model, optimizer, batches, steps: int) -> float:
     return running
 
 
-def textbook_run(ds, steps: int, num_workers: int, warmup_steps: int = 3) -> float:
-    """Seconds for `steps` textbook steps from a fresh model, timed after a few warm-up steps on a fresh
-    iterator (so its workers, if any, are already running)."""
-    model, optimizer = fresh_model()
-    batches = iter(textbook_loader(ds, num_workers))
+def textbook_train(ds, steps: int | None, num_workers: int, seed: int = SEED, warmup_steps: int = 0):
+    """`steps` textbook steps (None: one epoch) from a fresh seeded model, timed after `warmup_steps` on the same
+    iterator (so its workers, if any, are already running). Returns (model, seconds)."""
+    torch.manual_seed(seed)
+    model = SmallResNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(seed))
+    batches = iter(loader)
     textbook_steps(model, optimizer, batches, warmup_steps)
     start = time.perf_counter()
-    textbook_steps(model, optimizer, batches, steps)
+    textbook_steps(model, optimizer, batches, len(loader) - warmup_steps if steps is None else steps)
     seconds = time.perf_counter() - start
     del batches  # shuts the workers down
-    return seconds
+    return model, seconds
 
 
-def advlib_run(data: MNIST, steps: int) -> float:
-    """Seconds for one advlib.train.train call over steps * 64 images (fresh model, as every call)."""
-    n = steps * BATCH
-    subset = MNIST(data.train_x[:n], data.train_y[:n], data.test_x[:BATCH], data.test_y[:BATCH])
+def advlib_train(data: MNIST, seed: int = SEED, threads: int | None = None, parallel: bool = False) -> tuple:
+    """advlib.train.train (with `threads` torch threads; None: as it is) or, with parallel, train_data_parallel over
+    2 single-thread processes: one epoch over data. Returns (model, History, wall seconds of the call)."""
+    config = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=seed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
     start = time.perf_counter()
-    train(subset, config=TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=SEED), progress=False)
-    return time.perf_counter() - start
-
-
-def time_interleaved(runs: dict, steps: int, repeats: int, warmup_steps: int = 10) -> dict:
-    """runs: {name: run(steps) -> seconds}. A short untimed warm-up of each, then `repeats` rounds that run
-    each once in turn, so a change in the machine's load hits every pipeline alike. Unlike
-    common.time_interleaved, each run reports its own seconds, so a fresh model, DataLoader workers and warm-up
-    steps stay outside the timing. Returns {name: {"seconds", "images_per_s"}}."""
-    for run in runs.values():
-        run(min(warmup_steps, steps))
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            seconds[name].append(run(steps))
-    return {name: {"seconds": summarize(s), "images_per_s": rate(summarize(s), steps * BATCH)}
-            for name, s in seconds.items()}
-
-
-def textbook_epoch(root: str, num_workers: int, limit: int | None, test_limit: int | None, seed: int = SEED) -> dict:
-    """One epoch of the textbook pipeline from a fresh model, then its test accuracy (textbook evaluation)."""
-    ds = textbook_dataset(root, limit=limit)
-    model, optimizer = fresh_model(seed)
-    start = time.perf_counter()
-    loader = textbook_loader(ds, num_workers, seed=seed)
-    textbook_steps(model, optimizer, iter(loader), len(loader))
-    train_s = time.perf_counter() - start
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in DataLoader(textbook_dataset(root, train=False, limit=test_limit), batch_size=1000):
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return {"seed": seed, "train_images": len(ds), "num_workers": num_workers, "seconds": time.perf_counter() - start,
-            "train_seconds": train_s, "test_accuracy": 100.0 * correct / total,
-            "test_accuracy_ci95": wilson_interval(correct, total)}
-
-
-def advlib_epoch(data: MNIST, limit: int | None, test_limit: int | None, seed: int = SEED):
-    """One epoch of advlib.train.train (its own end-of-epoch test evaluation included). Returns (dict, model)."""
-    data = MNIST(data.train_x[:limit], data.train_y[:limit], data.test_x[:test_limit], data.test_y[:test_limit])
-    start = time.perf_counter()
-    model, _, history = train(data, config=TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=seed), progress=False)
-    seconds = time.perf_counter() - start
-    acc = history.test_accuracy[-1]
-    k = round(acc * len(data.test_y) / 100)
-    return ({"seed": seed, "train_images": len(data.train_x), "seconds": seconds, "train_seconds": history.seconds[-1],
-             "test_accuracy": acc, "test_accuracy_ci95": wilson_interval(k, len(data.test_y))}, model)
+    try:
+        if parallel:
+            model, _, history = train_data_parallel(data, config=config, world_size=2, progress=False)
+        else:
+            model, _, history = train(data, config=config, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return model, history, time.perf_counter() - start
 
 
 def run(settings: Settings, root: str, data: MNIST, say=print):
-    """The training section. Returns (section dict, the advlib model trained for one epoch, or None)."""
+    """The training section. Returns (section dict, advlib.train's model trained for one epoch on seed 0)."""
     load = [loadavg()]
-    steps, images = settings.train_steps, settings.train_steps * BATCH
-    start = time.perf_counter()
+    steps = settings.train_steps
     ds = textbook_dataset(root)
-    textbook_setup_s = time.perf_counter() - start
-    say(f"  textbook pipeline (num_workers 0 and 2) and advlib.train.train: {steps} steps, "
-        f"{settings.train_repeats} interleaved rounds ...")
-    timed = time_interleaved({"num_workers_0": lambda n: textbook_run(ds, n, 0),
-                              "num_workers_2": lambda n: textbook_run(ds, n, 2),
-                              "advlib": lambda n: advlib_run(data, n)}, steps, settings.train_repeats)
-    advlib = timed.pop("advlib")
-    textbook = timed
-    best = max(textbook, key=lambda k: textbook[k]["images_per_s"]["median"])
-    one_thread = None
-    threads = torch.get_num_threads()
-    if threads > 1:
-        # For information, not for the targets: both pipelines again with one torch thread. Ops on 64 tiny
-        # images gain little from a second thread, and spin-waiting threads crawl when another process holds
-        # a core, so on a busy machine this row is the one that shows each pipeline's own cost.
-        say("  both again with torch.set_num_threads(1) ...")
-        torch.set_num_threads(1)
-        try:
-            one_thread = time_interleaved({"textbook_num_workers_0": lambda n: textbook_run(ds, n, 0),
-                                           "advlib": lambda n: advlib_run(data, n)}, steps, settings.train_repeats)
-        finally:
-            torch.set_num_threads(threads)
-        one_thread["speedup"] = (one_thread["advlib"]["images_per_s"]["median"]
-                                 / one_thread["textbook_num_workers_0"]["images_per_s"]["median"])
+    startup = []  # the data-parallel processes' start-up (spawn, imports, process group), outside the timing
+
+    def advlib_run(n: int = steps, **how) -> float:
+        _, history, wall = advlib_train(subset(data, n * BATCH, BATCH), **how)
+        if how.get("parallel"):
+            startup.append(wall - history.seconds[0])
+        return history.seconds[0]
+
+    runs = {"textbook_num_workers_0": lambda n=steps: textbook_train(ds, n, 0, warmup_steps=3)[1],
+            "textbook_num_workers_2": lambda n=steps: textbook_train(ds, n, 2, warmup_steps=3)[1],
+            "advlib": advlib_run,
+            "advlib_1_thread": lambda n=steps: advlib_run(n, threads=1),
+            PARALLEL: lambda n=steps: advlib_run(n, parallel=True)}
+    say(f"  {', '.join(runs)}: a short warm-up, then {steps} steps, {settings.train_repeats} interleaved rounds ...")
+    for fn in runs.values():
+        fn(min(10, steps))
+    seconds, _ = time_interleaved(runs, settings.train_repeats, warmup=False, self_timed=True)
+    pipelines = {name: {"seconds": s, "images_per_s": per_second(s, steps * BATCH)} for name, s in seconds.items()}
+    pipelines[PARALLEL]["startup_seconds"] = summarize(startup)
+    rate = {name: p["images_per_s"]["median"] for name, p in pipelines.items()}
+    textbook_best = max((k for k in rate if k.startswith("textbook")), key=rate.get)
+    advlib_best = max((k for k in rate if not k.startswith("textbook")), key=rate.get)
+    section = {"batch_size": BATCH, "lr": LR, "optimizer": "Adam", "steps": steps, "images_per_run": steps * BATCH,
+               "torch_threads": torch.get_num_threads(), "pipelines": pipelines, "textbook_best": textbook_best,
+               "advlib_best": advlib_best, "speedup": rate[advlib_best] / rate[textbook_best],
+               "parallel_speedup_vs_1_thread": rate[PARALLEL] / rate["advlib_1_thread"]}
+    judged = PARALLEL if advlib_best == PARALLEL else "advlib"  # advlib.train with any thread count
+    section["epoch"], model = one_epoch_accuracy(settings, root, data, judged, int(textbook_best.rsplit("_", 1)[1]),
+                                                 say)
     load.append(loadavg())
-    section = {
-        "batch_size": BATCH, "lr": LR, "optimizer": "Adam", "steps": steps, "images_per_run": images,
-        "textbook": textbook, "textbook_best": best, "textbook_dataset_setup_s": textbook_setup_s,
-        "advlib": advlib, "torch_threads": threads, "one_thread": one_thread,
-        "speedup_vs_textbook_best": advlib["images_per_s"]["median"] / textbook[best]["images_per_s"]["median"],
-        "speedup_vs_textbook_num_workers_0": (advlib["images_per_s"]["median"]
-                                              / textbook["num_workers_0"]["images_per_s"]["median"]),
-    }
-    model = None
-    if settings.full_epoch:
-        limit = settings.train_images_for_accuracy
-        workers = int(best.rsplit("_", 1)[1])
-        runs = {"textbook": [], "advlib": []}
-        for seed in range(settings.epoch_seeds):
-            say(f"  one epoch each ({limit or 60000} images), seed {seed}, for the test accuracy ...")
-            runs["textbook"].append(textbook_epoch(root, workers, limit, settings.test_images_for_accuracy, seed))
-            ad, seed_model = advlib_epoch(data, limit, settings.test_images_for_accuracy, seed)
-            runs["advlib"].append(ad)
-            model = model or seed_model  # seed 0's model serves the attack sections
-        section["epoch"] = {**runs, **accuracy_comparison([r["test_accuracy"] for r in runs["advlib"]],
-                                                          [r["test_accuracy"] for r in runs["textbook"]])}
-        load.append(loadavg())
     section["loadavg"] = load
     return section, model
 
 
-def accuracy_comparison(advlib: list[float], textbook: list[float]) -> dict:
-    """Mean test accuracies (%) over seeds, their difference (advlib minus textbook, percentage points) and the
-    standard error of that difference from the seed-to-seed spread (None with a single seed)."""
-    import statistics
+def one_epoch_accuracy(settings: Settings, root: str, data: MNIST, judged: str, num_workers: int, say=print):
+    """One epoch of the textbook pipeline, advlib.train and the data-parallel run for seeds 0..epoch_seeds-1; test
+    accuracy after recomputing every model's BatchNorm statistics on the same images. The comparison judged is
+    `judged`'s ("advlib" or PARALLEL) against the textbook's. Returns (dict, advlib.train's seed-0 model)."""
+    limit, test_limit = settings.train_images_for_accuracy, settings.test_images_for_accuracy
+    data = subset(data, limit, test_limit)
+    ds = textbook_dataset(root, limit=limit)
+    calibration = data.train_u8[:CALIBRATION_IMAGES]
+    runs = {"textbook": [], "advlib": [], PARALLEL: []}
+    seed0_model = None
+    for seed in range(settings.epoch_seeds):
+        say(f"  one epoch of each ({len(data.train_y):,} images), seed {seed}, for the test accuracy ...")
+        model, seconds = textbook_train(ds, None, num_workers, seed)
+        runs["textbook"].append((model, seconds))
+        model, history, _ = advlib_train(data, seed)
+        runs["advlib"].append((model, history.seconds[0]))
+        seed0_model = model if seed == 0 else seed0_model
+        model, history, _ = advlib_train(data, seed, parallel=True)
+        runs[PARALLEL].append((model, history.seconds[0]))
+    out = {"train_images": len(data.train_y), "test_images": len(data.test_y),
+           "calibration_images": len(calibration), "judged": judged}
+    for name, trained in runs.items():
+        out[name] = []
+        for seed, (model, seconds) in enumerate(trained):
+            recalibrate_batchnorm(model, calibration)
+            acc = accuracy(model, data.test_x, data.test_y)
+            k = round(acc * len(data.test_y) / 100)
+            out[name].append({"seed": seed, "seconds": seconds, "test_accuracy": acc,
+                              "test_accuracy_ci95": wilson_interval(k, len(data.test_y))})
+    accuracies = {name: [r["test_accuracy"] for r in out[name]] for name in runs}
+    out.update(accuracy_comparison(accuracies[judged], accuracies["textbook"]))
+    return out, seed0_model
 
-    n = len(advlib)
-    se = (statistics.variance(advlib) / n + statistics.variance(textbook) / n) ** 0.5 if n >= 2 else None
+
+def accuracy_comparison(advlib: list[float], textbook: list[float]) -> dict:
+    """Test accuracies (%) of the same seeds, paired: the mean difference advlib minus textbook (percentage points)
+    and its standard error from the spread of the per-seed differences (None with a single seed)."""
+    diffs = [a - t for a, t in zip(advlib, textbook, strict=True)]
+    n = len(diffs)
     return {"seeds": n, "advlib_mean": statistics.fmean(advlib), "textbook_mean": statistics.fmean(textbook),
-            "accuracy_difference_pp": statistics.fmean(advlib) - statistics.fmean(textbook),
-            "difference_se_pp": se}
+            "accuracy_difference_pp": statistics.fmean(diffs),
+            "difference_se_pp": statistics.stdev(diffs) / n**0.5 if n >= 2 else None}

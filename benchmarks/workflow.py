@@ -1,0 +1,117 @@
+"""The report's workflow (the Snakefile) timed as a user meets it, in a copy of the repository (never this tree):
+
+- from scratch: ``snakemake --cores 2 run --config run_dir=build/bench`` after installation (data linked, venv
+  installed, no model and no executed notebook yet): what ``make report`` runs, without publishing;
+- incremental: the same command again after changing ``advlib/plotting.py`` (a plot changed: the stage notebooks
+  re-run, no model retrains), then after changing ``notebooks/06_report.ipynb`` (the narrative);
+- peak memory: each notebook kernel's and each training job's peak resident memory (VmHWM), sampled;
+- the seed study: ``snakemake --cores 2 seed_study --config seeds=0-9``, or 2 seeds extrapolated to 10;
+- ``make test`` (only when asked: it takes minutes).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import ROOT, Settings, Watched, loadavg, watch
+
+CORES = 2  # the targets are stated for 2 cores
+RUN_DIR = "build/bench"
+SEED_STUDY_SEEDS = 10  # the target's seed count
+# A change Snakemake sees: it compares input checksums, so a mere touch re-runs nothing.
+CHANGED = {"plot": ("advlib/plotting.py", lambda text: text + "\n# a changed plot\n"),
+           "narrative": ("notebooks/06_report.ipynb", lambda text: text.replace("## Objective", "## Objective.", 1))}
+
+
+def copy_clone(dest: Path) -> Path:
+    """What a clone holds (tracked files and new files git does not ignore) copied to dest, with data/ and .venv
+    linked to this tree's, as tests/conftest.py's copy_repo does."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():  # a file deleted in the working tree is still listed
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for name in ("data", ".venv"):
+        (dest / name).symlink_to(ROOT / name)
+    # make in the copy must never reinstall the shared venv (an editable install from the copy would point it there)
+    stamp = ROOT / ".venv" / ".installed"
+    if not stamp.is_file() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        raise RuntimeError("the venv is older than pyproject.toml: run `make data` first")
+    os.utime(dest / "pyproject.toml", (stamp.stat().st_mtime - 60,) * 2)
+    return dest
+
+
+def jobs(watched: Watched) -> dict:
+    """{job: {"seconds", "peak_rss_mb"}} from the sampled process tree: each notebook job (its papermill process's
+    lifetime; peak: its kernel's) and each model-training job. Lifetimes and peaks are sampled (every 0.2 s)."""
+    procs = watched.processes
+    out = {}
+
+    def job_of(pid: int) -> str | None:
+        cmd = procs[pid]["cmd"]
+        if not cmd or cmd.split()[0].endswith("sh"):  # snakemake's bash -c wrapper holds the same words
+            return None
+        if m := re.search(r"-m advlib\.pipeline notebook \S*?(\w+)\.ipynb", cmd):
+            return m.group(1)
+        if m := re.search(r"-m advlib\.stage (\w+)", cmd):
+            return f"train {m.group(1)} model"
+        return None
+
+    for pid, p in procs.items():
+        if (name := job_of(pid)) is not None:
+            out[name] = {"seconds": p["last_s"] - p["first_s"], "peak_rss_mb": p["peak_rss_mb"]}
+    for pid, p in procs.items():
+        if "ipykernel" in p["cmd"] and procs.get(p["ppid"]) and (name := job_of(p["ppid"])):
+            out[name].update(papermill_peak_rss_mb=out[name]["peak_rss_mb"], peak_rss_mb=p["peak_rss_mb"])
+    return dict(sorted(out.items()))
+
+
+def snakemake(repo: Path, target: str, config: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(CORES), target, *(["--config", *config] if config else [])]
+    done = watch(cmd, cwd=repo, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}) in {repo}:\n{done.stderr[-3000:]}")
+    return {"command": " ".join(["snakemake", *cmd[3:]]), "seconds": done.wall_s, "jobs": jobs(done)}
+
+
+def run(settings: Settings, say=print, all_seeds: bool = False) -> dict:
+    """The workflow section. all_seeds: the seed study with all 10 seeds (else 2, extrapolated)."""
+    if not settings.workflow:
+        return {"not_measured": f"skipped in --{settings.mode} mode (the workflow takes minutes)"}
+    load = [loadavg()]
+    config = [f"run_dir={RUN_DIR}", *settings.workflow_config]
+    section = {"cores": CORES, "config": config}
+    with tempfile.TemporaryDirectory(prefix="advlib-bench-workflow-") as tmp:
+        repo = copy_clone(Path(tmp) / "repo")
+        say(f"  from scratch: snakemake --cores {CORES} run --config {' '.join(config)} (in {repo}) ...")
+        section["from_scratch"] = snakemake(repo, "run", config, timeout=3600)
+        for what, (path, change) in CHANGED.items():
+            (repo / path).write_text(change((repo / path).read_text()))
+            say(f"  again after changing {path} ...")
+            section[f"after_{what}_change"] = {"changed": path, **snakemake(repo, "run", config, timeout=1800)}
+        seeds = SEED_STUDY_SEEDS if all_seeds else 2
+        say(f"  seed study, seeds 0-{seeds - 1} ...")
+        study = snakemake(repo, "seed_study", [f"seeds=0-{seeds - 1}", *settings.workflow_config], timeout=7200)
+        section["seed_study"] = {**study, "seeds": seeds, "extrapolated": seeds != SEED_STUDY_SEEDS,
+                                 "seconds_for_10_seeds": study["seconds"] * SEED_STUDY_SEEDS / seeds}
+    kernels = {k: v for k, v in section["from_scratch"]["jobs"].items() if not k.startswith("train ")}
+    largest = max(kernels, key=lambda k: kernels[k]["peak_rss_mb"]) if kernels else None
+    section["largest_kernel"] = {"stage": largest, "peak_rss_mb": kernels[largest]["peak_rss_mb"]} if largest else None
+    load.append(loadavg())
+    section["loadavg"] = load
+    return section
+
+
+def make_test(say=print) -> dict:
+    """`make test` in a copy of the repository (the test models are trained there from scratch), timed."""
+    with tempfile.TemporaryDirectory(prefix="advlib-bench-make-test-") as tmp:
+        repo = copy_clone(Path(tmp) / "repo")
+        say(f"  make test in {repo} ...")
+        done = watch(["make", "--no-print-directory", "test"], cwd=repo, timeout=3600, interval=1.0)
+    return {"seconds": done.wall_s, "returncode": done.returncode, "stdout_tail": done.stdout[-2000:]}
