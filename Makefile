@@ -1,49 +1,67 @@
-# Two commands after `git clone`:  make report  (figures + executed notebooks)   make test  (the test suite)
+# Two commands after `git clone`:  make report  (figures, executed notebooks, HTML page)   make test  (the tests)
 # Both create or reuse the virtual environment .venv, install the project and fetch the verified MNIST data.
+# The study itself is a Snakemake workflow (Snakefile); these targets call it with the machine's cores.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
 STAMP := $(VENV)/.installed
-ARGS ?=
+CORES ?= 2
+CONFIG ?=
+SEEDS ?= 0-9
+OUT ?= build/quick
+QUICK := epochs=1 train_subset=5000 n_samples=200 pgd_steps=3
+SMK = "$(SNAKEMAKE)" --cores $(CORES) --printshellcmds --show-failed-logs $(if $(FORCE),--forceall)
 
-.PHONY: report test data seeds bench lab clean-artifacts
+.PHONY: report quick seeds test data bench lab dry-run-cluster clean-build
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	test -x "$(PY)" || "$(PYTHON)" -m venv "$(VENV)"
+	"$(PY)" -m pip install --quiet --upgrade pip
 	# torch first, pinned: pip takes these two from this machine's disk; an unpinned torch would download GBs
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	"$(PY)" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	"$(PY)" -m pip install --quiet -e ".[test]"
+	touch "$(STAMP)"
 
 data: $(STAMP)  ## fetch and verify MNIST into data/ (no-op when already there)
-	$(PY) -m advlib.data --root data
+	"$(PY)" -m advlib.data --root data
 
-report: data  ## run the stage notebooks with papermill: figures/, figures/metrics.json, notebooks/*.ipynb
-	$(PY) -m advlib.pipeline $(ARGS)
+report: data  ## the whole study, published into report/, figures/ and README.md when every job succeeded
+	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
-# nbval re-executes the committed notebooks and compares their outputs. It runs copies (with a copy of figures/ and
-# a link to data/) so that the test run never overwrites the committed figures and metrics. nbval reads a cell's
-# output messages only after the cell ends and the kernel's message queue drops the overflow, so progress bars
-# update every 30 s here (TQDM_MININTERVAL) instead of ten times a second.
+quick: data  ## a small run in $(OUT), nothing published (override with CONFIG="...")
+	$(SMK) run --config run_dir="$(OUT)" $(QUICK) $(CONFIG)
+
+seeds: data  ## the seed study (SEEDS=0-9 by default), one job per seed in parallel, then the report again
+	$(SMK) seed_study --config seeds=$(SEEDS) $(CONFIG)
+	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
+
+dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no cluster)
+	"$(SNAKEMAKE)" --profile profiles/slurm --dry-run report
+
+# make test: the unit, workflow and browser tests, then nbval over copies of the executed notebooks.
+# nbval re-executes them against models trained once, here, by the workflow's own training jobs: the notebooks load
+# them instead of training again. It compares only the outputs that are the same on every machine (cells tagged
+# nbval-check-output; --nbval-lax); the numbers have their own tests. The test models train with two torch threads
+# per job, the committed report's with one: other float rounding, as on another machine, every time.
+TEST_RUN := test-artifacts/run
 NBVAL_DIR := test-artifacts/nbval
 
-test: data  ## unit tests, pipeline and browser tests, then nbval over copies of the committed notebooks
-	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
-	cp -r notebooks figures $(NBVAL_DIR)/ && ln -s $(CURDIR)/data $(NBVAL_DIR)/data
-	TQDM_MININTERVAL=30 $(PY) -m pytest tests --nbval $(NBVAL_DIR)/notebooks --nbval-current-env \
-		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 1800
-
-seeds: data  ## the seed study (5 seeds of training + sweep, about 15 minutes): figures/graph11_seed_spread.png
-	$(PY) -m advlib.pipeline --seed-study 0,1,2,3,4 $(ARGS)
+test: data  ## everything CI runs
+	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=2 -- $(TEST_RUN)/artifacts/model.pt $(TEST_RUN)/artifacts/robust_model.pt
+	rm -rf "$(NBVAL_DIR)" && mkdir -p "$(NBVAL_DIR)"
+	cp -r report figures "$(NBVAL_DIR)/"
+	ln -sfn ../../data "$(NBVAL_DIR)/data" && ln -sfn ../run/artifacts "$(NBVAL_DIR)/artifacts"
+	TQDM_MININTERVAL=30 "$(PY)" -m pytest tests "$(NBVAL_DIR)/report" --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout 1800
 
 bench: data  ## speed and memory benchmarks: benchmarks/results.json and results.md
-	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) -m benchmarks $(ARGS)
+	"$(PY)" -m pip install --quiet -e ".[bench]"
+	"$(PY)" -m benchmarks $(ARGS)
 
-lab: data  ## open JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/06_report.ipynb
+lab: data  ## JupyterLab on the executed narrative (run it to make the slider live)
+	"$(VENV)/bin/jupyter" lab report/06_report.ipynb
 
-clean-artifacts:
-	rm -rf artifacts
+clean-build:
+	rm -rf build test-artifacts .snakemake

@@ -10,9 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -49,6 +46,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch  # here, so that the workflow's own process never imports torch
+
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 

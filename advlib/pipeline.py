@@ -1,13 +1,13 @@
-"""Run the study: the stage notebooks, in order, with papermill.
+"""The pieces the workflow (``Snakefile``) is made of: parameters, one notebook run, and publishing.
 
-    python -m advlib.pipeline                       # the whole report, notebooks written back in place
-    python -m advlib.pipeline --seed 1 --eps-grid 0,0.1,0.2,0.3
-    python -m advlib.pipeline -p epochs 1 -p n_samples 200 --output-dir /tmp/run   # a quick run elsewhere
-    python -m advlib.pipeline --seed-study 0,1,2,3,4                              # issue: seed-to-seed spread
+The study is a Snakemake workflow (see the Snakefile and the README). Each job runs in a *run directory* laid out
+like the repository (``data -> the verified MNIST``, ``artifacts/``, ``figures/``, ``report/``), so the notebooks'
+default relative paths (``../data``, ``../figures``, ``../artifacts``) are right in every run and no machine path is
+ever injected. Only when every job has succeeded does :func:`publish` copy the run's executed notebooks, figures and
+metrics.json into the repository and regenerate the README's tables.
 
-Each stage's notebook starts with a cell tagged ``parameters``; an override is passed only to the stages that
-declare it. A notebook is replaced only once it has run to the end (atomic rename), so a failed stage leaves
-the committed notebook intact and its partial output in ``<artifact_dir>/failed/``.
+    python -m advlib.pipeline notebook notebooks/02_sweep.ipynb build/run/report/02_sweep.ipynb --params '{...}'
+    python -m advlib.pipeline publish build/run
 """
 from __future__ import annotations
 
@@ -15,163 +15,215 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "06_report"]
-SEED_STUDY_STAGES = ["01_train", "02_sweep"]
-SEED_STUDY_NOTEBOOK = "07_seed_study"
+from advlib.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "07_seed_study", "06_report"]
+SEED_STUDY_STAGES = ["01_train", "02_sweep"]
+REPORT_NOTEBOOK = "06_report"
+# settings of the workflow itself (not notebook parameters), with their defaults
+WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}
 
 
-def declared_parameters(notebook: Path) -> list[str]:
-    """The names assigned in a notebook's cell tagged `parameters`."""
+def declared_parameters(notebook: str | os.PathLike) -> dict:
+    """{name: default} of the assignments in a notebook's cell tagged ``parameters`` (literal values only)."""
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
         raise ValueError(f"{notebook} has no cell tagged 'parameters'")
-    tree = ast.parse(cells[0].source)
-    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    out[target.id] = ast.literal_eval(node.value)
+    return out
 
 
-def run_stage(notebook: Path, output: Path, parameters: dict, cwd: Path, progress: bool = True) -> float:
-    """Execute one notebook with papermill into output (atomically); return the wall time in seconds."""
+class ConfigError(ValueError):
+    """A workflow setting or notebook parameter that does not exist or has a bad value."""
+
+
+def stage_parameters(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> dict[str, dict]:
+    """{stage: {parameter: default}} from each stage notebook's ``parameters`` cell."""
+    return {s: declared_parameters(Path(notebook_dir) / f"{s}.ipynb") for s in STAGES}
+
+
+def resolve_config(config: dict, notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> tuple[dict, dict]:
+    """Split the workflow's config into (settings, {stage: parameters}).
+
+    Every key must be a workflow setting or a parameter some stage declares; anything else raises ConfigError
+    listing the names that exist (a misspelled override is an error, never a silent no-op). Each stage gets its
+    declared defaults with the overrides it declares applied."""
+    declared = stage_parameters(notebook_dir)
+    known = sorted({name for params in declared.values() for name in params})
+    unknown = sorted(k for k in config if k not in known and k not in WORKFLOW_SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown}. Notebook parameters: {', '.join(known)}. "
+                          f"Workflow settings: {', '.join(WORKFLOW_SETTINGS)}.")
+    config = {k: literal(v) for k, v in config.items()}
+    settings = {k: config.get(k, v) for k, v in WORKFLOW_SETTINGS.items()}
+    per_stage = {s: {k: config.get(k, v) for k, v in params.items()} for s, params in declared.items()}
+    check_focus_eps(per_stage)
+    return settings, per_stage
+
+
+def literal(value):
+    """A command-line value as Python: '1' -> 1, '0.5' -> 0.5, 'None'/'null' -> None, 'true' -> True, lists
+    element by element (Snakemake's --config hands over strings); anything else stays a string ('fgsm_rs')."""
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return literal(parse(value)) if isinstance(parse(value), list) else parse(value)
+        except (ValueError, SyntaxError, TypeError):
+            pass
+    return value
+
+
+def check_focus_eps(per_stage: dict[str, dict]) -> None:
+    """The report discusses one focus eps in detail; it must lie on the sweep's eps grid. Checked before anything
+    runs, so a bad combination costs nothing."""
+    grid = per_stage["02_sweep"]["eps_grid"]
+    if not isinstance(grid, list) or not grid or not all(isinstance(e, (int, float)) and e >= 0 for e in grid):
+        raise ConfigError(f"eps_grid must be a non-empty list of eps >= 0 (normalized units), got {grid!r}")
+    for stage, params in per_stage.items():
+        focus = params.get("focus_eps")
+        if focus is not None and not any(abs(focus - e) < 1e-9 for e in grid):
+            raise ConfigError(f"focus_eps = {focus} (used by {stage}) is not on eps_grid {grid}: the report "
+                              f"discusses the focus eps from the sweep. Add it to the grid or set focus_eps to one "
+                              f"of {grid} (e.g. --config focus_eps={grid[len(grid) // 2]}).")
+
+
+def parse_seeds(text: str | int | list) -> list[int]:
+    """'0-9' -> [0..9]; '0,3,5' -> [0, 3, 5]; 7 -> [7]; a list passes through (checked)."""
+    if isinstance(text, int):
+        return [text]
+    if isinstance(text, list):
+        parts = [str(s) for s in text]
+    else:
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    seeds = []
+    for part in parts:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ConfigError(f"seeds must look like 0-9 or 0,3,5, got {text!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise ConfigError(f"no seeds in {text!r}")
+    return sorted(set(seeds))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One notebook
+
+
+def strip_machine_paths(nb, source: str, output: str) -> None:
+    """Replace papermill's absolute input/output paths in a notebook's metadata by repository-relative ones."""
+    meta = nb.metadata.get("papermill", {})
+    meta["input_path"], meta["output_path"] = source, output
+    for key in ("start_time", "end_time", "duration"):  # when and how long: the benchmarks measure that
+        meta.pop(key, None)
+
+
+def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: dict, *,
+                 progress: bool = False) -> Path:
+    """Execute ``source`` with papermill into ``output`` (atomically), working in output's folder. Only the
+    parameters that differ from the notebook's defaults are injected. A failed run leaves its partial notebook
+    beside the output as ``<name>.failed.ipynb`` and raises."""
+    import nbformat
     import papermill as pm
 
-    known = declared_parameters(notebook)
-    params = {k: v for k, v in parameters.items() if k in known}
+    source, output = Path(source), Path(output)
+    defaults = declared_parameters(source)
+    injected = {k: v for k, v in parameters.items() if k in defaults and v != defaults[k]}
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".ipynb", dir=output.parent)
     os.close(fd)
-    start = time.perf_counter()
     try:
-        pm.execute_notebook(str(notebook), tmp, parameters=params, cwd=str(cwd), progress_bar=progress,
+        pm.execute_notebook(str(source), tmp, parameters=injected, cwd=str(output.parent), progress_bar=progress,
                             kernel_name="python3", log_output=False)
     except BaseException:
-        failed = Path(parameters.get("artifact_dir", cwd / "../artifacts"))
-        if not failed.is_absolute():
-            failed = cwd / failed
-        (failed / "failed").mkdir(parents=True, exist_ok=True)
-        shutil.move(tmp, failed / "failed" / notebook.name)
-        print(f"stage {notebook.stem} failed; its partial output is in {failed / 'failed' / notebook.name}",
-              file=sys.stderr)
+        failed = output.with_suffix(".failed.ipynb")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the user who looks into it
+        shutil.move(tmp, failed)
+        print(f"{source.name} failed; its partial output is in {failed}", file=sys.stderr)
         raise
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the committed report private
-    os.replace(tmp, output)
-    return time.perf_counter() - start
+    nb = nbformat.read(tmp, as_version=4)
+    strip_machine_paths(nb, f"notebooks/{source.name}", f"report/{output.name}")
+    atomic_write_bytes(output, nbformat.writes(nb).encode())
+    os.unlink(tmp)
+    return output
 
 
-def run_pipeline(notebook_dir: str | os.PathLike = ROOT / "notebooks", output_dir: str | os.PathLike | None = None,
-                 parameters: dict | None = None, stages: list[str] | None = None, progress: bool = True) -> dict:
-    """Run the stage notebooks in order. Returns {stage: seconds}.
-
-    Args:
-        notebook_dir: where the source notebooks are (relative paths inside them resolve from there).
-        output_dir: where the executed notebooks go; default: back in place (they are the committed report).
-        parameters: overrides, e.g. {"seed": 1, "eps_grid": [0, 0.1]}; each goes to the stages that declare it.
-        stages: subset of STAGES to run, in the given order.
-    """
-    notebook_dir = Path(notebook_dir).resolve()
-    output_dir = Path(output_dir).resolve() if output_dir is not None else notebook_dir
-    parameters = dict(parameters or {})
-    os.environ["PYTHONHASHSEED"] = "0"
-    stages = stages or STAGES
-    unknown = [s for s in stages if not (notebook_dir / f"{s}.ipynb").is_file()]
-    if unknown:
-        raise ValueError(f"no notebook for stage(s) {unknown} in {notebook_dir}; "
-                         f"stages are {STAGES + [SEED_STUDY_NOTEBOOK]}")
-    seconds = {}
-    for i, stage in enumerate(stages, 1):
-        print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
-        seconds[stage] = run_stage(notebook_dir / f"{stage}.ipynb", output_dir / f"{stage}.ipynb", parameters,
-                                   cwd=notebook_dir, progress=progress)
-        print(f"[{i}/{len(stages)}] {stage} done in {seconds[stage]:.0f} s", flush=True)
-    return seconds
+# ---------------------------------------------------------------------------------------------------------------
+# Publishing
 
 
-def run_seed_study(seeds: list[int], out_dir: str | os.PathLike = ROOT / "figures" / "seed_study",
-                   parameters: dict | None = None, progress: bool = True) -> dict:
-    """Train and sweep once per seed (stages 01 and 02, in artifacts/seed_study/seed_<k>/), copy each run's
-    metrics.json to out_dir/seed_<k>.json, then run the seed-study notebook that draws their spread.
-    Returns {seed: seconds}."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    for seed in seeds:
-        work = ROOT / "artifacts" / "seed_study" / f"seed_{seed}"
-        params = {**(parameters or {}), "seed": seed, "figure_dir": str(work / "figures"), "artifact_dir": str(work)}
-        print(f"=== seed {seed} ===", flush=True)
-        times = run_pipeline(output_dir=work / "notebooks", parameters=params, stages=SEED_STUDY_STAGES,
-                             progress=progress)
-        shutil.copyfile(work / "figures" / "metrics.json", out_dir / f"seed_{seed}.json")
-        seconds[seed] = sum(times.values())
-    run_pipeline(parameters={"seed_study_dir": str(out_dir)}, stages=[SEED_STUDY_NOTEBOOK], progress=progress)
-    return seconds
+def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[Path]:
+    """Copy a finished run's executed notebooks (+ HTML page), figures and metrics.json into the repository
+    ``root`` (report/, figures/), then regenerate the README's tables. Every file is first copied next to its
+    target under a temporary name and only then renamed into place, so an error while copying leaves the
+    committed report as it was. Returns the published paths."""
+    from advlib import readme
 
-
-def _value(text: str):
-    """Command-line values: Python/JSON literals when they parse (1, 0.5, None, [0, 0.1]), else the string."""
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            return parse(text)
-        except (ValueError, SyntaxError):
-            pass
-    return text
+    run_dir, root = Path(run_dir), Path(root)
+    pairs = [(p, root / "report" / p.name) for p in sorted((run_dir / "report").glob("*.ipynb"))
+             if not p.name.endswith(".failed.ipynb")]
+    pairs += [(p, root / "report" / p.name) for p in (run_dir / "report").glob("*.html")]
+    pairs += [(p, root / "figures" / p.relative_to(run_dir / "figures"))
+              for p in sorted((run_dir / "figures").rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    missing = [s for s in STAGES if not (run_dir / "report" / f"{s}.ipynb").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no executed {missing}); nothing was published")
+    staged = []
+    try:
+        for src, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.publish")
+            shutil.copyfile(src, tmp)
+            staged.append((tmp, dst))
+        readme_path = root / "README.md"
+        new_readme = readme.render(readme_path.read_text(), json.loads((run_dir / "figures" / "metrics.json").read_text()),
+                                   readme.bench_markdown(root))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, dst in staged:
+        os.replace(tmp, dst)
+    atomic_write_bytes(readme_path, new_readme.encode())
+    return [dst for _, dst in staged] + [readme_path]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the adversarial-MNIST study's notebooks with papermill.")
-    parser.add_argument("--seed", type=int, help="seed for training and attacks (default: the notebooks' 0)")
-    parser.add_argument("--eps-grid", help="comma-separated eps values, normalized units, e.g. 0,0.05,0.1")
-    parser.add_argument("--device", help="cpu or cuda")
-    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="any notebook parameter, e.g. -p epochs 1 -p n_samples 200")
-    parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
-    parser.add_argument("--notebook-dir", default=str(ROOT / "notebooks"), help="where the stage notebooks are")
-    parser.add_argument("--output-dir", help="write executed notebooks here instead of in place")
-    parser.add_argument("--seed-study", help="comma-separated seeds: run the seed study instead of the report")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = argparse.ArgumentParser(description="The workflow's steps (the Snakefile calls these).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    nb = sub.add_parser("notebook", help="execute one notebook with papermill")
+    nb.add_argument("source")
+    nb.add_argument("output")
+    nb.add_argument("--params", default="{}", help="JSON object of parameters")
+    pub = sub.add_parser("publish", help="copy a finished run into report/, figures/ and the README")
+    pub.add_argument("run_dir")
     args = parser.parse_args(argv)
-
-    params = {name: _value(value) for name, value in args.param}
-    if args.seed is not None:
-        params["seed"] = args.seed
-    if args.device:
-        params["device"] = args.device
-    if args.eps_grid:
-        try:
-            params["eps_grid"] = [float(e) for e in args.eps_grid.split(",")]
-        except ValueError:
-            parser.error(f"--eps-grid must be comma-separated numbers, got {args.eps_grid!r}")
-    import papermill as pm
-
-    try:
-        if args.seed_study:
-            seeds = [int(s) for s in args.seed_study.split(",")]
-            run_seed_study(seeds, parameters=params, progress=not args.no_progress)
-            print(f"seed study: figures/graph11_seed_spread.png, per-seed metrics in figures/seed_study/")
-            return 0
-        stages = args.stages.split(",") if args.stages else None
-        seconds = run_pipeline(notebook_dir=args.notebook_dir, output_dir=args.output_dir, parameters=params, stages=stages,
-                               progress=not args.no_progress)
-    except pm.PapermillExecutionError as e:
-        print(f"\nerror in {e.exec_count and f'cell {e.exec_count}'}: {e.ename}: {e.evalue}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    figure_dir = params.get("figure_dir", ROOT / "figures")
-    if args.output_dir is None and "figure_dir" not in params and stages is None:
-        from advlib import readme  # the full report in place: refresh the README's generated tables too
-
-        readme.main([])
-    print(f"\ndone in {sum(seconds.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    print(f"figures and metrics.json: {figure_dir}\nexecuted notebooks: {args.output_dir or args.notebook_dir}")
+    if args.command == "notebook":
+        run_notebook(args.source, args.output, json.loads(args.params))
+    else:
+        published = publish(args.run_dir)
+        print(f"published {len(published)} files from {args.run_dir} into report/, figures/ and README.md")
     return 0
 
 

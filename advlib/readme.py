@@ -14,58 +14,22 @@ import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
-from advlib.results import ORIGINAL_REPORT, fmt_rate, load_metrics, markdown_table, row_at
+from advlib.results import comparison_table, load_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def results_block(metrics: dict) -> str:
-    """The headline table: the original report vs this run vs the adversarially trained model."""
-    tr, sw, cf = metrics["training"], metrics["sweep"], metrics["confidence"]
-    df, ss = metrics.get("defense"), metrics.get("seed_study")
-    o = ORIGINAL_REPORT
-    headers = (["quantity", "original report", "this run [95% CI]"]
-               + ([f"{len(ss['seeds'])} seeds, mean ± sd"] if ss else [])
-               + (["robust model (adv. training)"] if df else []))
-
-    def seeds(eps: float | None = None) -> list[str]:
-        """The seed-study column: clean test accuracy (eps None) or FGSM accuracy at eps; "—" if not there."""
-        if not ss:
-            return []
-        if eps is None:
-            return [f"{ss['test_accuracy_mean']:.2f} ± {ss['test_accuracy_std']:.2f}%"]
-        if eps not in ss["eps"]:
-            return ["—"]
-        i = ss["eps"].index(eps)
-        return [f"{ss['adv_accuracy_mean'][i]:.2f} ± {ss['adv_accuracy_std'][i]:.2f}%"]
-
-    def robust(attack: str, eps: float) -> list[str]:
-        return [fmt_rate(row_at(df["curves"]["robust"][attack], eps))] if df else []
-
-    blank = ["—"] * (bool(ss) + bool(df))
-    rows = [["clean test accuracy (10,000 images)", f"{o['test_accuracy']:.2f}%", f"{tr['test_accuracy']:.2f}%"]
-            + seeds() + ([f"{df['clean_test_accuracy']['robust']:.2f}%"] if df else [])]
-    for eps, value in o["adv_accuracy"].items():
-        r = row_at(sw["rows"], eps)
-        rows.append([f"FGSM accuracy, ε = {eps} ({r['eps_pixel']:.3f} px)", f"{value:.2f}%",
-                     fmt_rate(r["adv_accuracy"])] + seeds(eps) + robust("fgsm", eps))
-    if df:
-        e = max(df["parameters"]["eps_grid"])
-        rows.append([f"PGD-{df['parameters']['pgd_steps']} accuracy, ε = {e} ({e / 2:.3f} px)", "—",
-                     fmt_rate(row_at(df["curves"]["standard"]["pgd"], e))] + (["—"] if ss else []) + robust("pgd", e))
-    rows.append([f"mean confidence at ε = {cf['focus_eps']}, clean → FGSM", f"{o['clean_confidence']:.1f}% → "
-                 f"{o['adv_confidence']:.1f}%", f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%"] + blank)
-    rows.append([f"confidence as attack detector at ε = {cf['focus_eps']}: ROC AUC / TPR at 5% FPR",
-                 "\"cannot threshold\"", f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%"]
-                + blank)
+    """The headline table (shared with the narrative) and a note on units, samples and seeds."""
+    sw, ss = metrics["sweep"], metrics.get("seed_study")
     note = ("ε in normalized units (images in [-1, 1]); px = the same ε in [0, 1] pixel units. FGSM rows: the first "
             f"{sw['n_samples']:,} correctly classified test images, as in the original report; brackets: 95% Wilson "
-            f"interval. Seed {tr['parameters']['seed']}.")
+            f"interval. This run: seed {metrics['training']['parameters']['seed']}.")
     if ss:
-        note += (f" The seeds column repeats training and the sweep for seeds {', '.join(map(str, ss['seeds']))} "
-                 "(`make seeds`): FGSM accuracy varies far more from seed to seed than the Wilson interval of one run "
-                 "suggests.")
-    return markdown_table(headers, rows) + "\n\n" + note
+        note += (f" The seeds column repeats training and the sweep for {len(ss['seeds'])} seeds (`make seeds`): "
+                 "FGSM accuracy varies far more from seed to seed (and from machine to machine) than the Wilson "
+                 "interval of one run suggests, so judge a re-run against the seeds column.")
+    return comparison_table(metrics) + "\n\n" + note
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -90,11 +54,16 @@ def render(readme_text: str, metrics: dict, bench_md: str | None) -> str:
     return text
 
 
+def bench_markdown(root: str | Path = ROOT) -> str | None:
+    """benchmarks/results.md under root, or None when the benchmarks have not run."""
+    bench = Path(root) / "benchmarks" / "results.md"
+    return bench.read_text() if bench.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     readme = ROOT / "README.md"
     metrics = load_metrics(ROOT / "figures" / "metrics.json", require=("training", "sweep", "confidence"))
-    bench = ROOT / "benchmarks" / "results.md"
-    new = render(readme.read_text(), metrics, bench.read_text() if bench.is_file() else None)
+    new = render(readme.read_text(), metrics, bench_markdown())
     atomic_write_bytes(readme, new.encode())
     print(f"updated {readme}")
     return 0

@@ -7,6 +7,7 @@ on ``copy.deepcopy(...)`` of it, never on the fixture itself.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,14 +43,15 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_root) -> MNIST:
-    """MNIST with the first 6000 training images and the full 10k test set, floats in [-1, 1]."""
+    """MNIST with the first 6000 training images (train_u8 uint8; train_x makes floats in [-1, 1]) and the full
+    10k test set (test_x floats in [-1, 1])."""
     return load_mnist(data_root, fetch=False, train_subset=6000)
 
 
 @pytest.fixture(scope="session")
 def mnist_small(mnist) -> MNIST:
     """A tiny split for tests that train: 256 training and 256 test images."""
-    return MNIST(mnist.train_x[:256], mnist.train_y[:256], mnist.test_x[:256], mnist.test_y[:256])
+    return MNIST(mnist.train_u8[:256], mnist.train_y[:256], mnist.test_x[:256], mnist.test_y[:256])
 
 
 @dataclass
@@ -65,10 +67,10 @@ class Trained:
 def trained(mnist) -> Trained:
     """A SmallResNet trained briefly (seeded, deterministic on one machine), BatchNorm statistics recalibrated:
     ~90% clean test accuracy. history is train()'s (its test_accuracy predates the recalibration)."""
-    data = MNIST(mnist.train_x[:TRAIN_SUBSET], mnist.train_y[:TRAIN_SUBSET], mnist.test_x[:TEST_SUBSET],
+    data = MNIST(mnist.train_u8[:TRAIN_SUBSET], mnist.train_y[:TRAIN_SUBSET], mnist.test_x[:TEST_SUBSET],
                  mnist.test_y[:TEST_SUBSET])
     model, optimizer, history = train(data, ResNetConfig(), TRAIN_CONFIG, progress=False)
-    recalibrate_batchnorm(model, data.train_x)
+    recalibrate_batchnorm(model, data.train_u8)
     return Trained(model, optimizer, history, TRAIN_CONFIG, data)
 
 
@@ -123,8 +125,9 @@ def raw_copy(data_root, tmp_path) -> Path:
     return tmp_path
 
 
-# The papermill pipeline on small parameters, once per session, in a temporary directory (test_pipeline.py and the
-# browser test use it). Stage notebooks are copied there, so the committed ones are never touched.
+# The workflow on small parameters, once per session, in a copy of the repository whose path has a space (as a
+# newcomer's clone may): `make report` with the README's own command, publishing into the copy, never into this
+# tree. test_pipeline.py, test_workflow.py and the browser tests use it.
 SMALL_PIPELINE_PARAMETERS = {
     "seed": 0,
     "epochs": 1,
@@ -133,22 +136,65 @@ SMALL_PIPELINE_PARAMETERS = {
     "eps_grid": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
     "pgd_steps": 3,
 }
+# what a clone holds that the workflow reads (data/ and .venv/ are linked, not copied)
+REPO_PATHS = ["Makefile", "Snakefile", "pyproject.toml", "README.md", "advlib", "notebooks", "figures", "report",
+              "profiles", "benchmarks/results.md"]
+
+
+def config_words(params: dict) -> str:
+    """Snakemake --config words for a parameter dict: NAME=VALUE with JSON values (YAML reads them back)."""
+    import json
+
+    return " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in params.items())
+
+
+def run_make(repo: Path, *args: str, check: bool = True) -> "subprocess.CompletedProcess":
+    """`make ARGS` in repo, the way a user types it; output kept for the assertion message."""
+    done = subprocess.run(["make", "--no-print-directory", *args], cwd=repo, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"make {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                             f"{done.stderr[-3000:]}")
+    return done
+
+
+def copy_repo(dest: Path) -> Path:
+    """A copy of what a clone holds, at dest, with data/ and .venv linked to this tree's (mtimes kept, so make
+    sees the installed venv as up to date)."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    for name in REPO_PATHS:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        elif src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    for name in ("data", ".venv"):
+        (dest / name).symlink_to(REPO_ROOT / name)
+    # The copy shares this tree's venv: make there must never reinstall it (an editable install from the copy
+    # would point this venv at the copy). Its pyproject.toml is made older than the venv's install stamp.
+    stamp = REPO_ROOT / ".venv" / ".installed"
+    if not stamp.is_file() or stamp.stat().st_mtime < (REPO_ROOT / "pyproject.toml").stat().st_mtime:
+        pytest.fail("the venv is older than pyproject.toml: run `make data` (or `make test`) first")
+    os.utime(dest / "pyproject.toml", (stamp.stat().st_mtime - 60,) * 2)
+    return dest
 
 
 @pytest.fixture(scope="session")
-def small_pipeline(tmp_path_factory, data_root) -> dict:
-    """Run every stage of the report with tiny parameters; returns the paths and the parameters used."""
-    import shutil
+def repo_copy(tmp_path_factory, data_root) -> Path:
+    """A copy of the repository under a path with a space, where `make report CONFIG="<small>"` has run."""
+    repo = copy_repo(tmp_path_factory.mktemp("fresh") / "a clone with space")
+    run_make(repo, "report", f"CONFIG={config_words(SMALL_PIPELINE_PARAMETERS)}")
+    return repo
 
-    from advlib.pipeline import STAGES, run_pipeline
 
-    root = tmp_path_factory.mktemp("pipeline")
-    notebook_dir = root / "notebooks"
-    notebook_dir.mkdir()
-    for stage in STAGES:
-        shutil.copy(Path(__file__).resolve().parents[1] / "notebooks" / f"{stage}.ipynb", notebook_dir)
-    params = {**SMALL_PIPELINE_PARAMETERS, "data_dir": str(data_root), "artifact_dir": str(root / "artifacts"),
-              "figure_dir": str(root / "figures")}
-    seconds = run_pipeline(notebook_dir=notebook_dir, parameters=params, progress=False)
-    return {"root": root, "notebook_dir": notebook_dir, "artifact_dir": root / "artifacts",
-            "figure_dir": root / "figures", "parameters": params, "seconds": seconds}
+@pytest.fixture(scope="session")
+def small_pipeline(repo_copy) -> dict:
+    """The small workflow run in repo_copy: its run directory's executed notebooks, artifacts and figures, and the
+    parameters (with the directories) it ran with."""
+    run = repo_copy / "build" / "run"
+    params = {**SMALL_PIPELINE_PARAMETERS, "data_dir": str(run / "data"), "artifact_dir": str(run / "artifacts"),
+              "figure_dir": str(run / "figures")}
+    return {"root": repo_copy, "notebook_dir": run / "report", "artifact_dir": run / "artifacts",
+            "figure_dir": run / "figures", "parameters": params}

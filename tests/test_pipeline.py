@@ -1,10 +1,17 @@
-"""The papermill pipeline end to end, on small parameters, in a temporary directory (fixture `small_pipeline`
-in conftest.py): every stage runs, every figure is a real PNG, metrics.json has every field; plus the pipeline's
-error paths and the README's generated table."""
+"""The workflow end to end, as a user runs it: the README's `make` commands with small parameters in a copy of the
+repository whose path has a space (fixture `repo_copy` in conftest.py). Every figure is a real PNG, metrics.json has
+every field, the DAG trains the two models independently, re-runs are incremental, publishing is all or nothing,
+bad overrides stop the run before anything executes, the seed study fans out, the cluster profile dry-runs, and no
+committed notebook carries a machine's path or defines logic."""
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
+import os
+import re
 import struct
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -12,16 +19,18 @@ import pytest
 
 from advlib import pipeline, readme
 from advlib.results import ORIGINAL_REPORT, load_metrics
+from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL = config_words(SMALL_PIPELINE_PARAMETERS)
 
 FIGURES = [
     "graph1_accuracy_bar_chart.png", "graph2_asr_bar_chart.png", "graph3_epsilon_vs_accuracy.png",
     "graph4_epsilon_vs_asr.png", "graph5_image_grid.png", "graph6_training_curves.png",
     "graph7_confusion_matrices.png", "graph8_confidence_comparison.png", "sample_predictions.png",
-    "graph10_defense_robustness.png", "graph10b_robust_examples.png", "graph12_confidence_roc.png",
+    "graph10_defense_robustness.png", "graph10b_robust_examples.png", "graph11_seed_spread.png",
+    "graph12_confidence_roc.png",
 ]
-
 REQUIRED = {
     "training": ["test_accuracy", "train_accuracy", "parameter_count", "n_train", "n_test", "model_config",
                  "history", "parameters", "environment"],
@@ -30,15 +39,46 @@ REQUIRED = {
                    "detector", "asr", "parameters"],
     "visual": ["focus_eps", "labels", "preds_adv", "explorer_curve", "parameters"],
     "defense": ["clean_test_accuracy", "curves", "targeted", "robust_history", "parameters"],
+    "seed_study": ["seeds", "eps", "adv_accuracy_mean", "adv_accuracy_std", "comparison_with_original"],
 }
 ROW_FIELDS = ["eps", "eps_pixel", "n", "adv_accuracy", "asr", "clean_confidence", "adv_confidence"]
 RATE_FIELDS = ["value", "ci_low", "ci_high", "k", "n"]
+# an absolute path of some machine: /home/..., /root/..., /tmp/..., /work/..., /Users/..., C:\...
+MACHINE_PATH = re.compile(r"(?<![\w.~])(/(home|root|tmp|work|Users|var|opt|mnt|private)/[^\s\"']+|[A-Z]:\\\\)")
+
+
+def snakemake(repo: Path, *args: str, check: bool = True) -> str:
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "snakemake"), "--cores", "2", *args], cwd=repo,
+                          capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def planned_jobs(repo: Path, target: str, *args: str) -> dict[str, int]:
+    """{rule: job count} of a dry run of target."""
+    out = snakemake(repo, target, "--dry-run", *args, "--quiet", "rules")
+    counts = {}
+    for line in out.splitlines():
+        m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
 
 
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
     return struct.unpack(">II", data[16:24])
+
+
+def tree_digest(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*"))
+            if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run produces
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -66,21 +106,34 @@ def test_metrics_has_every_field(small_pipeline):
     assert len(sweep["full_test_set"]["rows"]) == len(params["eps_grid"])
     assert len(metrics["training"]["history"]["epoch_loss"]) == params["epochs"]
     assert metrics["training"]["n_train"] == params["train_subset"]
-    assert metrics["training"]["parameters"]["seed"] == params["seed"]
-    assert metrics["training"]["environment"]["torch"]
     assert sum(map(sum, metrics["confidence"]["confusion_adv"])) == params["n_samples"]
     assert 0.0 <= metrics["confidence"]["detector"]["auc"] <= 1.0
     assert set(metrics["defense"]["curves"]) == {"standard", "robust"}
 
 
-def test_executed_notebooks_have_no_errors_and_the_injected_parameters(small_pipeline):
+def test_each_stage_records_the_parameters_it_ran_with(small_pipeline):
+    """Taken from the notebook's namespace (defaults + papermill's overrides), not retyped: the overrides show."""
+    metrics = json.loads((small_pipeline["figure_dir"] / "metrics.json").read_text())
+    p = SMALL_PIPELINE_PARAMETERS
+    assert metrics["training"]["parameters"] == {"seed": p["seed"], "device": "cpu", "epochs": p["epochs"],
+                                                 "batch_size": 64, "lr": 0.01, "train_subset": p["train_subset"]}
+    assert metrics["sweep"]["parameters"]["n_samples"] == p["n_samples"]
+    assert metrics["defense"]["parameters"]["pgd_steps"] == p["pgd_steps"]
+    for section in ("training", "sweep", "confidence", "visual", "defense"):
+        assert not any(k.endswith("_dir") for k in metrics[section]["parameters"]), section
+
+
+def test_executed_notebooks_have_no_errors_and_only_the_overrides_injected(small_pipeline):
     for stage in pipeline.STAGES:
         nb = nbformat.read(small_pipeline["notebook_dir"] / f"{stage}.ipynb", as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.output_type == "error"]
         assert not errors, f"{stage}: {errors[0]['ename']}: {errors[0]['evalue']}"
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert injected, f"{stage} ran without the overriding parameters"
+        if stage in ("01_train", "02_sweep"):
+            assert injected and "n_samples" in injected[0].source or "epochs" in injected[0].source, stage
+        for cell in injected:
+            assert "_dir" not in cell.source, f"{stage} was given a path: {cell.source}"
 
 
 def test_report_takes_its_numbers_from_metrics(small_pipeline):
@@ -94,52 +147,226 @@ def test_report_takes_its_numbers_from_metrics(small_pipeline):
     assert f"{ORIGINAL_REPORT['test_accuracy']:.2f}%" in text  # the comparison table
 
 
-def test_a_stage_without_its_input_names_the_notebook_to_run(tmp_path):
-    work = tmp_path / "notebooks"
-    work.mkdir()
-    (work / "02_sweep.ipynb").write_bytes((ROOT / "notebooks" / "02_sweep.ipynb").read_bytes())
-    import papermill as pm
-
-    with pytest.raises(pm.PapermillExecutionError) as err:
-        pipeline.run_pipeline(notebook_dir=work, stages=["02_sweep"], progress=False,
-                              parameters={"artifact_dir": str(tmp_path / "none"), "figure_dir": str(tmp_path / "f"),
-                                          "data_dir": str(ROOT / "data")})
-    assert err.value.ename == "MissingArtifactError"
-    assert "01_train.ipynb" in err.value.evalue
-    # the source notebook is left as it was; the partial run is kept for inspection
-    assert nbformat.read(work / "02_sweep.ipynb", as_version=4) == nbformat.read(
-        ROOT / "notebooks" / "02_sweep.ipynb", as_version=4)
-    assert (tmp_path / "none" / "failed" / "02_sweep.ipynb").is_file()
+def test_run_writes_no_machine_path_into_the_notebooks(small_pipeline):
+    for path in sorted(small_pipeline["notebook_dir"].glob("*.ipynb")):
+        found = MACHINE_PATH.search(path.read_text())
+        assert not found, f"{path.name} contains the machine path {found.group(0)!r}"
 
 
-def test_unknown_stage_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no notebook for stage"):
-        pipeline.run_pipeline(notebook_dir=tmp_path, stages=["99_nope"])
+# ---------------------------------------------------------------------------------------------------------------
+# Publishing: all or nothing
 
 
-def test_every_stage_declares_the_shared_parameters():
-    for stage in pipeline.STAGES[:-1]:
-        declared = pipeline.declared_parameters(ROOT / "notebooks" / f"{stage}.ipynb")
-        for name in ("seed", "device", "data_dir", "artifact_dir", "figure_dir"):
-            assert name in declared, f"{stage} does not declare {name}"
+def test_make_report_publishes_the_run_into_the_repository(repo_copy):
+    run = repo_copy / "build" / "run"
+    for stage in pipeline.STAGES:
+        assert (repo_copy / "report" / f"{stage}.ipynb").read_bytes() == (run / "report" / f"{stage}.ipynb").read_bytes()
+    assert (repo_copy / "report" / "index.html").is_file()
+    assert (repo_copy / "figures" / "metrics.json").read_bytes() == (run / "figures" / "metrics.json").read_bytes()
+    metrics = load_metrics(run / "figures" / "metrics.json")
+    assert f"| {metrics['training']['test_accuracy']:.2f}% |" in (repo_copy / "README.md").read_text()
 
 
-def test_nbval_markers_are_ones_nbval_recognises():
-    """nbval only honours a comment that is exactly a marker: "# NBVAL_IGNORE_OUTPUT: why" is silently ignored."""
-    from nbval.plugin import comment_markers
-
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
-            for line in cell.source.splitlines():
-                word = line.strip().lstrip("#").strip()
-                if line.strip().startswith("#") and word.startswith(("NBVAL", "PYTEST_VALIDATE")):
-                    assert word in comment_markers, f"{path.name} cell {index}: {line!r} is not an nbval marker"
+def test_publish_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "run" / "report").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        pipeline.publish(tmp_path / "run", root=tmp_path)
 
 
-@pytest.mark.parametrize("text, value", [("1", 1), ("0.5", 0.5), ("None", None), ("[0, 0.1]", [0, 0.1]),
-                                         ("fgsm_rs", "fgsm_rs"), ("true", True)])
-def test_command_line_values(text, value):
-    assert pipeline._value(text) == value
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides are checked before anything runs
+
+
+def test_a_misspelled_override_is_rejected_with_the_names_that_exist(repo_copy):
+    done = run_make(repo_copy, "report", "CONFIG=epoch=1", check=False)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "unknown parameter(s) ['epoch']" in out and "epochs" in out
+    assert "rule model" not in out
+
+
+def test_a_focus_eps_off_the_grid_is_refused_up_front(repo_copy):
+    done = run_make(repo_copy, "report", "CONFIG=eps_grid=[0,0.02,0.04,0.08,0.16,0.32]", check=False)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "focus_eps = 0.15" in out and "not on eps_grid" in out
+    assert "rule model" not in out
+
+
+def test_resolve_config_gives_each_stage_its_declared_parameters():
+    settings, params = pipeline.resolve_config({"epochs": 1, "eps_grid": [0, 0.1], "focus_eps": 0.1, "seeds": "0-2"})
+    assert settings["seeds"] == "0-2"
+    assert params["01_train"]["epochs"] == 1 and params["05_defense"]["epochs"] == 1
+    assert "epochs" not in params["02_sweep"]
+    assert params["02_sweep"]["eps_grid"] == [0, 0.1] and params["03_confidence"]["focus_eps"] == 0.1
+    with pytest.raises(pipeline.ConfigError, match="unknown parameter"):
+        pipeline.resolve_config({"eps": 0.1})
+
+
+@pytest.mark.parametrize("text, seeds", [("0-9", list(range(10))), ("0,3,5", [0, 3, 5]), (7, [7]),
+                                         ("2-3,8", [2, 3, 8]), ([1, 2], [1, 2])])
+def test_parse_seeds(text, seeds):
+    assert pipeline.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("bad", ["a-b", "", "3-"])
+def test_parse_seeds_rejects_nonsense(bad):
+    with pytest.raises(pipeline.ConfigError):
+        pipeline.parse_seeds(bad)
+
+
+# the parameters that advlib.stage's config builders read from a stage's recorded parameters
+CONFIG_READS = {"standard_config": {"seed", "device", "epochs", "batch_size", "lr"},
+                "robust_config": {"seed", "device", "epochs", "batch_size", "lr", "adv_mode", "adv_eps"}}
+
+
+def test_every_declared_parameter_is_used():
+    """A parameter a stage declares but never reads would silently ignore an override (and is not recorded as if
+    it mattered)."""
+    for stage, params in pipeline.stage_parameters().items():
+        nb = nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4)
+        body = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+        nodes = [n for c in body for n in ast.walk(ast.parse(c.source))]
+        used = {n.id for n in nodes if isinstance(n, ast.Name)}
+        for call in (n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)):
+            used |= CONFIG_READS.get(call.func.id, set())
+        unused = [p for p in params if p not in used]
+        assert not unused, f"{stage} declares {unused} but never uses them"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The DAG, incremental re-runs, the seed fan-out, the cluster
+
+
+def test_the_two_models_train_independently(repo_copy):
+    dot = snakemake(repo_copy, "--dag", "--forceall", "report", "--config", *SMALL.split())
+    labels = dict(re.findall(r"\t(\d+)\[label = \"(\w+)", dot))
+    edges = re.findall(r"\t(\d+) -> (\d+)", dot)
+    model = [i for i, rule in labels.items() if rule == "model"]
+    robust = [i for i, rule in labels.items() if rule == "robust_model"]
+    assert len(model) == 1 and len(robust) == 1
+    assert (model[0], robust[0]) not in edges and (robust[0], model[0]) not in edges
+    assert {model[0], robust[0]} <= {a for a, _ in edges}  # both feed later jobs
+
+
+def test_rerun_is_incremental(repo_copy):
+    """A job re-runs when the content of one of its inputs changes (Snakemake compares checksums, so a mere touch
+    re-runs nothing); a model only when its own training inputs change."""
+    config = ["--config", *SMALL.split()]
+    assert planned_jobs(repo_copy, "report", *config) == {}, "a finished run has nothing left to do"
+    plot = repo_copy / "advlib" / "plotting.py"
+    narrative = repo_copy / "notebooks" / "06_report.ipynb"
+    plot_text, narrative_text = plot.read_text(), narrative.read_text()
+    try:
+        plot.write_text(plot_text + "\n# a change to the plotting code\n")
+        jobs = planned_jobs(repo_copy, "report", *config)
+        assert "model" not in jobs and "robust_model" not in jobs, jobs
+        assert jobs.get("notebook", 0) >= 5 and "publish" in jobs, jobs
+        plot.write_text(plot_text)
+        narrative.write_text(narrative_text.replace("## Objective", "## Objective (edited)"))
+        assert planned_jobs(repo_copy, "report", *config) == {"notebook": 1, "html": 1, "publish": 1, "report": 1}
+    finally:
+        plot.write_text(plot_text)
+        narrative.write_text(narrative_text)
+    assert planned_jobs(repo_copy, "report", *config) == {}, "restoring the content restores the state"
+    forced = planned_jobs(repo_copy, "report", "--forceall", *config)
+    assert forced["model"] == 1 and forced["robust_model"] == 1
+
+
+def test_seed_study_fans_out_one_training_per_seed(repo_copy):
+    jobs = planned_jobs(repo_copy, "seed_study", "--config", "seeds=0-3", *SMALL.split())
+    assert jobs["model"] == 4 and jobs["publish_seeds"] == 1 and jobs["notebook"] == 8, jobs
+
+
+def test_a_failed_stage_publishes_nothing(repo_copy):
+    before = tree_digest(repo_copy / "report", repo_copy / "figures") | tree_digest(repo_copy / "README.md")
+    # pgd_steps = 0 is refused by PGD inside 05_defense, after the other stages have run
+    done = run_make(repo_copy, "report", f"CONFIG={SMALL} pgd_steps=0", check=False)
+    assert done.returncode != 0
+    assert "05_defense" in done.stdout + done.stderr
+    assert (repo_copy / "build" / "run" / "report" / "05_defense.failed.ipynb").is_file()
+    after = tree_digest(repo_copy / "report", repo_copy / "figures") | tree_digest(repo_copy / "README.md")
+    assert after == before, "a failed run changed the committed report"
+
+
+def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
+    run_make(repo_copy, "seeds", "SEEDS=0-1", f"CONFIG={SMALL}")
+    published = sorted(p.name for p in (repo_copy / "figures" / "seed_study").glob("seed_*.json"))
+    assert published == ["seed_0.json", "seed_1.json"]
+    metrics = load_metrics(repo_copy / "figures" / "metrics.json")
+    assert metrics["seed_study"]["seeds"] == [0, 1]
+    # seed 0 of the study is the same run as the report's seed 0: same configuration, same numbers
+    seed0 = load_metrics(repo_copy / "figures" / "seed_study" / "seed_0.json")
+    assert seed0["training"]["test_accuracy"] == metrics["training"]["test_accuracy"]
+
+
+def test_make_quick_runs_elsewhere_and_publishes_nothing(repo_copy, tmp_path):
+    before = tree_digest(repo_copy / "report") | tree_digest(repo_copy / "README.md")
+    out = tmp_path / "quick run"
+    run_make(repo_copy, "quick", f"OUT={out}", "CONFIG=train_subset=2000 n_samples=50")
+    assert (out / "report" / "index.html").is_file() and (out / "figures" / "graph3_epsilon_vs_accuracy.png").is_file()
+    assert tree_digest(repo_copy / "report") | tree_digest(repo_copy / "README.md") == before
+
+
+def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
+    done = run_make(repo_copy, "dry-run-cluster")
+    out = done.stdout + done.stderr
+    assert "slurm_partition" in out and "rule model" in out and "rule robust_model" in out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The committed notebooks
+
+
+def committed_notebooks() -> list[Path]:
+    return sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "report").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_committed_notebook_contains_an_absolute_path(path):
+    found = MACHINE_PATH.search(path.read_text())
+    assert not found, f"{path.name} contains the machine path {found.group(0)!r}"
+
+
+def test_the_absolute_path_check_catches_papermill_metadata():
+    assert MACHINE_PATH.search('"input_path": "/work/main/notebooks/01_train.ipynb"')
+    assert MACHINE_PATH.search('seed_study_dir = "/home/me/project/figures/seed_study"')
+    assert not MACHINE_PATH.search('data_dir = "../data"  # 1/2 of /x')
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_source_notebooks_only_call(path):
+    """Logic lives in advlib: no notebook defines a function, a lambda or a class; sources carry no outputs."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        tree = ast.parse(cell.source)
+        defs = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Lambda, ast.ClassDef))]
+        assert not defs, f"{path.name} code cell {i} defines {defs}"
+        assert not cell.get("outputs"), f"{path.name} code cell {i} has outputs: sources are kept clean"
+
+
+def test_the_stage_prologue_exists_once():
+    """Attack stages get their model and images from advlib.stage.attack_set, never by hand."""
+    for stage in ("02_sweep", "03_confidence", "04_visual_grid", "05_defense"):
+        source = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4).cells)
+        assert "attack_set(" in source and "select_correct" not in source and "load_checkpoint" not in source
+
+
+def test_nbval_compares_only_cells_marked_deterministic():
+    """nbval runs in --nbval-lax mode: only cells tagged nbval-check-output are compared. Those cells must not
+    print a number derived from training (a float, a rate), which would differ on another machine."""
+    from nbval.plugin import comment_markers, metadata_tags
+
+    assert "nbval-check-output" in metadata_tags
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--nbval-lax" in makefile
+    for path in sorted((ROOT / "report").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if "nbval-check-output" not in cell.metadata.get("tags", []):
+                continue
+            text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", []))
+            floats = [f for f in re.findall(r"\d+\.\d+", text) if f not in ("0.01", "0.3", "0.15", "0.1")]
+            assert not floats, f"{path.name} cell {i} is compared by nbval but prints {floats}"
 
 
 def test_readme_tables_are_generated_from_the_committed_metrics():
@@ -147,8 +374,7 @@ def test_readme_tables_are_generated_from_the_committed_metrics():
     if not metrics_path.is_file():
         pytest.skip("no committed figures/metrics.json yet (run make report)")
     text = (ROOT / "README.md").read_text()
-    bench = ROOT / "benchmarks" / "results.md"
-    expected = readme.render(text, load_metrics(metrics_path), bench.read_text() if bench.is_file() else None)
+    expected = readme.render(text, load_metrics(metrics_path), readme.bench_markdown(ROOT))
     assert text == expected, "README's generated blocks are stale: run `python -m advlib.readme`"
 
 
@@ -158,3 +384,11 @@ def test_readme_takes_only_the_targets_table_from_the_benchmarks():
     block = readme.bench_block(md)
     assert block.startswith("| target | met |\n|---|---|\n| sweep | yes |\n\nMachine: 2 cores.")
     assert "images/s" not in block and "benchmarks/results.md" in block
+
+
+@pytest.mark.parametrize("text, value", [("1", 1), ("0.5", 0.5), ("None", None), ("null", None), ("true", True),
+                                         ("[0, 0.1]", [0, 0.1]), (["0.0", "0.05"], [0.0, 0.05]),
+                                         ("fgsm_rs", "fgsm_rs"), ("0-9", "0-9")])
+def test_command_line_values_become_python(text, value):
+    """Snakemake's --config hands values over as strings; the stages get numbers, lists and None."""
+    assert pipeline.literal(text) == value

@@ -1,0 +1,143 @@
+"""One way into a stage: what every stage notebook (and the pipeline's training jobs) calls first.
+
+- :func:`train_or_load`: the model a training configuration describes, trained once and then loaded. The pipeline
+  trains each model in its own job (``python -m advlib.stage train ...``); the notebooks call the same function
+  and find the checkpoint already there, so a notebook re-run never retrains a model whose inputs did not change.
+- :func:`attack_set`: the prologue of the attack stages: the standard model's checkpoint, the test split only,
+  and the first ``n_samples`` correctly classified test images.
+- :func:`parameters`: the values a stage actually ran with (its notebook's defaults plus what papermill
+  injected), for its metrics record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from advlib.data import load_mnist
+from advlib.metrics import select_correct
+from advlib.model import ResNetConfig
+from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
+from advlib.results import require_file
+from advlib.train import TrainConfig, train
+
+STANDARD_MODEL = "model.pt"
+ROBUST_MODEL = "robust_model.pt"
+
+
+def parameters(namespace: dict, stage: str) -> dict:
+    """The parameters stage ``stage`` ran with: every name its notebook declares, valued from ``namespace`` (the
+    notebook's ``globals()``, so papermill's injected values win over the defaults). Paths are left out: they say
+    where a machine keeps its files, not what was computed."""
+    names = declared_parameters(NOTEBOOK_DIR / f"{stage}.ipynb")
+    return {k: namespace[k] for k in names if not k.endswith("_dir")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def _same_config(stored: dict, wanted: TrainConfig) -> bool:
+    """True when a checkpoint's training config is the wanted one (device aside: a model moves between devices)."""
+    want = {k: v for k, v in wanted.to_dict().items() if k != "device"}
+    return {k: stored.get(k) for k in want} == want
+
+
+def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config: ResNetConfig = ResNetConfig(),
+                  data_dir: str | os.PathLike = "../data", train_subset: int | None = None,
+                  progress: bool = True) -> Checkpoint:
+    """The model ``config`` describes: loaded from ``path`` when the checkpoint there was trained with exactly this
+    config and training subset, else trained now (verified MNIST from ``data_dir``) and saved there atomically.
+
+    Returns the :class:`~advlib.checkpoint.Checkpoint` (model in eval mode on ``config.device``).
+    """
+    path = Path(path)
+    if path.is_file():
+        ckpt = load_checkpoint(path, device=config.device)
+        if _same_config(ckpt.train_config, config) and ckpt.metadata.get("train_subset") == train_subset:
+            if progress:
+                print(f"loaded {path.name}: trained earlier with this configuration (seed {config.seed})")
+            return ckpt
+        if progress:
+            print(f"{path.name} was trained with another configuration: training again")
+    data = load_mnist(data_dir, splits=("train", "test"), train_subset=train_subset)
+    model, optimizer, history = train(data, model_config, config, progress=progress)
+    save_checkpoint(path, model, optimizer, history, config.to_dict(),
+                    metadata={"seed": config.seed, "train_subset": train_subset})
+    return load_checkpoint(path, device=config.device)
+
+
+def standard_config(params: dict) -> TrainConfig:
+    """The standard model's TrainConfig from stage parameters (seed, device, epochs, batch_size, lr)."""
+    return TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                       seed=params["seed"], device=params["device"])
+
+
+def robust_config(params: dict) -> TrainConfig:
+    """The adversarially trained model's TrainConfig: the standard recipe plus adv_mode and adv_eps."""
+    return TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                       seed=params["seed"], device=params["device"], adversarial=params["adv_mode"],
+                       adv_eps=params["adv_eps"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attack stages' prologue
+
+
+@dataclass
+class AttackSet:
+    """What an attack stage works on. x: (n, 1, 32, 32) in [-1, 1], y: (n,): the first n correctly classified test
+    images of ``model``; test_x, test_y: the whole test split; idx: x's positions in it."""
+
+    checkpoint: Checkpoint
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    idx: torch.Tensor
+
+    def __repr__(self) -> str:
+        return (f"AttackSet({len(self.x):,} correctly classified test images of {len(self.test_x):,}, "
+                f"model seed {self.checkpoint.train_config.get('seed')})")
+
+
+def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str | os.PathLike = "../data", *,
+               n_samples: int = 1000, device: str = "cpu") -> AttackSet:
+    """Load the standard model (``artifact_dir/model.pt``, from 01_train) and the test split only, and pick the
+    first ``n_samples`` correctly classified test images, as the original report did."""
+    ckpt = load_checkpoint(require_file(Path(artifact_dir) / STANDARD_MODEL, "01_train.ipynb"), device=device)
+    data = load_mnist(data_dir, splits=("test",))
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    idx = select_correct(ckpt.model, test_x, test_y, n_samples)
+    return AttackSet(ckpt, ckpt.model, test_x[idx], test_y[idx], test_x, test_y, idx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: the pipeline's training jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train (or find already trained) one of the study's models.")
+    parser.add_argument("kind", choices=["standard", "robust"])
+    parser.add_argument("--out", required=True, help="checkpoint path")
+    parser.add_argument("--params", required=True, help="JSON object of stage parameters (seed, epochs, ...)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = json.loads(args.params)
+    config = standard_config(params) if args.kind == "standard" else robust_config(params)
+    train_or_load(args.out, config, data_dir=args.data_dir, train_subset=params.get("train_subset"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""A regression check that can fail: the numbers of a model trained again (by `make test`, in test-artifacts/run,
+with other float rounding than the committed run) must fall inside the committed seed study's band, mean ± 4 sd.
+nbval compares only what is the same on every machine; this is where the trained numbers are checked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlib import attacks
+from advlib.metrics import sweep_metrics
+from advlib.results import load_metrics, outside_seed_band
+from advlib.stage import attack_set
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_RUN = ROOT / "test-artifacts" / "run"
+
+
+def rerun_numbers(artifact_dir: Path) -> tuple[float, dict[float, float]]:
+    """Clean test accuracy and FGSM accuracy per eps of the model in artifact_dir, on the report's 1,000 images."""
+    s = attack_set(artifact_dir, ROOT / "data", n_samples=1000)
+    eps_grid = load_metrics(ROOT / "figures" / "metrics.json", require=("seed_study",))["seed_study"]["eps"]
+    _, clean_conf = attacks.predict(s.model, s.x)
+    rows = sweep_metrics(attacks.fgsm_sweep(s.model, s.x, s.y, eps_grid), clean_conf)
+    test_accuracy = 100.0 * float((attacks.predict(s.model, s.test_x)[0] == s.test_y).float().mean())
+    return test_accuracy, {r["eps"]: r["adv_accuracy"]["value"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def seed_study() -> dict:
+    return load_metrics(ROOT / "figures" / "metrics.json", require=("seed_study",))["seed_study"]
+
+
+@pytest.fixture(scope="module")
+def retrained() -> Path:
+    if not (TEST_RUN / "artifacts" / "model.pt").is_file():
+        pytest.skip("no model trained by `make test` in test-artifacts/run (run the tests with `make test`)")
+    return TEST_RUN / "artifacts"
+
+
+def test_a_retrained_model_lands_inside_the_seed_band(retrained, seed_study):
+    test_accuracy, adv = rerun_numbers(retrained)
+    assert outside_seed_band(test_accuracy, adv, seed_study) == []
+
+
+def test_the_band_catches_a_broken_fgsm(retrained, seed_study, monkeypatch):
+    """FGSM stepping in a random direction instead of the gradient's sign: the accuracies rise far above the band."""
+    def random_direction(model, x, y, *, targeted=False):
+        return torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+
+    monkeypatch.setattr(attacks, "fgsm_direction", random_direction)
+    test_accuracy, adv = rerun_numbers(retrained)
+    assert any("FGSM" in v for v in outside_seed_band(test_accuracy, adv, seed_study))
+
+
+def test_outside_seed_band_flags_what_lies_outside():
+    study = {"test_accuracy_mean": 98.5, "test_accuracy_std": 0.2, "eps": [0.0, 0.1],
+             "adv_accuracy_mean": [100.0, 67.0], "adv_accuracy_std": [0.0, 8.0]}
+    assert outside_seed_band(98.0, {0.0: 100.0, 0.1: 40.0}, study) == []
+    assert len(outside_seed_band(97.0, {0.1: 99.5}, study)) == 2
+    assert outside_seed_band(98.5, {0.3: 0.0}, study) == []  # an eps the study does not have is not judged
