@@ -156,12 +156,4 @@ rule publish_seeds:
     """Every seed's metrics into figures/seed_study/, together, once all of them have finished."""
     input: expand("build/seeds/seed_{seed}.json", seed=SEEDS)
     output: touch("figures/seed_study/.published")
-    run:
-        import os, shutil
-        folder = Path("figures/seed_study")
-        for src in input:
-            shutil.copyfile(src, folder / f".{Path(src).name}.tmp")
-        for old in folder.glob("seed_*.json"):  # the study is the seeds asked for, no leftovers of an earlier one
-            old.unlink()
-        for src in input:
-            os.replace(folder / f".{Path(src).name}.tmp", folder / Path(src).name)
+    shell: "{PY:q} -m advlib.pipeline publish-seeds {input:q}"

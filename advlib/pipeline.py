@@ -209,6 +209,22 @@ def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[
     return [dst for _, dst in staged] + [readme_path]
 
 
+def publish_seeds(results: list[str | os.PathLike], folder: str | os.PathLike) -> None:
+    """The seed study's per-seed metrics (files named seed_<k>.json) into folder, replacing the earlier study as a
+    whole: copied under temporary names first, then the old files removed and the new ones renamed into place."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for src in map(Path, results):
+        tmp = folder / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        staged.append((tmp, folder / src.name))
+    for old in folder.glob("seed_*.json"):
+        old.unlink()
+    for tmp, dst in staged:
+        os.replace(tmp, dst)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The workflow's steps (the Snakefile calls these).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--params", default="{}", help="JSON object of parameters")
     pub = sub.add_parser("publish", help="copy a finished run into report/, figures/ and the README")
     pub.add_argument("run_dir")
+    seeds = sub.add_parser("publish-seeds", help="copy a seed study's seed_<k>.json files into figures/seed_study/")
+    seeds.add_argument("results", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "notebook":
         run_notebook(args.source, args.output, json.loads(args.params))
+    elif args.command == "publish-seeds":
+        publish_seeds(args.results, Path.cwd() / "figures" / "seed_study")  # the workflow runs in the repository
+        print(f"published {len(args.results)} seeds into figures/seed_study/")
     else:
-        published = publish(args.run_dir)
+        published = publish(args.run_dir, root=Path.cwd())  # the workflow runs in the repository
         print(f"published {len(published)} files from {args.run_dir} into report/, figures/ and README.md")
     return 0
 

@@ -392,3 +392,17 @@ def test_readme_takes_only_the_targets_table_from_the_benchmarks():
 def test_command_line_values_become_python(text, value):
     """Snakemake's --config hands values over as strings; the stages get numbers, lists and None."""
     assert pipeline.literal(text) == value
+
+
+def test_publish_seeds_replaces_the_earlier_study_as_a_whole(tmp_path):
+    folder = tmp_path / "seed_study"
+    folder.mkdir()
+    for k in (0, 1, 2):
+        (folder / f"seed_{k}.json").write_text("old")
+    new = []
+    for k in (0, 5):
+        (tmp_path / f"seed_{k}.json").write_text(f"new {k}")
+        new.append(tmp_path / f"seed_{k}.json")
+    pipeline.publish_seeds(new, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["seed_0.json", "seed_5.json"]
+    assert (folder / "seed_5.json").read_text() == "new 5"
