@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,9 +81,7 @@ def standard_config(params: dict) -> TrainConfig:
 
 def robust_config(params: dict) -> TrainConfig:
     """The adversarially trained model's TrainConfig: the standard recipe plus adv_mode and adv_eps."""
-    return TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                       seed=params["seed"], device=params["device"], adversarial=params["adv_mode"],
-                       adv_eps=params["adv_eps"])
+    return replace(standard_config(params), adversarial=params["adv_mode"], adv_eps=params["adv_eps"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
