@@ -14,7 +14,7 @@ OUT ?= build/quick
 QUICK := epochs=1 train_subset=5000 n_samples=200 pgd_steps=3
 SMK = "$(SNAKEMAKE)" --cores $(CORES) --printshellcmds --show-failed-logs $(if $(FORCE),--forceall)
 
-.PHONY: report quick seeds test data bench lab dry-run-cluster clean-build
+.PHONY: report quick seeds robust test data bench lab dry-run-cluster clean-build
 
 $(STAMP): pyproject.toml
 	test -x "$(PY)" || "$(PYTHON)" -m venv "$(VENV)"
@@ -35,6 +35,10 @@ quick: data  ## a small run in $(OUT), nothing published (override with CONFIG="
 
 seeds: data  ## the seed study (SEEDS=0-9 by default), one job per seed in parallel, then the report again
 	$(SMK) seed_study --config seeds=$(SEEDS) $(CONFIG)
+	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
+
+robust: data  ## AutoAttack, sanity checks, the 0.3 px capacity study (hours on 2 cores), then the report again
+	$(SMK) robustness $(if $(CONFIG),--config $(CONFIG))
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
 dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no cluster)

@@ -3,6 +3,7 @@
 #   snakemake --cores 2 report                    # everything, then publish into report/, figures/, README.md
 #   snakemake --cores 2 run --config run_dir=/tmp/quick epochs=1 n_samples=200   # a run elsewhere, not published
 #   snakemake --cores 2 seed_study --config seeds=0-9                            # Figure 11's seeds, in parallel
+#   snakemake --cores 2 robustness                # AutoAttack, sanity checks, 0.3 px capacity study (hours on a CPU)
 #   snakemake --profile profiles/slurm report    # the same on a Slurm cluster (snakemake-executor-plugin-slurm)
 #
 # `make report`, `make seeds` and `make quick` call these (see the README). Overrides go in --config NAME=VALUE:
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from advlib.pipeline import STAGES, SEED_STUDY_STAGES, ConfigError, parse_seeds, resolve_config
+from advlib.robust_eval import AA_BATCH
 
 try:
     SETTINGS, PARAMS = resolve_config(config)
@@ -32,6 +34,8 @@ CODE = sorted(str(p) for p in Path("advlib").glob("*.py") if p.stem not in ("rea
 TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint", "stage")]
 ROBUST_TRAIN_CODE = TRAIN_CODE + ["advlib/attacks.py"]
 REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
+ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
+EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "advlib/robust_eval.py"]
 
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
 NEEDS = {
@@ -41,6 +45,7 @@ NEEDS = {
     "04_visual_grid": ["artifacts/model.pt"],
     "05_defense": ["artifacts/model.pt", "artifacts/robust_model.pt"],
     "07_seed_study": ["figures/seed_study"],
+    "08_robustness": ["figures/robustness", "artifacts/model.pt", "artifacts/robust_model.pt"],
     "06_report": [f"report/{s}.ipynb" for s in STAGES if s != "06_report"],
 }
 
@@ -63,7 +68,9 @@ def run_params(wildcards, stage, keys=None):
     return json.dumps({k: v for k, v in params.items() if keys is None or k in keys}, sort_keys=True)
 
 
-localrules: report, run, seed_study, link_data, publish, publish_seeds, seed_result, seed_input
+localrules: report, run, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
+    publish_robustness, seed_result,
+    seed_input, robustness_input, autoattack_merge
 
 
 rule report:
@@ -77,8 +84,15 @@ rule run:
 
 
 rule seed_study:
-    """Train and sweep once per seed, in parallel; publish figures/seed_study/seed_<k>.json."""
-    input: "figures/seed_study/.published"
+    """Train and sweep once per seed, in parallel, the robust model too; publish figures/seed_study/seed_<k>.json
+    and robust_<k>.json."""
+    input: "figures/seed_study/.published", "figures/seed_study/.published_robust"
+
+
+rule robustness:
+    """AutoAttack on both models, Carlini et al.'s sanity checks, and the capacity study at the standard threat
+    model (0.3 px): hours of CPU, so it is its own command (make robust); publishes figures/robustness/."""
+    input: "figures/robustness/.published"
 
 
 rule link_data:
@@ -113,6 +127,13 @@ rule seed_input:
     input: sorted(str(p) for p in Path("figures/seed_study").glob("seed_*.json"))
     output: directory("{run}/figures/seed_study")
     wildcard_constraints: run="(?!build/seeds/).*"
+    shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
+
+
+rule robustness_input:
+    """The report reads the committed robustness results (make robust refreshes them)."""
+    input: sorted(str(p) for p in Path("figures/robustness").glob("*.json"))
+    output: directory("{run}/figures/robustness")
     shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
 
 
@@ -152,8 +173,115 @@ rule seed_result:
     shell: "cp build/seeds/seed_{wildcards.seed}/figures/metrics.json {output:q}"
 
 
+def seed_robust_params(seed):
+    """A seed's robust-model evaluation settings: 05_defense's (the images, eps and PGD steps of its Figure 10)
+    and 08_robustness's seed_aa_samples."""
+    defense = seed_params("05_defense", seed)
+    keep = {k: defense[k] for k in ("seed", "device", "adv_eps", "pgd_steps")}
+    return json.dumps({**keep, "aa_samples": defense["n_samples"], "seed_aa_samples": ROBUST["seed_aa_samples"]},
+                      sort_keys=True)
+
+
+rule seed_robust:
+    """A seed's robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy (robust_eval.seed_metrics)."""
+    input: EVAL_CODE, model="build/seeds/seed_{seed}/artifacts/robust_model.pt",
+           images="build/seeds/seed_{seed}/artifacts/model.pt", data=ancient("build/seeds/seed_{seed}/data")
+    output: "build/seeds/robust_{seed}.json"
+    params: p=lambda w: seed_robust_params(w.seed)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=60
+    shell: "{PY:q} -m advlib.robust_eval seed --model {input.model:q} --params {params.p:q} "
+           "--data-dir {input.data:q} --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
+           "--threads {threads} --out {output:q}"
+
+
 rule publish_seeds:
     """Every seed's metrics into figures/seed_study/, together, once all of them have finished."""
     input: expand("build/seeds/seed_{seed}.json", seed=SEEDS)
     output: touch("figures/seed_study/.published")
-    shell: "{PY:q} -m advlib.pipeline publish-seeds {input:q}"
+    shell: "{PY:q} -m advlib.pipeline publish-files figures/seed_study --replace 'seed_*.json' {input:q}"
+
+
+rule publish_robust_seeds:
+    """Every seed's robust-model numbers into figures/seed_study/robust_<k>.json, together."""
+    input: expand("build/seeds/robust_{seed}.json", seed=SEEDS)
+    output: touch("figures/seed_study/.published_robust")
+    shell: "{PY:q} -m advlib.pipeline publish-files figures/seed_study --replace 'robust_*.json' {input:q}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The robustness evaluation (make robust): AutoAttack per model and eps, in parts of AutoAttack's batch (250
+# images), so that the parts run in parallel and give the numbers one run over all images gives.
+
+MODEL_FILES = {"standard": "model.pt", "robust": "robust_model.pt"}
+MODEL_FILES.update({f"threat_w{w}": f"threat_model_w{w}.pt" for w in ROBUST["tm_widths"]})
+AA_KEYS = ["seed", "device", "aa_samples"]
+SANITY_KEYS = AA_KEYS + ["sanity_eps", "sanity_eps_sweep", "square_samples"]
+THREAT_KEYS = ["seed", "device", "tm_epochs", "tm_lr", "tm_eps", "tm_ramp_epochs", "tm_mode", "tm_pgd_steps"]
+
+
+def aa_images(model, eps):
+    """How many attack-set images AutoAttack runs on for (model, eps)."""
+    if model.startswith("threat_w"):
+        return ROBUST["tm_samples"]
+    return ROBUST["aa_samples"] if float(eps) in ROBUST["aa_eps"] else ROBUST["aa_grid_samples"]
+
+
+def aa_parts(run, model, eps):
+    """The part files of one AutoAttack result: one per AutoAttack batch of images."""
+    starts = range(0, aa_images(model, eps), AA_BATCH)
+    return [f"{run}/robustness/parts/{model}_eps{eps}_from{s}.json" for s in starts]
+
+
+def aa_results():
+    pairs = [(m, e) for m in ("standard", "robust") for e in ROBUST["aa_eps"] + ROBUST["aa_grid_eps"]]
+    pairs += [(f"threat_w{w}", ROBUST["tm_eps"]) for w in ROBUST["tm_widths"]]
+    return [f"{RUN}/robustness/autoattack_{m}_eps{e:g}.json" for m, e in pairs]
+
+
+rule threat_model:
+    """Adversarial training at the standard threat model (0.3 px) at one channel width (the capacity study)."""
+    input: TRAIN_CODE + ["advlib/attacks.py"], data=ancient("{run}/data")
+    output: "{run}/artifacts/threat_model_w{width}.pt"
+    params: p=lambda w: json.dumps({k: ROBUST[k] for k in THREAT_KEYS}, sort_keys=True)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=240
+    shell: "{PY:q} -m advlib.stage threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
+           "--threads {threads} --params {params.p:q}"
+
+
+rule autoattack_part:
+    input: EVAL_CODE, model=lambda w: f"{w.run}/artifacts/{MODEL_FILES[w.model]}",
+           images=ancient("{run}/artifacts/model.pt"), data=ancient("{run}/data")
+    output: "{run}/robustness/parts/{model}_eps{eps}_from{start}.json"
+    params: p=json.dumps({k: ROBUST[k] for k in AA_KEYS}, sort_keys=True), stop=lambda w: min(int(w.start) + AA_BATCH, aa_images(w.model, w.eps))
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m advlib.robust_eval autoattack --model {input.model:q} --eps {wildcards.eps} "
+           "--start {wildcards.start} --stop {params.stop} --params {params.p:q} --data-dir {input.data:q} "
+           "--artifact-dir {wildcards.run:q}/artifacts --threads {threads} --out {output:q}"
+
+
+rule autoattack_merge:
+    input: lambda w: aa_parts(w.run, w.model, w.eps)
+    output: "{run}/robustness/autoattack_{model}_eps{eps}.json"
+    shell: "{PY:q} -m advlib.robust_eval merge {input:q} --out {output:q}"
+
+
+rule sanity_checks:
+    input: EVAL_CODE, model="{run}/artifacts/robust_model.pt", source="{run}/artifacts/model.pt",
+           data=ancient("{run}/data")
+    output: "{run}/robustness/sanity.json"
+    params: p=json.dumps({k: ROBUST[k] for k in SANITY_KEYS}, sort_keys=True)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m advlib.robust_eval sanity --model {input.model:q} --source {input.source:q} "
+           "--params {params.p:q} --data-dir {input.data:q} --artifact-dir {wildcards.run:q}/artifacts "
+           "--threads {threads} --out {output:q}"
+
+
+rule publish_robustness:
+    """All or nothing, as the report: the results replace figures/robustness/ together."""
+    input: aa_results(), f"{RUN}/robustness/sanity.json"
+    output: touch("figures/robustness/.published")
+    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace '*.json' {input:q}"

@@ -26,7 +26,8 @@ from advlib.io import atomic_write_bytes
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 
-STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "07_seed_study", "06_report"]
+STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "07_seed_study", "08_robustness",
+          "06_report"]
 SEED_STUDY_STAGES = ["01_train", "02_sweep"]
 REPORT_NOTEBOOK = "06_report"
 # settings of the workflow itself (not notebook parameters), with their defaults
@@ -209,9 +210,10 @@ def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[
     return [dst for _, dst in staged] + [readme_path]
 
 
-def publish_seeds(results: list[str | os.PathLike], folder: str | os.PathLike) -> None:
-    """The seed study's per-seed metrics (files named seed_<k>.json) into folder, replacing the earlier study as a
-    whole: copied under temporary names first, then the old files removed and the new ones renamed into place."""
+def publish_files(results: list[str | os.PathLike], folder: str | os.PathLike, replace: str = "*.json") -> None:
+    """Result files into ``folder`` under their names, replacing the earlier set (the files matching ``replace``)
+    as a whole: copied under temporary names first, then the old files removed and the new ones renamed into
+    place. The seed study (figures/seed_study/) and the robustness evaluation (figures/robustness/) publish so."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staged = []
@@ -219,7 +221,7 @@ def publish_seeds(results: list[str | os.PathLike], folder: str | os.PathLike) -
         tmp = folder / f".{src.name}.tmp"
         shutil.copyfile(src, tmp)
         staged.append((tmp, folder / src.name))
-    for old in folder.glob("seed_*.json"):
+    for old in folder.glob(replace):
         old.unlink()
     for tmp, dst in staged:
         os.replace(tmp, dst)
@@ -234,14 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--params", default="{}", help="JSON object of parameters")
     pub = sub.add_parser("publish", help="copy a finished run into report/, figures/ and the README")
     pub.add_argument("run_dir")
-    seeds = sub.add_parser("publish-seeds", help="copy a seed study's seed_<k>.json files into figures/seed_study/")
-    seeds.add_argument("results", nargs="+")
+    files = sub.add_parser("publish-files", help="replace the result files in a folder of figures/ (seed study, "
+                           "robustness evaluation) by these, together")
+    files.add_argument("folder", help="figures/seed_study or figures/robustness")
+    files.add_argument("--replace", default="*.json", help="the earlier files these replace (a glob in folder)")
+    files.add_argument("results", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "notebook":
         run_notebook(args.source, args.output, json.loads(args.params))
-    elif args.command == "publish-seeds":
-        publish_seeds(args.results, Path.cwd() / "figures" / "seed_study")  # the workflow runs in the repository
-        print(f"published {len(args.results)} seeds into figures/seed_study/")
+    elif args.command == "publish-files":
+        if Path(args.folder).parent != Path("figures"):
+            raise SystemExit(f"publish-files publishes into a folder of figures/, got {args.folder!r}")
+        publish_files(args.results, Path.cwd() / args.folder, args.replace)  # the workflow runs in the repository
+        print(f"published {len(args.results)} files into {args.folder}/")
     else:
         published = publish(args.run_dir, root=Path.cwd())  # the workflow runs in the repository
         print(f"published {len(published)} files from {args.run_dir} into report/, figures/ and README.md")

@@ -706,3 +706,42 @@ def plot_confidence_roc(fpr: Any, tpr: Any, auc: float, tpr_at_5fpr: float, eps:
                  f"FGSM {eps_text(eps, short=True)}; flag an image when its confidence ≤ threshold", fontsize=12.5)
     ax.legend(loc="lower right")
     return fig
+
+
+@_styled
+def plot_capacity(rows: Sequence[Mapping], *, target_robust: float = 80.0, target_clean: float = 98.0,
+                  reference: Mapping | None = None) -> Figure:
+    """Figure 13 (graph13): adversarial training at the standard threat model against model size.
+
+    Args:
+        rows: :func:`advlib.results.capacity_rows`: per width ``parameters``, ``clean_test_accuracy`` (percent),
+            ``autoattack`` (rate dict: AutoAttack accuracy with its 95% Wilson interval) and ``eps`` (normalized).
+        target_robust, target_clean: the issue's targets, drawn as dashed lines.
+        reference: optional {"parameters", "autoattack", "label"}: a published model for scale (Wong et al. 2020's
+            166k-parameter MNIST network, 82.9% AutoAttack accuracy at 0.3 px).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no capacity-study rows: run `make robust` first")
+    params = np.array([r["parameters"] for r in rows], dtype=float)
+    aa_value, aa_lo, aa_hi = _rate_arrays([r["autoattack"] for r in rows])
+    clean = np.array([np.nan if r["clean_test_accuracy"] is None else r["clean_test_accuracy"] for r in rows])
+    eps = rows[0]["eps"]
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    ax.plot(params, clean, color=CLEAN, marker="o", linewidth=2, label="clean test accuracy (10,000 images)")
+    ax.errorbar(params, aa_value, yerr=_yerr(aa_value, aa_lo, aa_hi), color=ROBUST, marker="s", linewidth=2,
+                capsize=4, label=f"AutoAttack accuracy at {eps_text(eps, short=True)} ({CI_NOTE})")
+    for r, x, y in zip(rows, params, aa_value):
+        ax.annotate(f"{r['width']}× width", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=10)
+    ax.axhline(target_robust, color=ROBUST, linestyle="--", linewidth=1, label=f"target: {target_robust:g}% AutoAttack")
+    ax.axhline(target_clean, color=CLEAN, linestyle="--", linewidth=1, label=f"target: {target_clean:g}% clean")
+    if reference:
+        ax.plot([reference["parameters"]], [reference["autoattack"]], "*", color="black", markersize=14,
+                label=reference["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Figure 13: adversarial training at the standard threat model, {eps_text(eps, short=True)}")
+    ax.legend(loc="center right", fontsize=9)
+    return fig

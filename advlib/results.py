@@ -232,3 +232,140 @@ def row_at(rows: list[dict], eps: float) -> dict:
         if abs(row["eps"] - eps) < 1e-9:
             return row
     raise KeyError(f"eps {eps} is not on the sweep grid {[r['eps'] for r in rows]}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The robustness evaluation (make robust -> figures/robustness/)
+
+
+def load_robustness(folder: str | os.PathLike) -> dict:
+    """The committed robustness evaluation: {"autoattack": {model: [result per eps, by eps]}, "capacity":
+    [{"width", "model", "result"} by width], "sanity": {...}}. Models: "standard", "robust" (the 0.15 px-trained
+    model of 05) and "threat_w<k>" (the capacity study at the standard threat model). Each result carries the
+    "model" provenance (training config, history, weights digest) it was computed on."""
+    folder = Path(folder)
+    files = sorted(folder.glob("autoattack_*.json"))
+    if not files or not (folder / "sanity.json").is_file():
+        raise MissingArtifactError(f"no robustness results in {folder}: run `make robust` first (hours on a CPU)")
+    aa, capacity = {}, []
+    for f in files:
+        blob = read_json(f)
+        name = f.stem[len("autoattack_"):].rsplit("_eps", 1)[0]
+        if name.startswith("threat_w"):
+            capacity.append({"width": int(name[len("threat_w"):]), "model": blob["model"], "result": blob["result"]})
+        else:
+            aa.setdefault(name, []).append({**blob["result"], "model": blob["model"]})
+    for rows in aa.values():
+        rows.sort(key=lambda r: r["eps"])
+    capacity.sort(key=lambda c: c["width"])
+    return {"autoattack": aa, "capacity": capacity, "sanity": read_json(folder / "sanity.json")}
+
+
+def autoattack_table(aa: dict, curves: dict | None = None) -> str:
+    """Markdown: per eps (normalized and px), each model's AutoAttack accuracy [95% CI] on n images, beside its
+    FGSM and PGD accuracy from 05_defense's ``curves`` ({model: {"fgsm", "pgd": rows}}) where that eps is there."""
+    headers = ["ε (normalized)", "ε (px)"]
+    models = sorted(aa)
+    for m in models:
+        headers += [f"{m}: FGSM", f"{m}: PGD", f"{m}: AutoAttack [95% CI] (n)"]
+    all_eps = sorted({r["eps"] for m in models for r in aa[m]})
+    rows = []
+    for eps in all_eps:
+        row = [f"{eps:g}", f"{eps / 2:g}"]
+        for m in models:
+            for attack in ("fgsm", "pgd"):
+                try:
+                    row.append(f"{row_at(curves[m][attack], eps)['value']:.1f}%")
+                except (KeyError, TypeError):
+                    row.append("—")
+            r = next((r for r in aa[m] if abs(r["eps"] - eps) < 1e-9), None)
+            row.append("—" if r is None else f"{fmt_rate(r['accuracy'], 1)} ({r['n']:,})")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def per_attack_table(result: dict) -> str:
+    """Markdown: which attack of the ensemble broke how many images first (and what it cost) in one result."""
+    rows = [["clean mistakes", "—", str(result["n"] - result["clean"]), "—"]]
+    rows += [[r["attack"], f"{r['attacked']:,}", f"{r['broke']:,}", f"{r['seconds']:.0f}"] for r in result["per_attack"]]
+    rows.append(["still correct (robust)", "—", f"{result['robust']:,} of {result['n']:,}", "—"])
+    return markdown_table(["attack (in order)", "images attacked", "broken first by it", "seconds (1 core)"], rows)
+
+
+def checklist_table(rows: list[dict]) -> str:
+    """Markdown of :func:`advlib.robust_eval.checklist` rows."""
+    return markdown_table(["check (Carlini et al. 2019)", "numbers", "verdict"],
+                          [[r["check"], r["numbers"], "passed" if r["passed"] else "**FAILED**"] for r in rows])
+
+
+def capacity_rows(capacity: list[dict]) -> list[dict]:
+    """One row per width of the capacity study: parameters, clean test accuracy of the kept epoch, its PGD-10
+    check, AutoAttack accuracy (rate dict) at the threat model's eps, training seconds."""
+    out = []
+    for c in capacity:
+        h = c["model"]["history"]
+        kept = (h["kept_epoch"] or len(h["test_accuracy"])) - 1
+        out.append({"width": c["width"], "parameters": c["model"]["parameters"],
+                    "clean_test_accuracy": h["test_accuracy"][kept] if h["test_accuracy"] else None,
+                    "pgd_check": h["pgd_check_accuracy"][kept] if h["pgd_check_accuracy"] else None,
+                    "kept_epoch": kept + 1, "epochs": len(h["test_accuracy"]), "eps": c["result"]["eps"],
+                    "autoattack": c["result"]["accuracy"], "train_seconds": sum(h["seconds"]),
+                    "aa_seconds": sum(r["seconds"] for r in c["result"]["per_attack"])})
+    return out
+
+
+def capacity_table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["width", "parameters", "clean test accuracy (kept epoch)", "PGD-10 check (held-out train)",
+         "AutoAttack accuracy [95% CI] (n)", "training (s, 1 core)"],
+        [[f"{r['width']}×", f"{r['parameters']:,}",
+          "—" if r["clean_test_accuracy"] is None else f"{r['clean_test_accuracy']:.2f}% (epoch {r['kept_epoch']}"
+          f" of {r['epochs']})",
+          "—" if r["pgd_check"] is None else f"{r['pgd_check']:.1f}%",
+          f"{fmt_rate(r['autoattack'], 1)} ({r['autoattack']['n']})", f"{r['train_seconds']:.0f}"] for r in rows])
+
+
+def load_robust_seed_runs(folder: str | os.PathLike) -> dict[int, dict]:
+    """{seed: robust-model numbers} from a seed study's robust_<k>.json files (robust_eval.seed_metrics), or {}."""
+    files = sorted(Path(folder).glob("robust_*.json"), key=lambda f: int(f.stem.split("_")[1]))
+    return {int(f.stem.split("_")[1]): read_json(f)["result"] for f in files}
+
+
+def robust_seed_spread(runs: dict[int, dict]) -> dict:
+    """Mean ± sd across seeds of the robust model's clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy."""
+    first = runs[min(runs)]
+    return {"seeds": sorted(runs), "eps": first["eps"], "pgd_steps": first["pgd_steps"],
+            "aa_samples": first["aa"]["n"], "aa_attacks": first["aa_attacks"],
+            **{k: mean_sd([runs[s][k]["value"] for s in sorted(runs)]) for k in ("clean", "pgd", "aa")}}
+
+
+def robustness_settings_mismatch(rb: dict, params: dict) -> list[str]:
+    """How the committed robustness results (:func:`load_robustness`) differ from 08_robustness's parameters
+    ``params`` (empty: they were computed with exactly these settings). A difference means `make robust` has not
+    been re-run since the parameters changed."""
+    out = []
+    want_eps = sorted(set(params["aa_eps"]) | set(params["aa_grid_eps"]))
+    for m in ("standard", "robust"):
+        rows = rb["autoattack"].get(m, [])
+        if sorted(r["eps"] for r in rows) != want_eps:
+            out.append(f"{m}: AutoAttack at eps {sorted(r['eps'] for r in rows)}, parameters ask {want_eps}")
+        for r in rows:
+            n = params["aa_samples"] if r["eps"] in params["aa_eps"] else params["aa_grid_samples"]
+            if r["n"] != n:
+                out.append(f"{m} at eps {r['eps']:g}: {r['n']} images, parameters ask {n}")
+    if [c["width"] for c in rb["capacity"]] != sorted(params["tm_widths"]):
+        out.append(f"capacity study widths {[c['width'] for c in rb['capacity']]}, parameters ask {params['tm_widths']}")
+    want = {"epochs": params["tm_epochs"], "lr": params["tm_lr"], "adv_eps": params["tm_eps"], "seed": params["seed"],
+            "eps_ramp_epochs": params["tm_ramp_epochs"], "adversarial": params["tm_mode"],
+            "adv_pgd_steps": params["tm_pgd_steps"]}
+    for c in rb["capacity"]:
+        have = {k: c["model"]["train_config"].get(k) for k in want}
+        if have != want:
+            out.append(f"capacity model {c['width']}x trained with {have}, parameters ask {want}")
+        if c["result"]["n"] != params["tm_samples"]:
+            out.append(f"capacity model {c['width']}x: {c['result']['n']} images, parameters ask {params['tm_samples']}")
+    s = rb["sanity"]["result"]
+    if (s["eps"], [r["eps"] for r in s["sweep"]], s["square_vs_apgd"]["n"]) != (
+            params["sanity_eps"], list(params["sanity_eps_sweep"]), params["square_samples"]):
+        out.append("sanity checks: computed at other settings (sanity_eps, sanity_eps_sweep, square_samples)")
+    return out

@@ -22,7 +22,7 @@ import torch
 from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from advlib.data import load_mnist
 from advlib.metrics import select_correct
-from advlib.model import ResNetConfig
+from advlib.model import ResNetConfig, widened
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.results import require_file
 from advlib.train import TrainConfig, train
@@ -46,7 +46,8 @@ def parameters(namespace: dict, stage: str) -> dict:
 def _same_config(stored: dict, wanted: TrainConfig) -> bool:
     """True when a checkpoint's training config is the wanted one (device aside: a model moves between devices)."""
     want = {k: v for k, v in wanted.to_dict().items() if k != "device"}
-    return {k: stored.get(k) for k in want} == want
+    defaults = TrainConfig().to_dict()  # a setting added since the checkpoint was saved: it trained with the default
+    return {k: stored.get(k, defaults[k]) for k in want} == want
 
 
 def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config: ResNetConfig = ResNetConfig(),
@@ -60,7 +61,8 @@ def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config:
     path = Path(path)
     if path.is_file():
         ckpt = load_checkpoint(path, device=config.device)
-        if _same_config(ckpt.train_config, config) and ckpt.metadata.get("train_subset") == train_subset:
+        if (_same_config(ckpt.train_config, config) and ckpt.metadata.get("train_subset") == train_subset
+                and ckpt.model.config == model_config):
             if progress:
                 print(f"loaded {path.name}: trained earlier with this configuration (seed {config.seed})")
             return ckpt
@@ -82,6 +84,17 @@ def standard_config(params: dict) -> TrainConfig:
 def robust_config(params: dict) -> TrainConfig:
     """The adversarially trained model's TrainConfig: the standard recipe plus adv_mode and adv_eps."""
     return replace(standard_config(params), adversarial=params["adv_mode"], adv_eps=params["adv_eps"])
+
+
+def threat_config(params: dict) -> TrainConfig:
+    """Adversarial training at the standard MNIST threat model (08_robustness's tm_* parameters): Wong et al.
+    2020's schedule (Adam under a cyclic learning rate peaking at tm_lr) with the eps ramped up over the first
+    tm_ramp_epochs epochs, and tm_mode's attack: "fgsm_rs" (FGSM from a random start, step 1.25 eps: Wong et al.'s
+    recipe, which overfits catastrophically on this model at 0.3 px) or "pgd" (tm_pgd_steps steps from a random
+    start); batch 64 as everywhere in the study."""
+    return TrainConfig(epochs=params["tm_epochs"], lr=params["tm_lr"], seed=params["seed"], device=params["device"],
+                       adversarial=params["tm_mode"], adv_eps=params["tm_eps"], adv_pgd_steps=params["tm_pgd_steps"],
+                       lr_schedule="cyclic", eps_ramp_epochs=params["tm_ramp_epochs"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,17 +136,19 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train (or find already trained) one of the study's models.")
-    parser.add_argument("kind", choices=["standard", "robust"])
+    parser.add_argument("kind", choices=["standard", "robust", "threat"])
     parser.add_argument("--out", required=True, help="checkpoint path")
     parser.add_argument("--params", required=True, help="JSON object of stage parameters (seed, epochs, ...)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--width", type=int, default=1, help="channel multiplier (threat: the capacity study)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     params = json.loads(args.params)
-    config = standard_config(params) if args.kind == "standard" else robust_config(params)
-    train_or_load(args.out, config, data_dir=args.data_dir, train_subset=params.get("train_subset"))
+    config = {"standard": standard_config, "robust": robust_config, "threat": threat_config}[args.kind](params)
+    train_or_load(args.out, config, model_config=widened(args.width), data_dir=args.data_dir,
+                  train_subset=params.get("train_subset"))
     return 0
 
 

@@ -29,6 +29,8 @@ from advlib.data import MNIST, TRAIN_SIZE, VALIDATION_SIZE, SplitNotLoaded, as_f
 from advlib.model import ResNetConfig, SmallResNet
 
 ADVERSARIAL_MODES = (None, "fgsm_rs", "pgd")
+LR_SCHEDULES = ("constant", "cyclic")
+CYCLIC_PEAK = 0.4  # the cyclic schedule peaks 2/5 of the way through training (Wong et al. 2020)
 CHECK_PGD_STEPS = 10  # the per-epoch PGD check of adversarial training
 PROGRESS_EVERY = 50  # steps between progress bar updates (each one is a message to a notebook's front end)
 EVAL_CHUNK = 10_000  # images normalized at a time by evaluate (a float chunk of 40 MB)
@@ -45,6 +47,8 @@ class TrainConfig:
     adv_eps: float = 0.3  # training eps, normalized units (0.15 in [0, 1] pixel units)
     adv_pgd_steps: int = 7  # PGD steps when adversarial == "pgd"
     adv_check_size: int = 512  # held-out validation images (training split) for the per-epoch PGD check
+    lr_schedule: str = "constant"  # "constant" (the original report) or "cyclic" (Wong et al. 2020, see step_schedule)
+    eps_ramp_epochs: float = 0.0  # adversarial eps grows linearly from 0 over this many epochs (0: full eps at once)
 
     def __post_init__(self):
         if self.adversarial not in ADVERSARIAL_MODES:
@@ -54,6 +58,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.eps_ramp_epochs <= self.epochs:
+            raise ValueError(f"eps_ramp_epochs must lie in [0, epochs={self.epochs}], got {self.eps_ramp_epochs}")
         check_eps(self.adv_eps, "adv_eps")
         resolve_device(self.device)
 
@@ -105,13 +113,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def step_schedule(config: TrainConfig, step: int, total_steps: int) -> tuple[float, float]:
+    """(learning rate, adversarial eps in normalized units) for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    lr: config.lr at every step ("constant"), or "cyclic": linear from 0 up to config.lr at 2/5 of the steps, then
+    linear down to 0 at the last (Wong et al. 2020's one-cycle schedule, per step).
+    eps: config.adv_eps, or during the first config.eps_ramp_epochs epochs a linear ramp from 0 up to it (the
+    small model collapses when it meets the full eps at once).
+    """
+    t = step / max(1, total_steps)
+    lr = config.lr
+    if config.lr_schedule == "cyclic":
+        lr = config.lr * (t / CYCLIC_PEAK if t < CYCLIC_PEAK else (1 - t) / (1 - CYCLIC_PEAK))
+    ramp = config.eps_ramp_epochs / config.epochs
+    eps = config.adv_eps * (min(1.0, t / ramp) if ramp > 0 else 1.0)
+    return lr, eps
+
+
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                      generator: torch.Generator | None) -> torch.Tensor:
+                      generator: torch.Generator | None, eps: float | None = None) -> torch.Tensor:
     """The training inputs for one batch under config.adversarial (x itself for standard training).
 
-    x: (B, 1, 32, 32) float in [-1, 1]; generator: draws the random starts, on x's device (None: the global RNG).
-    Returns (B, 1, 32, 32) in [-1, 1] within config.adv_eps of x, without gradient history."""
-    eps = config.adv_eps
+    x: (B, 1, 32, 32) float in [-1, 1]; generator: draws the random starts, on x's device (None: the global RNG);
+    eps: this step's eps in normalized units (default config.adv_eps; see step_schedule).
+    Returns (B, 1, 32, 32) in [-1, 1] within eps of x, without gradient history."""
+    eps = config.adv_eps if eps is None else eps
     if config.adversarial == "fgsm_rs":
         # Wong et al. 2020: uniform start in the eps-ball, one FGSM step of 1.25 eps, projected back.
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
@@ -128,7 +154,8 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 config: TrainConfig, generator: torch.Generator, attack_generator: torch.Generator | None = None,
-                *, progress: bool = False, desc: str = "", replica=None) -> tuple[list[float], float, float]:
+                *, progress: bool = False, desc: str = "", replica=None, first_step: int = 0,
+                total_steps: int | None = None) -> tuple[list[float], float, float]:
     """One shuffled pass over (x, y): an optimizer step per batch of config.batch_size (adversarial batches when
     config.adversarial is set). The model is left in train mode.
 
@@ -142,6 +169,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             (and averages BatchNorm's statistics) before the step;
             the losses and accuracy returned are then this process's parts (summed over the processes: the
             whole batch's).
+        first_step, total_steps: where this epoch's steps lie in the whole training, for config's learning-rate
+            schedule and eps ramp (step_schedule); total_steps None: this epoch is the whole training.
     Returns:
         (the loss of every step, the epoch's mean loss per image, training accuracy in percent on the batches
         trained on). Losses and counts stay on the device until the end of the epoch: one synchronisation.
@@ -151,13 +180,19 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     steps = -(-len(x) // config.batch_size)
     losses = torch.empty(steps, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    scheduled = config.lr_schedule != "constant" or config.eps_ramp_epochs > 0
+    eps = None
     model.train()
     with tqdm(total=steps, desc=desc, disable=not progress) as bar:
         for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, shuffle=True, generator=generator)):
             weight = 1.0
             if replica is not None:
                 xb, yb, weight = replica.share(xb, yb)
-            xb = adversarial_batch(model, xb, yb, config, attack_generator)
+            if scheduled:
+                lr, eps = step_schedule(config, first_step + i, total_steps or steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            xb = adversarial_batch(model, xb, yb, config, attack_generator, eps)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb) * weight
             optimizer.zero_grad(set_to_none=True)
@@ -232,11 +267,14 @@ def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: Trai
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     attack_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     best_state = None
+    steps_per_epoch = -(-len(train_y) // config.batch_size)
     for epoch in range(config.epochs):
         start = time.perf_counter()
         step_loss, epoch_loss, train_acc = train_epoch(model, optimizer, train_x, train_y, config, shuffle_gen,
                                                        attack_gen, progress=progress, replica=replica,
-                                                       desc=f"epoch {epoch + 1}/{config.epochs}")
+                                                       desc=f"epoch {epoch + 1}/{config.epochs}",
+                                                       first_step=epoch * steps_per_epoch,
+                                                       total_steps=config.epochs * steps_per_epoch)
         history.step_loss += step_loss
         history.epoch_loss.append(epoch_loss)
         history.train_accuracy.append(train_acc)
