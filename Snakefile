@@ -211,7 +211,7 @@ rule publish_robust_seeds:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The robustness evaluation (make robust): AutoAttack per model and eps, in parts of AutoAttack's batch (250
-# images), so that the parts run in parallel and give the numbers one run over all images gives.
+# images) that run in parallel; each part's result is exactly the official driver's on its images.
 
 MODEL_FILES = {"standard": "model.pt", "robust": "robust_model.pt"}
 MODEL_FILES.update({f"threat_w{w}": f"threat_model_w{w}.pt" for w in ROBUST["tm_widths"]})

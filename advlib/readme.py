@@ -29,6 +29,14 @@ def results_block(metrics: dict) -> str:
         note += (f" The seeds column repeats training and the sweep for {len(ss['seeds'])} seeds (`make seeds`): "
                  "FGSM accuracy varies far more from seed to seed (and from machine to machine) than the Wilson "
                  "interval of one run suggests, so judge a re-run against the seeds column.")
+    rb = metrics.get("robustness")
+    if rb:
+        from advlib.results import checklist_table
+        note += (" AutoAttack: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square), `make robust`; its sanity "
+                 f"checks (Carlini et al. 2019) on the robust model at ε = {rb['sanity']['eps']:g}:\n\n"
+                 + checklist_table(rb["sanity"]["checks"]))
+        if not rb.get("current_models", True):
+            note += "\n\n(The robustness results were computed with other settings than the report's: re-run `make robust`.)"
     return comparison_table(metrics) + "\n\n" + note
 
 

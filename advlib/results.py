@@ -217,6 +217,7 @@ def comparison_table(metrics: dict) -> str:
         rows.append([f"PGD-{df['parameters']['pgd_steps']} accuracy, ε = {e} ({e / 2:.3f} px)", "—"]
                     + (["—"] if ss else []) + [fmt_rate(row_at(df["curves"]["standard"]["pgd"], e))] + robust("pgd", e))
     seeds_blank, robust_blank = ["—"] * bool(ss), ["—"] * bool(df)
+    rows += autoattack_rows(metrics, seeds_blank, robust_blank)
     rows.append([f"mean confidence at ε = {cf['focus_eps']}, clean → FGSM", f"{o['clean_confidence']:.1f}% → "
                  f"{o['adv_confidence']:.1f}%" if cf["focus_eps"] == o["focus_eps"] else "—"] + seeds_blank
                 + [f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%"] + robust_blank)
@@ -224,6 +225,26 @@ def comparison_table(metrics: dict) -> str:
                  "\"cannot threshold\""] + seeds_blank
                 + [f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%"] + robust_blank)
     return markdown_table(headers, rows)
+
+
+def autoattack_rows(metrics: dict, seeds_blank: list[str], robust_blank: list[str]) -> list[list[str]]:
+    """The comparison table's AutoAttack rows (headline eps of 08_robustness), and the robust model's seed means."""
+    rb, ss = metrics.get("robustness"), metrics.get("seed_study")
+    rows = []
+    if rb:
+        aa = rb["autoattack"]
+        for eps in rb["parameters"]["aa_eps"]:
+            cell = {m: next((fmt_rate(r["accuracy"]) + f" (n = {r['n']:,})" for r in aa.get(m, [])
+                             if abs(r["eps"] - eps) < 1e-9), "—") for m in ("standard", "robust")}
+            rows.append([f"AutoAttack accuracy, ε = {eps:g} ({eps / 2:g} px)", "—"] + seeds_blank
+                        + [cell["standard"]] + ([cell["robust"]] if robust_blank else []))
+    rs = (ss or {}).get("robust")
+    if rs and robust_blank:
+        rows.append([f"robust model over {len(rs['seeds'])} seeds, ε = {rs['eps']:g}: PGD-{rs['pgd_steps']} / "
+                     f"APGD-CE → APGD-T (first {rs['aa_samples']})", "—"] + seeds_blank + ["—"]
+                    + [f"{rs['pgd']['mean']:.1f} ± {rs['pgd']['std']:.1f}% / {rs['aa']['mean']:.1f} ± "
+                       f"{rs['aa']['std']:.1f}%"])
+    return rows
 
 
 def row_at(rows: list[dict], eps: float) -> dict:
@@ -368,4 +389,16 @@ def robustness_settings_mismatch(rb: dict, params: dict) -> list[str]:
     if (s["eps"], [r["eps"] for r in s["sweep"]], s["square_vs_apgd"]["n"]) != (
             params["sanity_eps"], list(params["sanity_eps_sweep"]), params["square_samples"]):
         out.append("sanity checks: computed at other settings (sanity_eps, sanity_eps_sweep, square_samples)")
+    return out
+
+
+def outside_robust_band(numbers: dict, spread: dict, k: float = 4.0) -> list[str]:
+    """The robust-model numbers of a re-run (:func:`advlib.robust_eval.seed_metrics`) outside the committed seed
+    study's band, mean ± k sd (``spread``: the seed_study section's "robust", :func:`robust_seed_spread`)."""
+    out = []
+    for key, label in (("clean", "clean accuracy"), ("pgd", f"PGD-{spread['pgd_steps']} accuracy"),
+                       ("aa", "APGD-CE -> APGD-T accuracy")):
+        value, mean, sd = numbers[key]["value"], spread[key]["mean"], spread[key]["std"]
+        if abs(value - mean) > k * sd:
+            out.append(f"robust model {label} at eps {spread['eps']}: {value:.2f}% outside {mean:.2f} ± {k:g}×{sd:.2f}%")
     return out

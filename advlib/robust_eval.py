@@ -2,8 +2,9 @@
 
 - :func:`autoattack`: the standard AutoAttack ensemble (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square, the
   official code as packaged by ``pyautoattack``, see :mod:`advlib.provenance`) with its fixed hyperparameters, run
-  attack after attack on the images still classified correctly, exactly as its ``run_standard_evaluation`` does
-  (a test checks the two agree), but recording which attack broke each image first.
+  attack after attack on the images still classified correctly, in the official driver's batches of 250
+  survivors, as its ``run_standard_evaluation`` does (a test checks the two agree image by image), but recording
+  which attack broke each image first.
 - :func:`apgd_crosscheck`: APGD-CE from AutoAttack against torchattacks' independent APGD on the same images.
 - :func:`sanity_attacks` and :func:`checklist`: the checks of Carlini et al. 2019, "On Evaluating Adversarial
   Robustness" (more steps and restarts, eps to 0, transfer, gradient-free Square, FGSM >= PGD >= AutoAttack),
@@ -36,7 +37,7 @@ from advlib.metrics import rate
 from advlib.model import fold_batchnorm
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
-AA_BATCH = 250  # AutoAttack's default batch: its attacks reseed per batch, so results depend on the batching
+AA_BATCH = 250  # AutoAttack's default batch: its attacks reseed per batch, so results depend on the grouping
 
 
 class PixelInput(nn.Module):
@@ -95,8 +96,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     """AutoAttack's standard evaluation (L-inf) of ``model`` at ``eps`` on (x, y).
 
     x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels; eps in normalized units (AutoAttack runs at to_pixel_eps(eps)).
-    Images are attacked in AutoAttack's batches of 250, attack after attack, each on the images no earlier attack
-    broke; a clean mistake counts as broken. Every adversarial image is checked to lie within eps of its original
+    Attack after attack, each on the images no earlier attack broke (a clean mistake counts as broken), grouped
+    in AutoAttack's batches of 250 as its driver groups them: the attacks draw their random starts per batch, so
+    the grouping is part of the result. (The workflow runs 250 images per job; a job's result is then exactly the
+    official driver's on those images.) Every adversarial image is checked to lie within eps of its original
     and in the valid range before it counts.
 
     Returns a JSON-ready dict: eps, eps_pixel, n, clean (correct clean), robust (count), accuracy (rate dict with
@@ -117,11 +120,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     per_attack = []
     for attack in attacks:
         start = time.perf_counter()
-        attacked = int(robust.sum())
-        for b in range(0, len(x), AA_BATCH):
-            idx = b + robust[b:b + AA_BATCH].nonzero().flatten()
-            if len(idx) == 0:
-                continue
+        todo = robust.nonzero().flatten()  # as the official driver: the survivors, regrouped in batches of 250
+        attacked = len(todo)
+        for b in range(0, len(todo), AA_BATCH):
+            idx = todo[b:b + AA_BATCH]
             adv = _perturb(aa, attack, x01[idx], y[idx]).detach()
             if (adv - x01[idx]).abs().amax() > to_pixel_eps(eps) + 1e-6 or adv.min() < 0 or adv.max() > 1:
                 raise RuntimeError(f"{attack} returned images outside the eps-ball or [0, 1]: refusing its result")
@@ -202,7 +204,8 @@ def sanity_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     """The attacks behind Carlini et al.'s checks, on ``model`` at ``eps`` (normalized units), all on (x, y):
 
     fgsm; pgd20 (one random start); pgd100; pgd20 with ``restarts`` random starts (an image counts as broken if
-    any start breaks it); transfer: PGD-20 computed on ``source`` (the standard model) and shown to ``model``;
+    any start breaks it, the standard worst case, so it can only lower accuracy: how much it lowers it says how far
+    one start is from converged); transfer: PGD-20 computed on ``source`` (the standard model) and shown to ``model``;
     sweep: PGD-20 accuracy at each eps of ``eps_sweep``; square vs apgd-ce on the first ``square_samples`` images.
     Every accuracy is a rate dict (Wilson interval); clean mistakes count as broken.
     """

@@ -287,6 +287,18 @@ def test_rerun_is_incremental(repo_copy):
 def test_seed_study_fans_out_one_training_per_seed(repo_copy):
     jobs = planned_jobs(repo_copy, "seed_study", "--config", "seeds=0-3", *SMALL.split())
     assert jobs["model"] == 4 and jobs["publish_seeds"] == 1 and jobs["notebook"] == 8, jobs
+    assert jobs["robust_model"] == 4 and jobs["seed_robust"] == 4 and jobs["publish_robust_seeds"] == 1, jobs
+
+
+def test_robustness_evaluation_fans_out_in_autoattack_batches(repo_copy):
+    """make robust: AutoAttack in jobs of 250 images (AutoAttack's batch) per model and eps, one training job per
+    capacity-study width, one sanity-check job, one publish."""
+    jobs = planned_jobs(repo_copy, "robustness", "--config", "aa_samples=500", "aa_eps=[0.3]", "aa_grid_eps=[0.1]",
+                        "aa_grid_samples=100", "tm_widths=[1,2]", "tm_samples=100")
+    # standard and robust: eps 0.3 on 500 images = 2 parts each, eps 0.1 on 100 = 1 part each; 1 part per width
+    assert jobs["autoattack_part"] == 2 * 2 + 2 * 1 + 2, jobs
+    assert jobs["autoattack_merge"] == 2 * 2 + 2, jobs
+    assert jobs["threat_model"] == 2 and jobs["sanity_checks"] == 1 and jobs["publish_robustness"] == 1, jobs
 
 
 def test_a_failed_stage_publishes_nothing(repo_copy):

@@ -9,7 +9,7 @@ import pytest
 
 from advlib import attacks
 from advlib.metrics import sweep_metrics
-from advlib.results import load_metrics, outside_seed_band
+from advlib.results import load_metrics, outside_robust_band, outside_seed_band
 from advlib.stage import attack_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +63,46 @@ def test_outside_seed_band_flags_what_lies_outside():
     assert outside_seed_band(98.0, {0.0: 100.0, 0.1: 40.0}, study) == []
     assert len(outside_seed_band(97.0, {0.1: 99.5}, study)) == 2
     assert outside_seed_band(98.5, {0.3: 0.0}, study) == []  # an eps the study does not have is not judged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy against the robust seeds' band
+
+
+def robust_numbers(artifact_dir: Path, spread: dict) -> dict:
+    """robust_eval.seed_metrics of the robust model in artifact_dir, with the seed study's settings."""
+    from advlib.checkpoint import load_checkpoint
+    from advlib.robust_eval import seed_metrics
+
+    s = attack_set(artifact_dir, ROOT / "data", n_samples=1000)
+    model = load_checkpoint(artifact_dir / "robust_model.pt").model
+    return seed_metrics(model, s.x, s.y, spread["eps"], pgd_steps=spread["pgd_steps"],
+                        aa_samples=spread["aa_samples"], seed=0)
+
+
+@pytest.fixture(scope="module")
+def robust_spread(seed_study) -> dict:
+    assert seed_study.get("robust"), "the committed seed study has no robust model: run `make seeds`"
+    return seed_study["robust"]
+
+
+def test_a_retrained_robust_model_lands_inside_the_seed_band(retrained, robust_spread):
+    numbers = robust_numbers(retrained, robust_spread)
+    assert numbers["aa"]["n"] == robust_spread["aa_samples"]
+    assert outside_robust_band(numbers, robust_spread) == []
+
+
+def test_the_robust_band_catches_a_broken_pgd(retrained, robust_spread, monkeypatch):
+    """PGD that climbs the wrong way (the gradient's sign flipped inside advlib.attacks): the robust model's PGD
+    accuracy rises to about its clean accuracy, above the band."""
+    correct_gradient = attacks.input_gradient
+    monkeypatch.setattr(attacks, "input_gradient", lambda model, x, y: -correct_gradient(model, x, y))
+    assert any("PGD" in v for v in outside_robust_band(robust_numbers(retrained, robust_spread), robust_spread))
+
+
+def test_outside_robust_band_flags_what_lies_outside():
+    spread = {"eps": 0.3, "pgd_steps": 20, **{k: {"mean": m, "std": 1.0} for k, m in
+                                               (("clean", 98.0), ("pgd", 85.0), ("aa", 80.0))}}
+    inside = {"clean": {"value": 97.0}, "pgd": {"value": 88.0}, "aa": {"value": 77.0}}
+    assert outside_robust_band(inside, spread) == []
+    assert len(outside_robust_band({**inside, "pgd": {"value": 95.0}, "aa": {"value": 70.0}}, spread)) == 2

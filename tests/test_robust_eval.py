@@ -1,0 +1,338 @@
+"""advlib.robust_eval: AutoAttack against the official driver, the merge of parts, Carlini et al.'s checklist on
+synthetic numbers, gradient masking caught by the sanity checks, seed_metrics and model_digest.
+
+Cost: the official-driver comparison runs the full standard AutoAttack twice on 16 images (~20 s each on a busy
+core: Square's 5,000 queries on the images nothing else breaks); everything else takes a few seconds.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from advlib import robust_eval
+from advlib.attacks import input_gradient, pgd, predict, to_pixel_eps
+from advlib.metrics import rate
+from advlib.robust_eval import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
+                                seed_metrics)
+
+Z95 = 1.959963984540054
+
+
+def wilson_closed_form(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson (1927) in its other algebraic form, in percent: (2k + z^2 -+ z sqrt(z^2 + 4k(n-k)/n)) / (2(n+z^2))."""
+    root = z * math.sqrt(z * z + 4 * k * (n - k) / n)
+    return (100 * (2 * k + z * z - root) / (2 * (n + z * z)), 100 * (2 * k + z * z + root) / (2 * (n + z * z)))
+
+
+def assert_wilson_rate(r: dict, k: int, n: int) -> None:
+    assert set(r) == {"value", "ci_low", "ci_high", "k", "n"}
+    assert (r["k"], r["n"]) == (k, n)
+    assert r["value"] == pytest.approx(100.0 * k / n)
+    low, high = wilson_closed_form(k, n)
+    assert r["ci_low"] == pytest.approx(low, abs=1e-9)
+    assert r["ci_high"] == pytest.approx(high, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AutoAttack against the official driver
+
+AA_EPS = 0.1  # normalized units: 0.05 in [0, 1] pixels
+AA_SLICE = slice(32, 48)  # 16 test images where APGD-CE leaves a few, APGD-T breaks one of them and some survive all
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def aa_pair(trained_model, test_batch):
+    """robust_eval.autoattack and the official driver (pyautoattack's run_standard_evaluation) on the same 16
+    images, same seed; the official driver's log lines (its robust accuracy after each attack) are kept."""
+    from pyautoattack import AutoAttack
+
+    x, y = test_batch[0][AA_SLICE], test_batch[1][AA_SLICE]
+    ours = autoattack(trained_model, x, y, AA_EPS, seed=0, progress=False)
+
+    logger = logging.getLogger("auto-attack")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        official = AutoAttack(robust_eval.PixelInput(robust_eval._fast(trained_model)), eps=to_pixel_eps(AA_EPS),
+                              seed=0, version="standard")
+        x_adv, y_adv = official.run_standard_evaluation((x + 1) / 2, y)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    after = {}
+    for msg in handler.messages:
+        m = re.match(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%", msg)
+        if m:
+            after[m.group(1).lower()] = float(m.group(2))
+    return {"x": x, "y": y, "ours": ours, "official_flags": (y_adv == y).tolist(), "official_after": after,
+            "x_adv": x_adv}
+
+
+def test_autoattack_flags_match_the_official_driver(aa_pair):
+    ours = aa_pair["ours"]
+    assert ours["robust_flags"] == aa_pair["official_flags"]
+    # the comparison means something only if both outcomes occur
+    assert 0 < ours["robust"] < ours["n"]
+
+
+def test_autoattack_per_attack_counts_match_the_official_log(aa_pair):
+    ours, after = aa_pair["ours"], aa_pair["official_after"]
+    assert list(after) == list(AA_ATTACKS), f"the official log gave {after}"
+    remaining = ours["clean"]
+    for row in ours["per_attack"]:
+        remaining -= row["broke"]
+        assert after[row["attack"]] == pytest.approx(100.0 * remaining / ours["n"], abs=0.006), row
+    # at least one attack after APGD-CE broke an image: the hand-over between attacks is exercised
+    assert any(row["broke"] > 0 for row in ours["per_attack"][1:]), ours["per_attack"]
+
+
+def test_autoattack_result_bookkeeping(aa_pair, trained_model):
+    ours, x, y = aa_pair["ours"], aa_pair["x"], aa_pair["y"]
+    n = len(y)
+    assert ours["n"] == n == len(ours["robust_flags"])
+    assert ours["eps"] == AA_EPS and ours["eps_pixel"] == pytest.approx(AA_EPS / 2)
+    assert ours["clean"] == int((predict(trained_model, x)[0] == y).sum())
+    assert ours["robust"] == sum(ours["robust_flags"])
+    assert [r["attack"] for r in ours["per_attack"]] == list(AA_ATTACKS)
+    assert sum(r["broke"] for r in ours["per_attack"]) == ours["clean"] - ours["robust"]
+    attacked = [r["attacked"] for r in ours["per_attack"]]
+    assert attacked[0] == ours["clean"]
+    for prev, row in zip(ours["per_attack"], ours["per_attack"][1:]):
+        assert row["attacked"] == prev["attacked"] - prev["broke"]  # each attack sees what the last one left
+    assert attacked == sorted(attacked, reverse=True)
+    assert all(r["seconds"] >= 0 for r in ours["per_attack"])
+    assert_wilson_rate(ours["accuracy"], ours["robust"], n)
+    # robust images were correct clean
+    clean_ok = (predict(trained_model, x)[0] == y).tolist()
+    assert all(c for c, r in zip(clean_ok, ours["robust_flags"]) if r)
+
+
+def test_unknown_attack_name_raises_naming_the_standard_attacks(trained_model, test_batch):
+    x, y = test_batch[0][:4], test_batch[1][:4]
+    for attacks in (("apgd-ce", "pgd"), ("fab",)):
+        with pytest.raises(ValueError) as err:
+            autoattack(trained_model, x, y, AA_EPS, attacks=attacks, progress=False)
+        for name in AA_ATTACKS:
+            assert name in str(err.value)
+    with pytest.raises(ValueError, match="apgd-ce"):
+        robust_eval._perturb(None, "apgd-dlr", x, y)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# merge_parts
+
+
+def _part(eps, flags, clean, rows):
+    return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(flags), "clean": clean, "robust": sum(flags),
+            "accuracy": rate(sum(flags), len(flags)),
+            "per_attack": [{"attack": a, "attacked": at, "broke": b, "seconds": s} for a, at, b, s in rows],
+            "robust_flags": flags}
+
+
+def test_merge_parts_adds_counts_and_concatenates_flags():
+    a = _part(0.3, [True, False, True, False], 3, [("apgd-ce", 3, 1, 1.5), ("apgd-t", 2, 0, 2.0)])
+    b = _part(0.3, [False, False, True], 2, [("apgd-ce", 2, 1, 0.5), ("apgd-t", 1, 0, 1.0)])
+    m = merge_parts([a, b])
+    assert m["robust_flags"] == [True, False, True, False, False, False, True]
+    assert m["n"] == 7 and m["clean"] == 5 and m["robust"] == 3
+    assert m["eps"] == 0.3 and m["eps_pixel"] == pytest.approx(0.15)
+    assert m["per_attack"] == [{"attack": "apgd-ce", "attacked": 5, "broke": 2, "seconds": 2.0},
+                               {"attack": "apgd-t", "attacked": 3, "broke": 0, "seconds": 3.0}]
+    assert_wilson_rate(m["accuracy"], 3, 7)
+    assert sum(r["broke"] for r in m["per_attack"]) == m["clean"] - m["robust"]
+    assert merge_parts([a])["robust_flags"] == a["robust_flags"]
+
+
+def test_merge_parts_refuses_mixed_eps_and_nothing():
+    a = _part(0.3, [True], 1, [("apgd-ce", 1, 0, 1.0)])
+    b = _part(0.2, [False], 1, [("apgd-ce", 1, 1, 1.0)])
+    with pytest.raises(ValueError, match="different eps"):
+        merge_parts([a, b])
+    with pytest.raises(ValueError):
+        merge_parts([])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checklist on synthetic numbers
+
+N = 200
+CONSISTENT = dict(fgsm=60, pgd20=40, pgd100=38, restarts=37, transfer=70, sweep=((0.3, 40), (1.0, 2), (2.0, 0)),
+                  square=45, apgd=38, aa=36)
+ROWS = {"steps": "more PGD steps", "restarts": "random restarts", "zero": "falls to", "transfer": "transfer attack",
+        "square": "Square", "order": "FGSM >= PGD-20 >= AutoAttack"}
+
+
+def synthetic(**changes):
+    c = CONSISTENT | changes
+    s = {"eps": 0.3, "eps_pixel": 0.15, "n": N, "clean": rate(190, N), "fgsm": rate(c["fgsm"], N),
+         "pgd20": rate(c["pgd20"], N), "pgd100": rate(c["pgd100"], N),
+         "pgd20_restarts": {**rate(c["restarts"], N), "restarts": 5}, "transfer": rate(c["transfer"], N),
+         "sweep": [{"eps": e, "eps_pixel": e / 2, **rate(k, N)} for e, k in c["sweep"]],
+         "square_vs_apgd": {"n": N, "square": {"accuracy": rate(c["square"], N), "seconds": 1.0},
+                            "apgd-ce": {"accuracy": rate(c["apgd"], N), "seconds": 1.0}}}
+    return s, rate(c["aa"], N)
+
+
+def verdicts(rows) -> dict:
+    out = {}
+    for key, words in ROWS.items():
+        (row,) = [r for r in rows if words in r["check"]]
+        out[key] = row["passed"]
+    assert len(rows) == len(ROWS)
+    return out
+
+
+def test_checklist_consistent_numbers_pass_every_row():
+    rows = checklist(*synthetic())
+    assert all(verdicts(rows).values()), rows
+    (zero,) = [r for r in rows if "falls to" in r["check"]]
+    assert zero["zero_at"] == 1.0  # 2 of 200 = 1.0%: at the threshold counts, the first such eps is named
+    assert all(set(r) >= {"check", "numbers", "passed"} for r in rows)
+
+
+# (changes, the row that must fail). pgd20 = 40/200 = 20% has the 95% interval [15.1, 26.1].
+CONTRADICTIONS = {
+    "PGD-100 significantly above PGD-20": (dict(pgd100=60), "steps"),
+    "restarts significantly above one start": (dict(restarts=60), "restarts"),
+    "sweep never reaches 1%": (dict(sweep=((0.3, 40), (1.0, 3), (2.0, 3))), "zero"),
+    "transfer significantly below white-box": (dict(transfer=20), "transfer"),
+    "Square significantly below APGD-CE": (dict(square=20, apgd=38), "square"),
+    "AutoAttack significantly above PGD-20": (dict(aa=60), "order"),
+    "PGD-20 significantly above FGSM": (dict(fgsm=20), "order"),
+}
+
+
+@pytest.mark.parametrize("changes,failing", CONTRADICTIONS.values(), ids=CONTRADICTIONS.keys())
+def test_checklist_each_contradiction_fails_its_row_only(changes, failing):
+    got = verdicts(checklist(*synthetic(**changes)))
+    assert got == {k: k != failing for k in ROWS}, got
+
+
+# Differences inside the interval are noise, not contradictions.
+WITHIN = {
+    "PGD-100 a little above PGD-20": dict(pgd100=50),  # 25.0% <= 26.1%
+    "restarts a little above": dict(restarts=52),  # 26.0%
+    "transfer a little below white-box": dict(transfer=32),  # pgd20 20% <= transfer's high 22.0%
+    "Square a little below APGD-CE": dict(square=30, apgd=40),  # 20% <= 20.6%
+    "AutoAttack a little above PGD-20": dict(aa=52),  # 26.0%
+}
+
+
+@pytest.mark.parametrize("changes", WITHIN.values(), ids=WITHIN.keys())
+def test_checklist_differences_within_the_interval_pass(changes):
+    got = verdicts(checklist(*synthetic(**changes)))
+    assert all(got.values()), got
+
+
+def test_checklist_near_zero_threshold_is_a_parameter():
+    rows = checklist(*synthetic(), near_zero=0.5)
+    (zero,) = [r for r in rows if "falls to" in r["check"]]
+    assert zero["passed"] and zero["zero_at"] == 2.0
+    rows = checklist(*synthetic(sweep=((0.3, 40), (2.0, 2))), near_zero=0.5)
+    (zero,) = [r for r in rows if "falls to" in r["check"]]
+    assert not zero["passed"] and zero["zero_at"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradient masking is caught
+
+
+class Quantized(nn.Module):
+    """The model behind input quantization to steps of 0.5 (normalized units): gradients are zero almost
+    everywhere, clean accuracy stays (MNIST is nearly binary), so gradient attacks are masked."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 2) / 2)
+
+
+SANITY_EPS = 0.3
+
+
+def run_checks(model, source, x, y):
+    s = sanity_attacks(model, x, y, SANITY_EPS, source=source, eps_sweep=[0.3, 2.0], square_samples=len(x),
+                       restarts=2, progress=False)
+    aa = autoattack(model, x, y, SANITY_EPS, attacks=("apgd-ce",), progress=False)["accuracy"]
+    return s, verdicts(checklist(s, aa))
+
+
+def test_gradient_masking_fails_the_square_check(trained_model, test_batch):
+    x, y = test_batch[0][:32], test_batch[1][:32]
+    masked = Quantized(trained_model).eval()
+    assert not input_gradient(masked, x, y).any()  # the masking is real: no gradient at all
+    s, got = run_checks(masked, trained_model, x, y)
+    assert s["clean"]["value"] >= 75, s["clean"]  # ... while the model still works
+    assert s["square_vs_apgd"]["n"] == len(x)
+    assert not got["square"], (s["square_vs_apgd"], got)
+    # PGD from the unmasked model transfers, white-box PGD does not: the transfer check catches it too
+    assert not got["transfer"], (s["transfer"], s["pgd20"], got)
+
+
+def test_plain_model_passes_every_check(trained_model, test_batch):
+    x, y = test_batch[0][:32], test_batch[1][:32]
+    s, got = run_checks(trained_model, trained_model, x, y)
+    assert all(got.values()), got
+    assert s["n"] == 32 and s["eps_pixel"] == pytest.approx(0.15)
+    for key in ("clean", "fgsm", "pgd20", "pgd100", "pgd20_restarts", "transfer"):
+        assert 0 <= s[key]["value"] <= s["clean"]["value"], key  # clean mistakes count as broken
+    assert s["pgd20_restarts"]["restarts"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# seed_metrics and model_digest
+
+
+def test_seed_metrics_rates_and_the_autoattack_subset(trained_model, test_batch, aa_pair):
+    # the first aa_samples images are aa_pair's 16, followed by 48 others, the last 24 of them mislabelled (clean
+    # mistakes, broken by definition): AutoAttack on any other 16 images than the first would count fewer
+    start = AA_SLICE.start
+    x, y = test_batch[0][start:start + 64], test_batch[1][start:start + 64].clone()
+    y[40:] = (y[40:] + 1) % 10
+    eps, k = AA_EPS, AA_SLICE.stop - start
+    got = seed_metrics(trained_model, x, y, eps, pgd_steps=5, aa_samples=k, seed=0)
+    ok = predict(trained_model, x)[0] == y
+    assert_wilson_rate(got["clean"], int(ok.sum()), 64)
+    # PGD oracle: the same attack without the mask (each image's start does not depend on it)
+    x_pgd = pgd(trained_model, x, y, eps, steps=5, seed=0)
+    assert_wilson_rate(got["pgd"], int((ok & (predict(trained_model, x_pgd)[0] == y)).sum()), 64)
+    # AutoAttack's first two attacks on the first k images only: what the official driver had left after APGD-T
+    after_t = aa_pair["official_after"]["apgd-t"]
+    assert_wilson_rate(got["aa"], round(after_t * k / 100), k)
+    full = aa_pair["ours"]
+    assert got["aa"]["k"] == full["clean"] - full["per_attack"][0]["broke"] - full["per_attack"][1]["broke"]
+    assert got["aa_attacks"] == ["apgd-ce", "apgd-t"]
+    assert got["pgd_steps"] == 5 and got["n"] == 64 and got["eps_pixel"] == pytest.approx(eps / 2)
+    assert got["pgd"]["value"] <= got["clean"]["value"] and got["clean"]["k"] <= 40
+
+
+def test_model_digest_tracks_the_weights(model_copy):
+    before = model_digest(model_copy)
+    assert model_digest(copy.deepcopy(model_copy)) == before
+    assert re.fullmatch(r"[0-9a-f]{64}", before)
+    with torch.no_grad():
+        model_copy.fc.weight[0, 0] += 1e-3
+    changed = model_digest(model_copy)
+    assert changed != before
+    with torch.no_grad():
+        model_copy.fc.weight[0, 0] -= 1e-3
+        model_copy.stem[1].running_mean[0] += 1e-3  # a buffer counts too
+    assert model_digest(model_copy) not in (before, changed)
