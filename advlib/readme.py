@@ -35,6 +35,11 @@ def results_block(metrics: dict) -> str:
         note += (" AutoAttack: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square), `make robust`; its sanity "
                  f"checks (Carlini et al. 2019) on the robust model at ε = {rb['sanity']['eps']:g}:\n\n"
                  + checklist_table(rb["sanity"]["checks"]))
+        aa_seconds = sum(p["seconds"] for rows in rb["autoattack"].values() for r in rows for p in r["per_attack"])
+        cap_seconds = sum(r["train_seconds"] + r["aa_seconds"] for r in rb["capacity"])
+        note += (f"\n\nThe committed `make robust` took {aa_seconds / 3600:.1f} h of AutoAttack job time (summed over "
+                 f"its parallel jobs) and {cap_seconds / 3600:.1f} h for the capacity study (training and AutoAttack),"
+                 " on this project's 2-core machine, several jobs sharing it.")
         if not rb.get("current_models", True):
             note += "\n\n(The robustness results were computed with other settings than the report's: re-run `make robust`.)"
     return comparison_table(metrics) + "\n\n" + note

@@ -286,7 +286,7 @@ def autoattack_table(aa: dict, curves: dict | None = None) -> str:
     """Markdown: per eps (normalized and px), each model's AutoAttack accuracy [95% CI] on n images, beside its
     FGSM and PGD accuracy from 05_defense's ``curves`` ({model: {"fgsm", "pgd": rows}}) where that eps is there."""
     headers = ["ε (normalized)", "ε (px)"]
-    models = sorted(aa)
+    models = [m for m in ("standard", "robust") if m in aa] + sorted(set(aa) - {"standard", "robust"})
     for m in models:
         headers += [f"{m}: FGSM", f"{m}: PGD", f"{m}: AutoAttack [95% CI] (n)"]
     all_eps = sorted({r["eps"] for m in models for r in aa[m]})
