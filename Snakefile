@@ -124,7 +124,7 @@ rule robust_model:
 
 rule seed_input:
     """The report's seed study reads the committed per-seed results (make seeds refreshes them)."""
-    input: sorted(str(p) for p in Path("figures/seed_study").glob("seed_*.json"))
+    input: sorted(str(p) for p in Path("figures/seed_study").glob("*.json"))  # seed_<k>.json, robust_<k>.json
     output: directory("{run}/figures/seed_study")
     wildcard_constraints: run="(?!build/seeds/).*"
     shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"

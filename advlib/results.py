@@ -310,7 +310,8 @@ def per_attack_table(result: dict) -> str:
     rows = [["clean mistakes", "—", str(result["n"] - result["clean"]), "—"]]
     rows += [[r["attack"], f"{r['attacked']:,}", f"{r['broke']:,}", f"{r['seconds']:.0f}"] for r in result["per_attack"]]
     rows.append(["still correct (robust)", "—", f"{result['robust']:,} of {result['n']:,}", "—"])
-    return markdown_table(["attack (in order)", "images attacked", "broken first by it", "seconds (1 core)"], rows)
+    return markdown_table(["attack (in order)", "images attacked", "broken first by it",
+                           "seconds (wall time of its jobs)"], rows)
 
 
 def checklist_table(rows: list[dict]) -> str:
@@ -338,7 +339,7 @@ def capacity_rows(capacity: list[dict]) -> list[dict]:
 def capacity_table(rows: list[dict]) -> str:
     return markdown_table(
         ["width", "parameters", "clean test accuracy (kept epoch)", "PGD-10 check (held-out train)",
-         "AutoAttack accuracy [95% CI] (n)", "training (s, 1 core)"],
+         "AutoAttack accuracy [95% CI] (n)", "training (s, wall)"],
         [[f"{r['width']}×", f"{r['parameters']:,}",
           "—" if r["clean_test_accuracy"] is None else f"{r['clean_test_accuracy']:.2f}% (epoch {r['kept_epoch']}"
           f" of {r['epochs']})",
