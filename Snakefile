@@ -45,7 +45,8 @@ NEEDS = {
     "04_visual_grid": ["artifacts/model.pt"],
     "05_defense": ["artifacts/model.pt", "artifacts/robust_model.pt"],
     "07_seed_study": ["figures/seed_study"],
-    "08_robustness": ["figures/robustness", "artifacts/model.pt", "artifacts/robust_model.pt"],
+    "08_robustness": ["figures/robustness", "artifacts/model.pt", "artifacts/robust_model.pt",
+                      "report/05_defense.ipynb"],  # stage 5's FGSM and PGD curves, beside AutoAttack
     "06_report": [f"report/{s}.ipynb" for s in STAGES if s != "06_report"],
 }
 

@@ -388,7 +388,8 @@ def test_nbval_compares_only_cells_marked_deterministic():
             if "nbval-check-output" not in cell.metadata.get("tags", []):
                 continue
             text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", []))
-            floats = [f for f in re.findall(r"\d+\.\d+", text) if f not in ("0.01", "0.3", "0.15", "0.1")]
+            # configuration values (learning rate, eps, the eps ramp's 0.0 epochs) are the same on every machine
+            floats = [f for f in re.findall(r"\d+\.\d+", text) if f not in ("0.01", "0.3", "0.15", "0.1", "0.0")]
             assert not floats, f"{path.name} cell {i} is compared by nbval but prints {floats}"
 
 
