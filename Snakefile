@@ -69,6 +69,12 @@ def run_params(wildcards, stage, keys=None):
     return json.dumps({k: v for k, v in params.items() if keys is None or k in keys}, sort_keys=True)
 
 
+# A run directory is never the repository's figures/ folder: the committed results there (figures/robustness/*.json)
+# would otherwise look like outputs of a run named "figures".
+wildcard_constraints:
+    run=r"(?!figures(/|$)).+"
+
+
 localrules: report, run, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
     publish_robustness, seed_result,
     seed_input, robustness_input, autoattack_merge
