@@ -37,13 +37,18 @@ REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.htm
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
 EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "advlib/robust_eval.py"]
 
+# 05_defense's PGD curves, one job per model: they run beside the training and the other stages, and fill the stage
+# cache (advlib.cache) where the notebook finds them
+PGD_CURVES = ["artifacts/pgd/model.json", "artifacts/pgd/robust_model.json"]
+PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "cache", "checkpoint", "data", "stage")]
+
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
 NEEDS = {
     "01_train": ["artifacts/model.pt"],
     "02_sweep": ["artifacts/model.pt"],
     "03_confidence": ["artifacts/model.pt"],
     "04_visual_grid": ["artifacts/model.pt"],
-    "05_defense": ["artifacts/model.pt", "artifacts/robust_model.pt"],
+    "05_defense": ["artifacts/model.pt", "artifacts/robust_model.pt"] + PGD_CURVES,
     "07_seed_study": ["figures/seed_study"],
     "08_robustness": ["figures/robustness", "artifacts/model.pt", "artifacts/robust_model.pt",
                       "report/05_defense.ipynb"],  # stage 5's FGSM and PGD curves, beside AutoAttack
@@ -126,6 +131,20 @@ rule robust_model:
     threads: THREADS
     resources: mem_mb=2000, runtime=60
     shell: "{PY:q} -m advlib.stage robust --out {output:q} --data-dir {input.data:q} --threads {threads} "
+           "--params {params.p:q}"
+
+
+rule pgd_curve:
+    """05_defense's PGD curve of one model, into the stage cache; the notebook finds it there."""
+    input: PGD_CODE, model="{run}/artifacts/{model}.pt", images="{run}/artifacts/model.pt",
+           data=ancient("{run}/data")
+    output: "{run}/artifacts/pgd/{model}.json"
+    params: p=lambda w: run_params(w, "05_defense", ["n_samples", "eps_grid", "pgd_steps", "seed", "device"])
+    wildcard_constraints: model="model|robust_model"
+    threads: THREADS
+    resources: mem_mb=1500, runtime=20
+    shell: "{PY:q} -m advlib.stage pgd --model {wildcards.model}.pt --out {output:q} "
+           "--artifact-dir {wildcards.run:q}/artifacts --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 
 

@@ -24,6 +24,7 @@ import hashlib
 import html
 import io
 import json
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,20 @@ from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction
 def _grid(eps_max: float, eps_step: float) -> list[float]:
     n = int(round(eps_max / eps_step))
     return [round(i * eps_step, 6) for i in range(n + 1)]
+
+
+def precompute(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: list[float], *,
+               progress: bool = False) -> dict:
+    """What the slider needs before it moves: ``direction`` (N, 1, 32, 32), FGSM's sign(grad) (one backward
+    pass); ``accuracy_curve``, the adversarial accuracy in percent of all N images at each eps of eps_grid
+    (normalized units, starting at 0; forward passes only); ``clean_preds``, the N predictions at eps_grid[0]."""
+    if not eps_grid or eps_grid[0] != 0:
+        raise ValueError(f"eps_grid must start at 0 (the clean predictions), got {eps_grid[:1]}")
+    direction = fgsm_direction(model, x, y)
+    sweep = sweep_direction(model, x, y, direction, eps_grid, progress=progress)
+    return {"direction": direction,
+            "accuracy_curve": (100.0 * (sweep.preds == sweep.labels).float().mean(dim=1)).tolist(),
+            "clean_preds": sweep.preds[0].tolist()}
 
 
 class EpsExplorer:
@@ -54,17 +69,19 @@ class EpsExplorer:
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
-                 eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True):
+                 eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True,
+                 cache: Callable | None = None):
         check_batch(x, y)
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
         self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
-        self.direction = fgsm_direction(model, x, y)  # (N, 1, 32, 32): the only gradient ever computed
-        sweep = sweep_direction(model, x, y, self.direction, self.eps_grid, progress=progress)
-        self.accuracy_curve = (100.0 * (sweep.preds == sweep.labels).float().mean(dim=1)).tolist()  # (E,) percent
-        self.clean_preds = sweep.preds[0, :n_show].tolist()  # eps_grid[0] == 0
+        call = cache or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
+        pre = call(precompute, model, x, y, self.eps_grid, progress=progress)
+        self.direction = pre["direction"]  # (N, 1, 32, 32): the only gradient ever computed
+        self.accuracy_curve = pre["accuracy_curve"]  # (E,) percent
+        self.clean_preds = pre["clean_preds"][:n_show]
         self._widget = None
         self.current = self.state(initial_eps)
 

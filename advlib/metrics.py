@@ -8,7 +8,7 @@ where clean mistakes count as failures.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -85,30 +85,49 @@ def robust_accuracy(clean_preds: torch.Tensor, result: SweepResult) -> list[dict
             for i, eps in enumerate(result.eps)]
 
 
+def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, pgd_steps: int = 20,
+                 seed: int = 0) -> dict:
+    """Robust accuracy of model under PGD at one eps (normalized units), on all of x: :func:`rate` of the images
+    classified correctly both clean and under attack.
+
+    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. PGD (``pgd_steps`` steps of 2.5 eps / steps from a random
+    start fixed by seed) attacks only the images still classified correctly: an image the clean model gets wrong
+    already counts as a failure and costs no gradient step, which changes no number (each image's random start
+    does not depend on which others are attacked). Each eps is computed on its own, so the eps of a curve can run
+    in parallel (the workflow's PGD jobs) and give the numbers of one call to :func:`robustness`.
+    """
+    ok = predict(model, x)[0] == y
+    if eps > 0 and ok.any():
+        x_pgd = pgd(model, x, y, eps, steps=pgd_steps, seed=seed, mask=ok)
+        ok = ok & (predict(model, x_pgd)[0] == y)
+    return rate(int(ok.sum()), len(y))
+
+
 def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-               pgd_steps: int = 20, seed: int = 0) -> dict[str, list[dict]]:
+               pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> dict[str, list[dict]]:
     """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (normalized units), on all of x.
 
     x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. An image counts as a success only if it is classified
-    correctly both clean and under attack (as :func:`robust_accuracy`). PGD (``pgd_steps`` steps of
-    2.5 eps / steps from a random start fixed by seed) attacks only the images still classified correctly: an
-    image the clean model gets wrong already counts as a failure and costs no gradient step, which changes no
-    number (each image's random start does not depend on which others are attacked).
+    correctly both clean and under attack (as :func:`robust_accuracy`). PGD: :func:`pgd_accuracy` at each eps,
+    through ``cache`` when given (an :class:`advlib.cache.Cache`: a re-run finds the numbers computed before).
 
     Returns:
         {"fgsm": rows, "pgd": rows}, one row per eps: ``{"eps": eps, **rate(k, N)}``.
     """
+    call = cache or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
     clean_pred, _ = predict(model, x)
-    clean_ok = clean_pred == y
     fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))
-    pgd_rows = []
-    for eps in eps_grid:
-        ok = clean_ok
-        if eps > 0 and clean_ok.any():
-            x_pgd = pgd(model, x, y, eps, steps=pgd_steps, seed=seed, mask=clean_ok)
-            ok = clean_ok & (predict(model, x_pgd)[0] == y)
-        pgd_rows.append({"eps": eps, **rate(int(ok.sum()), len(y))})
+    pgd_rows = [{"eps": eps, **call(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)}
+                for eps in eps_grid]
     return {"fgsm": fgsm_rows, "pgd": pgd_rows}
+
+
+def robust_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float]) -> dict:
+    """FGSM over a whole test split (clean mistakes count as failures): ``{"clean_accuracy": percent,
+    "rows": robust_accuracy rows, one per eps}``. x: (N, 1, 32, 32) in [-1, 1]; eps in normalized units."""
+    clean_pred, _ = predict(model, x)
+    return {"clean_accuracy": 100.0 * float((clean_pred == y).float().mean()),
+            "rows": robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))}
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:

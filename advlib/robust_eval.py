@@ -19,7 +19,6 @@ The command line (``python -m advlib.robust_eval autoattack|sanity|merge ...``) 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from advlib.attacks import check_batch, check_eps, fgsm, pgd, predict, to_pixel_eps
+from advlib.cache import model_digest
 from advlib.io import atomic_write_json
 from advlib.metrics import rate
 from advlib.model import fold_batchnorm
@@ -49,16 +49,6 @@ class PixelInput(nn.Module):
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         return self.model(x01 * 2 - 1)
-
-
-def model_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's weights and buffers (names, shapes and bytes): which model a result belongs to."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _fast(model: nn.Module) -> nn.Module:

@@ -5,6 +5,8 @@
   and find the checkpoint already there, so a notebook re-run never retrains a model whose inputs did not change.
 - :func:`attack_set`: the prologue of the attack stages: the standard model's checkpoint, the test split only,
   and the first ``n_samples`` correctly classified test images.
+- :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m advlib.stage pgd`` job; it
+  fills the stage cache (:mod:`advlib.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
 - :func:`parameters`: the values a stage actually ran with (its notebook's defaults plus what papermill
   injected), for its metrics record.
 """
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from advlib.cache import stage_cache
 from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from advlib.data import load_mnist
-from advlib.metrics import select_correct
+from advlib.io import atomic_write_json
+from advlib.metrics import pgd_accuracy, select_correct
 from advlib.model import ResNetConfig, widened
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.results import require_file
@@ -134,18 +138,41 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 # Command line: the pipeline's training jobs
 
 
+def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
+              params: dict) -> list[dict]:
+    """05_defense's PGD curve of one model, through the stage cache (:mod:`advlib.cache`), where the notebook's
+    :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at every
+    eps of ``params["eps_grid"]`` (normalized units) on the attack set of ``params["n_samples"]`` images, with
+    05_defense's pgd_steps, seed and device. Returns one :func:`advlib.metrics.rate` row per eps."""
+    s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"])
+    path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
+    net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
+    cache = stage_cache(artifact_dir)
+    return [{"eps": eps, **cache(pgd_accuracy, net, s.x, s.y, eps, pgd_steps=params["pgd_steps"], seed=params["seed"])}
+            for eps in params["eps_grid"]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train (or find already trained) one of the study's models.")
-    parser.add_argument("kind", choices=["standard", "robust", "threat"])
-    parser.add_argument("--out", required=True, help="checkpoint path")
+    parser = argparse.ArgumentParser(description="Train (or find already trained) one of the study's models, or "
+                                                 "compute 05_defense's PGD curve of one (kind pgd).")
+    parser.add_argument("kind", choices=["standard", "robust", "threat", "pgd"])
+    parser.add_argument("--out", required=True, help="checkpoint path (pgd: the curve's JSON)")
     parser.add_argument("--params", required=True, help="JSON object of stage parameters (seed, epochs, ...)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--width", type=int, default=1, help="channel multiplier (threat: the capacity study)")
+    parser.add_argument("--artifact-dir", help="pgd: the folder of the checkpoints and the stage cache")
+    parser.add_argument("--model", choices=[STANDARD_MODEL, ROBUST_MODEL], help="pgd: the attacked model")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     params = json.loads(args.params)
+    if args.kind == "pgd":
+        if args.artifact_dir is None or args.model is None:
+            parser.error("pgd needs --artifact-dir and --model")
+        rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, params)
+        atomic_write_json(args.out, {"model": args.model, "pgd": rows})
+        return 0
     config = {"standard": standard_config, "robust": robust_config, "threat": threat_config}[args.kind](params)
     train_or_load(args.out, config, model_config=widened(args.width), data_dir=args.data_dir,
                   train_subset=params.get("train_subset"))

@@ -59,6 +59,8 @@ def jobs(watched: Watched) -> dict:
             return None
         if m := re.search(r"-m advlib\.pipeline notebook \S*?(\w+)\.ipynb", cmd):
             return m.group(1)
+        if m := re.search(r"-m advlib\.stage pgd --model (\w+)\.pt", cmd):
+            return f"PGD curve of {m.group(1)}.pt"
         if m := re.search(r"-m advlib\.stage (\w+)", cmd):
             return f"train {m.group(1)} model"
         return None
@@ -100,7 +102,7 @@ def run(settings: Settings, say=print, all_seeds: bool = False) -> dict:
         study = snakemake(repo, "seed_study", [f"seeds=0-{seeds - 1}", *settings.workflow_config], timeout=7200)
         section["seed_study"] = {**study, "seeds": seeds, "extrapolated": seeds != SEED_STUDY_SEEDS,
                                  "seconds_for_10_seeds": study["seconds"] * SEED_STUDY_SEEDS / seeds}
-    kernels = {k: v for k, v in section["from_scratch"]["jobs"].items() if not k.startswith("train ")}
+    kernels = {k: v for k, v in section["from_scratch"]["jobs"].items() if "papermill_peak_rss_mb" in v}
     largest = max(kernels, key=lambda k: kernels[k]["peak_rss_mb"]) if kernels else None
     section["largest_kernel"] = {"stage": largest, "peak_rss_mb": kernels[largest]["peak_rss_mb"]} if largest else None
     load.append(loadavg())

@@ -258,6 +258,11 @@ def test_the_two_models_train_independently(repo_copy):
     assert len(model) == 1 and len(robust) == 1
     assert (model[0], robust[0]) not in edges and (robust[0], model[0]) not in edges
     assert {model[0], robust[0]} <= {a for a, _ in edges}  # both feed later jobs
+    # 05_defense's PGD curves: one job per model; the standard model's does not wait for the robust model
+    curves = [i for i, rule in labels.items() if rule == "pgd_curve"]
+    assert len(curves) == 2
+    standard_curve = [c for c in curves if (robust[0], c) not in edges]
+    assert len(standard_curve) == 1 and (model[0], standard_curve[0]) in edges
 
 
 def test_rerun_is_incremental(repo_copy):
@@ -271,7 +276,7 @@ def test_rerun_is_incremental(repo_copy):
     try:
         plot.write_text(plot_text + "\n# a change to the plotting code\n")
         jobs = planned_jobs(repo_copy, "report", *config)
-        assert "model" not in jobs and "robust_model" not in jobs, jobs
+        assert "model" not in jobs and "robust_model" not in jobs and "pgd_curve" not in jobs, jobs
         assert jobs.get("notebook", 0) >= 5 and "publish" in jobs, jobs
         plot.write_text(plot_text)
         narrative.write_text(narrative_text.replace("## Objective", "## Objective (edited)"))
@@ -303,8 +308,8 @@ def test_robustness_evaluation_fans_out_in_autoattack_batches(repo_copy):
 
 def test_a_failed_stage_publishes_nothing(repo_copy):
     before = tree_digest(repo_copy / "report", repo_copy / "figures") | tree_digest(repo_copy / "README.md")
-    # pgd_steps = 0 is refused by PGD inside 05_defense, after the other stages have run
-    done = run_make(repo_copy, "report", f"CONFIG={SMALL} pgd_steps=0", check=False)
+    # target class 10 is refused by the targeted FGSM inside 05_defense, after the other stages have run
+    done = run_make(repo_copy, "report", f"CONFIG={SMALL} target_class=10", check=False)
     assert done.returncode != 0
     assert "05_defense" in done.stdout + done.stderr
     assert (repo_copy / "build" / "run" / "report" / "05_defense.failed.ipynb").is_file()
