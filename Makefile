@@ -44,21 +44,27 @@ robust: data  ## AutoAttack, sanity checks, the 0.3 px capacity study (hours on 
 dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no cluster)
 	"$(SNAKEMAKE)" --profile profiles/slurm --dry-run report
 
-# make test: the unit, workflow and browser tests, then nbval over copies of the executed notebooks.
+# make test: the unit, workflow and browser tests, then nbval over copies of the executed notebooks, on two pytest
+# workers (tests/conftest.py says how the tests are shared between them).
 # nbval re-executes them against models trained once, here, by the workflow's own training jobs: the notebooks load
-# them instead of training again. It compares only the outputs that are the same on every machine (cells tagged
-# nbval-check-output; --nbval-lax); the numbers have their own tests. The test models train with two torch threads
-# per job, the committed report's with one: other float rounding, as on another machine, every time.
+# them instead of training again, and find 05_defense's PGD curves in the stage cache (advlib/cache.py), filled by
+# the workflow's own PGD jobs. It compares only the outputs that are the same on every machine (cells tagged
+# nbval-check-output; --nbval-lax); the numbers have their own tests. The test jobs run two at a time, one torch
+# thread each, as the report's (OMP_NUM_THREADS=2 make test: one job at a time, two threads, other float rounding).
 TEST_RUN := test-artifacts/run
 NBVAL_DIR := test-artifacts/nbval
 
+# torch threads of the test jobs and of the nbval kernels: the same, as the stage cache keys on the thread count
+TEST_THREADS ?= $(or $(OMP_NUM_THREADS),1)
+
 test: data  ## everything CI runs
-	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=2 -- $(TEST_RUN)/artifacts/model.pt $(TEST_RUN)/artifacts/robust_model.pt
+	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=$(TEST_THREADS) -- $(TEST_RUN)/artifacts/pgd/model.json \
+		$(TEST_RUN)/artifacts/pgd/robust_model.json
 	rm -rf "$(NBVAL_DIR)" && mkdir -p "$(NBVAL_DIR)"
 	cp -r report figures "$(NBVAL_DIR)/"
 	ln -sfn ../../data "$(NBVAL_DIR)/data" && ln -sfn ../run/artifacts "$(NBVAL_DIR)/artifacts"
-	TQDM_MININTERVAL=30 "$(PY)" -m pytest tests "$(NBVAL_DIR)/report" --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout 1800
+	OMP_NUM_THREADS=$(TEST_THREADS) TQDM_MININTERVAL=30 "$(PY)" -m pytest -n $(CORES) --dist loadscope --durations=15 tests \
+		"$(NBVAL_DIR)/report" --nbval-lax --nbval-current-env --nbval-cell-timeout 1800
 
 bench: data  ## speed and memory benchmarks: benchmarks/results.json and results.md
 	"$(PY)" -m pip install --quiet -e ".[bench]"

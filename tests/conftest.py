@@ -22,6 +22,27 @@ from advlib.train import History, TrainConfig, recalibrate_batchnorm, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# `make test` runs two pytest workers (pytest-xdist, -n 2 --dist loadscope): each test module, and each nbval
+# notebook, runs whole on one worker, in order. The modules that share the small workflow run of the `repo_copy`
+# fixture form one unit, so that it runs once, on one worker, while the other runs the unit tests and nbval.
+SHARED_WORKFLOW_MODULES = ("tests/test_pipeline.py", "tests/e2e/test_slider_browser.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadscope scheduling, with the modules of SHARED_WORKFLOW_MODULES in one scope."""
+    if config.getoption("dist", None) != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkflowScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.split("::", 1)[0] in SHARED_WORKFLOW_MODULES:
+                return "shared workflow run"
+            return super()._split_scope(nodeid)
+
+    return WorkflowScope(config, log)
+
+
 # One intra-op thread: the suite runs on small shared machines, where OpenMP threads competing with other
 # processes made training 4x slower than one thread; it also makes results independent of the core count.
 torch.set_num_threads(1)
@@ -155,6 +176,14 @@ def run_make(repo: Path, *args: str, check: bool = True) -> "subprocess.Complete
         raise AssertionError(f"make {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
                              f"{done.stderr[-3000:]}")
     return done
+
+
+def tree_digest(*paths: Path) -> dict[str, str]:
+    """{file: SHA-256} of every file under the given folders (or of the given files)."""
+    import hashlib
+
+    files = [p for f in paths for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def copy_repo(dest: Path) -> Path:

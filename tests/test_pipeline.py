@@ -6,7 +6,6 @@ committed notebook carries a machine's path or defines logic."""
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import pytest
 
 from advlib import pipeline, readme
 from advlib.results import ORIGINAL_REPORT, load_metrics
-from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make
+from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = config_words(SMALL_PIPELINE_PARAMETERS)
@@ -70,11 +69,6 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
     return struct.unpack(">II", data[16:24])
-
-
-def tree_digest(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*"))
-            if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +312,8 @@ def test_a_failed_stage_publishes_nothing(repo_copy):
 
 
 def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
-    run_make(repo_copy, "seeds", "SEEDS=0-1", f"CONFIG={SMALL}")
+    # AutoAttack's APGD-CE -> APGD-T on 10 images per seed, not 100: the fan-out is under test here, not the attack
+    run_make(repo_copy, "seeds", "SEEDS=0-1", f"CONFIG={SMALL} seed_aa_samples=10")
     published = sorted(p.name for p in (repo_copy / "figures" / "seed_study").glob("seed_*.json"))
     assert published == ["seed_0.json", "seed_1.json"]
     metrics = load_metrics(repo_copy / "figures" / "metrics.json")
@@ -326,14 +321,6 @@ def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
     # seed 0 of the study is the same run as the report's seed 0: same configuration, same numbers
     seed0 = load_metrics(repo_copy / "figures" / "seed_study" / "seed_0.json")
     assert seed0["training"]["test_accuracy"] == metrics["training"]["test_accuracy"]
-
-
-def test_make_quick_runs_elsewhere_and_publishes_nothing(repo_copy, tmp_path):
-    before = tree_digest(repo_copy / "report") | tree_digest(repo_copy / "README.md")
-    out = tmp_path / "quick run"
-    run_make(repo_copy, "quick", f"OUT={out}", "CONFIG=train_subset=2000 n_samples=50")
-    assert (out / "report" / "index.html").is_file() and (out / "figures" / "graph3_epsilon_vs_accuracy.png").is_file()
-    assert tree_digest(repo_copy / "report") | tree_digest(repo_copy / "README.md") == before
 
 
 def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
