@@ -12,7 +12,8 @@
 #
 # Every job works in a run directory laid out like the repository (data/, artifacts/, figures/, report/), so the
 # notebooks' relative default paths hold everywhere. The two models are trained by their own jobs (same function as
-# the notebooks call, advlib.stage.train_or_load), so changing a plot or the narrative never retrains a model.
+# the notebooks call, advlib.stage.train_or_load), so changing a plot or the narrative never retrains a model; stage
+# 5's PGD curves are jobs too (rule pgd_curve), whose results the notebook finds in the stage cache (advlib/cache.py).
 import json
 from pathlib import Path
 
