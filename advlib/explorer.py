@@ -24,7 +24,6 @@ import hashlib
 import html
 import io
 import json
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 
 from advlib import plotting
 from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction, to_pixel_eps
+from advlib.cache import Cache
 
 
 def _grid(eps_max: float, eps_step: float) -> list[float]:
@@ -70,15 +70,14 @@ class EpsExplorer:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
                  eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True,
-                 cache: Callable | None = None):
+                 cache: Cache | None = None):
         check_batch(x, y)
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
         self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
-        call = cache or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
-        pre = call(precompute, model, x, y, self.eps_grid, progress=progress)
+        pre = (cache or Cache(None))(precompute, model, x, y, self.eps_grid, progress=progress)
         self.direction = pre["direction"]  # (N, 1, 32, 32): the only gradient ever computed
         self.accuracy_curve = pre["accuracy_curve"]  # (E,) percent
         self.clean_preds = pre["clean_preds"][:n_show]

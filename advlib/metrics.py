@@ -8,13 +8,14 @@ where clean mistakes count as failures.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from advlib.attacks import NUM_CLASSES, SweepResult, fgsm_sweep, pgd, predict, to_pixel_eps
+from advlib.cache import Cache
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -103,23 +104,28 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return rate(int(ok.sum()), len(y))
 
 
+def pgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+             pgd_steps: int = 20, seed: int = 0, cache: Cache | None = None) -> list[dict]:
+    """:func:`pgd_accuracy` at every eps of eps_grid, through ``cache`` when given (an :class:`advlib.cache.Cache`:
+    a re-run finds the numbers computed before): one ``{"eps": eps, **rate(k, N)}`` row per eps."""
+    cache = cache or Cache(None)
+    return [{"eps": eps, **cache(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)} for eps in eps_grid]
+
+
 def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-               pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> dict[str, list[dict]]:
+               pgd_steps: int = 20, seed: int = 0, cache: Cache | None = None) -> dict[str, list[dict]]:
     """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (normalized units), on all of x.
 
     x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. An image counts as a success only if it is classified
-    correctly both clean and under attack (as :func:`robust_accuracy`). PGD: :func:`pgd_accuracy` at each eps,
-    through ``cache`` when given (an :class:`advlib.cache.Cache`: a re-run finds the numbers computed before).
+    correctly both clean and under attack (as :func:`robust_accuracy`). PGD: :func:`pgd_rows`, through ``cache``
+    when given.
 
     Returns:
         {"fgsm": rows, "pgd": rows}, one row per eps: ``{"eps": eps, **rate(k, N)}``.
     """
-    call = cache or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
     clean_pred, _ = predict(model, x)
     fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))
-    pgd_rows = [{"eps": eps, **call(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)}
-                for eps in eps_grid]
-    return {"fgsm": fgsm_rows, "pgd": pgd_rows}
+    return {"fgsm": fgsm_rows, "pgd": pgd_rows(model, x, y, eps_grid, pgd_steps=pgd_steps, seed=seed, cache=cache)}
 
 
 def robust_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float]) -> dict:

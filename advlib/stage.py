@@ -25,7 +25,7 @@ from advlib.cache import stage_cache
 from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json
-from advlib.metrics import pgd_accuracy, select_correct
+from advlib.metrics import pgd_rows, select_correct
 from advlib.model import ResNetConfig, widened
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.results import require_file
@@ -147,9 +147,8 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
     s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"])
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
-    cache = stage_cache(artifact_dir)
-    return [{"eps": eps, **cache(pgd_accuracy, net, s.x, s.y, eps, pgd_steps=params["pgd_steps"], seed=params["seed"])}
-            for eps in params["eps_grid"]]
+    return pgd_rows(net, s.x, s.y, params["eps_grid"], pgd_steps=params["pgd_steps"], seed=params["seed"],
+                    cache=stage_cache(artifact_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
