@@ -24,10 +24,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * (preds == y).float().mean().item()
 
 
+SELECT_BLOCK = 1024  # select_correct predicts this many images at a time, and stops once it has found enough
+
+
 def select_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices (n,) of the first n images, in test-set order, that the model classifies correctly."""
-    preds, _ = predict(model, x)
-    idx = torch.nonzero(preds == y).flatten()
+    """Indices (n,) of the first n images, in test-set order, that the model classifies correctly.
+
+    Predicts only as far into x as it must (blocks of SELECT_BLOCK images): the first 1,000 correct test images take
+    about a tenth of the time of predicting all 10,000."""
+    found, count = [], 0
+    for start in range(0, len(x), SELECT_BLOCK):
+        preds, _ = predict(model, x[start:start + SELECT_BLOCK])
+        hits = torch.nonzero(preds == y[start:start + SELECT_BLOCK]).flatten() + start
+        found.append(hits)
+        count += len(hits)
+        if count >= n:
+            break
+    idx = torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=x.device)
     if len(idx) < n:
         raise ValueError(f"only {len(idx)} images are classified correctly, fewer than the {n} asked for")
     return idx[:n]

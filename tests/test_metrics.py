@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import roc_auc_score as sk_roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from advlib import attacks
+from advlib import attacks, metrics
 from advlib.attacks import SweepResult, fgsm, pgd, predict
 from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, rate, robust_accuracy, robustness,
                             roc_auc, roc_curve, seed_spread, select_correct, sweep_metrics, tpr_at_fpr,
@@ -305,6 +305,21 @@ def test_select_correct(trained_model, test_batch):
     assert select_correct(trained_model, x, y, len(correct)).tolist() == correct
     with pytest.raises(ValueError, match=f"only {len(correct)} images"):
         select_correct(trained_model, x, y, len(correct) + 1)
+
+
+def test_select_correct_stops_early_with_the_same_choice(trained_model, test_batch, monkeypatch):
+    x, y = test_batch
+    with torch.no_grad():
+        correct = (trained_model(x).argmax(1) == y).nonzero().flatten().tolist()
+    seen = []
+    real = metrics.predict
+    monkeypatch.setattr(metrics, "predict", lambda m, xb: seen.append(len(xb)) or real(m, xb))
+    monkeypatch.setattr(metrics, "SELECT_BLOCK", 16)  # blocks smaller than the set: several of them
+    assert select_correct(trained_model, x, y, 20).tolist() == correct[:20]
+    assert sum(seen) < len(x) and all(k == 16 for k in seen[:-1])  # stopped once 20 were found
+    seen.clear()
+    assert select_correct(trained_model, x, y, len(correct)).tolist() == correct  # every block needed
+    assert sum(seen) == len(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
