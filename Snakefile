@@ -17,9 +17,10 @@
 import json
 from pathlib import Path
 
-from advlib.pipeline import STAGES, SEED_STUDY_STAGES, ConfigError, parse_seeds, resolve_config
-from advlib.robust_eval import AA_BATCH
+from advlib.pipeline import (AA_BATCH, STAGES, SEED_STUDY_STAGES, ConfigError, parse_seeds, plot_code_digest,
+    resolve_config, skip_iri_format_checker)
 
+skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
 try:
     SETTINGS, PARAMS = resolve_config(config)
     SEEDS = parse_seeds(SETTINGS["seeds"])
@@ -30,8 +31,9 @@ RUN = SETTINGS["run_dir"].rstrip("/")
 THREADS = int(SETTINGS["threads_per_job"])
 DATA = str(Path("data").resolve())
 PY = sys.executable
-# what a notebook job runs: every module but the README generator and the HTML export, which no notebook imports
-CODE = sorted(str(p) for p in Path("advlib").glob("*.py") if p.stem not in ("readme", "html_report"))
+# what a notebook job runs: every module but the README generator and the HTML export, which no notebook imports,
+# and the plotting module, of which each notebook depends only on the part it reaches (rule notebook's `plots`)
+CODE = sorted(str(p) for p in Path("advlib").glob("*.py") if p.stem not in ("readme", "html_report", "plotting"))
 TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint", "stage")]
 ROBUST_TRAIN_CODE = TRAIN_CODE + ["advlib/attacks.py"]
 REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
@@ -57,8 +59,12 @@ NEEDS = {
 }
 
 
+# a seed run computes what the seed study reads (training and the attack-set sweep), not the whole-test-set sweep
+SEED_OVERRIDES = {"02_sweep": {"full_test_set": False}}
+
+
 def seed_params(stage, seed):
-    return {**PARAMS[stage], "seed": int(seed)}
+    return {**PARAMS[stage], **SEED_OVERRIDES.get(stage, {}), "seed": int(seed)}
 
 
 STANDARD_KEYS = ["seed", "device", "epochs", "batch_size", "lr", "train_subset"]
@@ -172,7 +178,9 @@ rule notebook:
         data=ancient("{run}/data"),
         needs=lambda w: [f"{w.run}/{n}" for n in NEEDS[w.stage]],
     output: "{run}/report/{stage}.ipynb"
-    params: p=lambda w: run_params(w, w.stage)
+    # plots: the digest of the plotting code this notebook reaches (advlib.pipeline.plot_code_digest); Snakemake
+    # re-runs a job whose params changed, so editing one figure re-runs only the stages that draw it
+    params: p=lambda w: run_params(w, w.stage), plots=lambda w: plot_code_digest(f"notebooks/{w.stage}.ipynb")
     wildcard_constraints: stage="|".join(STAGES)
     threads: THREADS
     resources: mem_mb=2000, runtime=30

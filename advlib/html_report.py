@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
+from advlib.pipeline import skip_iri_format_checker
 
 MAX_BYTES = 5 * 1024 * 1024  # a page to e-mail or commit, not a data dump
 HIDE_INPUT_TAG = "remove-input"
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebook", type=Path, help="the executed notebook, e.g. report/06_report.ipynb")
     parser.add_argument("out", type=Path, help="the page to write, e.g. report/index.html")
     args = parser.parse_args(argv)
+    skip_iri_format_checker()
     try:
         out = export_html(args.notebook, args.out)
     except (OSError, ValueError, RuntimeError) as err:

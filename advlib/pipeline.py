@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import re
@@ -32,23 +33,91 @@ SEED_STUDY_STAGES = ["01_train", "02_sweep"]
 REPORT_NOTEBOOK = "06_report"
 # settings of the workflow itself (not notebook parameters), with their defaults
 WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}
+# AutoAttack's default batch: its attacks reseed per batch, so results depend on the grouping; the workflow cuts
+# AutoAttack into jobs of this many images (advlib.robust_eval, rule autoattack_part). Here, not in robust_eval, so
+# that reading the Snakefile does not import torch.
+AA_BATCH = 250
+
+
+def skip_iri_format_checker() -> None:
+    """Save about 1.2 s in every process that imports nbformat (papermill, nbconvert, Snakefile parsing).
+
+    nbformat validates notebooks with jsonschema, whose format checkers import ``rfc3987_syntax`` when it is
+    installed; that module compiles some 35 Earley grammars at import (python-jsonschema/jsonschema#1428) for the
+    "iri" formats, which no notebook schema uses. Marked absent, jsonschema skips that checker (it imports it under
+    ``suppress(ImportError)``). Call it before those imports, in a command-line process only: a library import must
+    not change what a user's own jsonschema validates."""
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+
+def code_cells(notebook: str | os.PathLike) -> list[dict]:
+    """A notebook's code cells as {"source": str, "tags": list}, read as plain JSON: nbformat would cost a stage
+    kernel a second of imports (see :func:`skip_iri_format_checker`) for what is only a lookup."""
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    return [{"source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
+             "tags": c.get("metadata", {}).get("tags", [])} for c in nb["cells"] if c["cell_type"] == "code"]
 
 
 def declared_parameters(notebook: str | os.PathLike) -> dict:
     """{name: default} of the assignments in a notebook's cell tagged ``parameters`` (literal values only)."""
-    import nbformat
-
-    nb = nbformat.read(str(notebook), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [c for c in code_cells(notebook) if "parameters" in c["tags"]]
     if not cells:
         raise ValueError(f"{notebook} has no cell tagged 'parameters'")
     out = {}
-    for node in ast.parse(cells[0].source).body:
+    for node in ast.parse(cells[0]["source"]).body:
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     out[target.id] = ast.literal_eval(node.value)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a stage notebook's figures depend on
+
+
+PLOTTING = ROOT / "advlib" / "plotting.py"
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _definitions(source: str) -> tuple[list[str], dict[str, str]]:
+    """A module's top-level statements that define no function or class (imports, constants, style), as source,
+    and {name: source} of its functions and classes (decorators included)."""
+    lines = source.splitlines(keepends=True)
+    other, defs = [], {}
+    for node in ast.parse(source).body:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        text = "".join(lines[start - 1:node.end_lineno])
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defs[node.name] = text
+        else:
+            other.append(text)
+    return other, defs
+
+
+def plot_code_digest(notebook: str | os.PathLike, plotting: str | os.PathLike = PLOTTING) -> str:
+    """SHA-256 of the part of ``advlib/plotting.py`` that a stage notebook can reach.
+
+    That part is every top-level statement that is not a function (imports, colours, the shared style), and every
+    function named in the notebook's code or in another advlib module (the explorer draws too), with the functions
+    those name in turn. Names are matched as words, so a mention in a comment counts too: the digest may change
+    when nothing the notebook runs did, never the other way round. The workflow re-runs a notebook when this digest
+    changes instead of on any change to plotting.py: editing one figure's function re-runs only the stages that
+    draw it (and the narrative that shows them), while a change to the shared style re-runs them all.
+    """
+    plotting = Path(plotting)
+    other, defs = _definitions(plotting.read_text())
+    used = "\n".join(c["source"] for c in code_cells(notebook))
+    used += "\n".join(m.read_text() for m in sorted(plotting.parent.glob("*.py")) if m.name != plotting.name)
+    todo, reached = set(_NAME.findall(used)) & defs.keys(), set()
+    while todo:
+        name = todo.pop()
+        reached.add(name)
+        todo |= (set(_NAME.findall(defs[name])) & defs.keys()) - reached
+    h = hashlib.sha256()
+    for text in other + [defs[name] for name in sorted(reached)]:
+        h.update(text.encode())
+    return h.hexdigest()
 
 
 class ConfigError(ValueError):
@@ -242,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     files.add_argument("--replace", default="*.json", help="the earlier files these replace (a glob in folder)")
     files.add_argument("results", nargs="+")
     args = parser.parse_args(argv)
+    skip_iri_format_checker()
     if args.command == "notebook":
         run_notebook(args.source, args.output, json.loads(args.params))
     elif args.command == "publish-files":

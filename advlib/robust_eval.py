@@ -35,9 +35,9 @@ from advlib.cache import model_digest
 from advlib.io import atomic_write_json
 from advlib.metrics import rate
 from advlib.model import fold_batchnorm
+from advlib.pipeline import AA_BATCH
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
-AA_BATCH = 250  # AutoAttack's default batch: its attacks reseed per batch, so results depend on the grouping
 
 
 class PixelInput(nn.Module):

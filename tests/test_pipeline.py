@@ -268,10 +268,15 @@ def test_rerun_is_incremental(repo_copy):
     narrative = repo_copy / "notebooks" / "06_report.ipynb"
     plot_text, narrative_text = plot.read_text(), narrative.read_text()
     try:
-        plot.write_text(plot_text + "\n# a change to the plotting code\n")
+        plot.write_text(plot_text + "\n# a comment in the plotting code\n")  # nothing a notebook runs
+        assert planned_jobs(repo_copy, "report", *config) == {}
+        # one figure's function: its stage (03) and the narrative that shows the figure
+        plot.write_text(plot_text.replace('"max-softmax confidence (%)"', '"max-softmax confidence, %"', 1))
+        assert planned_jobs(repo_copy, "report", *config) == {"notebook": 2, "html": 1, "publish": 1, "report": 1}
+        # the shared style: every stage, and still no model or PGD curve
+        plot.write_text(plot_text.replace('"font.size": 11,', '"font.size": 12,', 1))
         jobs = planned_jobs(repo_copy, "report", *config)
-        assert "model" not in jobs and "robust_model" not in jobs and "pgd_curve" not in jobs, jobs
-        assert jobs.get("notebook", 0) >= 5 and "publish" in jobs, jobs
+        assert jobs == {"notebook": len(pipeline.STAGES), "html": 1, "publish": 1, "report": 1}, jobs
         plot.write_text(plot_text)
         narrative.write_text(narrative_text.replace("## Objective", "## Objective (edited)"))
         assert planned_jobs(repo_copy, "report", *config) == {"notebook": 1, "html": 1, "publish": 1, "report": 1}
@@ -281,6 +286,35 @@ def test_rerun_is_incremental(repo_copy):
     assert planned_jobs(repo_copy, "report", *config) == {}, "restoring the content restores the state"
     forced = planned_jobs(repo_copy, "report", "--forceall", *config)
     assert forced["model"] == 1 and forced["robust_model"] == 1
+
+
+def _plot_digests(plotting: Path) -> dict[str, str]:
+    return {s: pipeline.plot_code_digest(ROOT / "notebooks" / f"{s}.ipynb", plotting) for s in pipeline.STAGES}
+
+
+def test_plot_code_digest_follows_the_functions_a_notebook_reaches(tmp_path):
+    """A stage depends on the plotting functions it names, those they call, and everything that is not a function;
+    changing one figure's function changes the digest of the stages that draw it, and only theirs."""
+    (tmp_path / "explorer.py").write_text((ROOT / "advlib" / "explorer.py").read_text())  # it draws, for all
+    plotting = tmp_path / "plotting.py"
+    text = (ROOT / "advlib" / "plotting.py").read_text()
+    plotting.write_text(text)
+    before = _plot_digests(plotting)
+
+    def changed(new_text: str) -> set[str]:
+        plotting.write_text(new_text)
+        after = _plot_digests(plotting)
+        return {s for s in pipeline.STAGES if after[s] != before[s]}
+
+    assert changed(text + "\n# a comment\n") == set()
+    assert changed(text.replace('"max-softmax confidence (%)"', '"confidence (%)"', 1)) == {"03_confidence"}
+    assert changed(text.replace('"Figure 3: ', '"Fig. 3: ', 1)) == {"02_sweep"}
+    # a helper called by a figure's function: the stages drawing such figures
+    helper = changed(text.replace("def _log_y(ax) -> None:\n", "def _log_y(ax) -> None:\n    pass\n", 1))
+    assert "03_confidence" in helper and "07_seed_study" not in helper
+    # the explorer's picture is drawn through advlib.explorer, which every stage's code includes
+    assert changed(text.replace("def plot_explorer(", "def plot_explorer(  # edited\n", 1)) == set(pipeline.STAGES)
+    assert changed(text.replace('"font.size": 11,', '"font.size": 12,', 1)) == set(pipeline.STAGES)
 
 
 def test_seed_study_fans_out_one_training_per_seed(repo_copy):
@@ -321,6 +355,8 @@ def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
     # seed 0 of the study is the same run as the report's seed 0: same configuration, same numbers
     seed0 = load_metrics(repo_copy / "figures" / "seed_study" / "seed_0.json")
     assert seed0["training"]["test_accuracy"] == metrics["training"]["test_accuracy"]
+    assert seed0["sweep"]["rows"] == metrics["sweep"]["rows"]
+    assert seed0["sweep"]["full_test_set"]["rows"] is None  # a seed run skips what the seed study does not read
 
 
 def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
