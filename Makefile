@@ -58,8 +58,7 @@ NBVAL_DIR := test-artifacts/nbval
 TEST_THREADS ?= $(or $(OMP_NUM_THREADS),1)
 
 test: data  ## everything CI runs
-	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=$(TEST_THREADS) -- $(TEST_RUN)/artifacts/pgd/model.json \
-		$(TEST_RUN)/artifacts/pgd/robust_model.json
+	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=$(TEST_THREADS) -- pgd_curves
 	rm -rf "$(NBVAL_DIR)" && mkdir -p "$(NBVAL_DIR)"
 	cp -r report figures "$(NBVAL_DIR)/"
 	ln -sfn ../../data "$(NBVAL_DIR)/data" && ln -sfn ../run/artifacts "$(NBVAL_DIR)/artifacts"

@@ -40,9 +40,11 @@ REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.htm
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
 EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "advlib/robust_eval.py"]
 
-# 05_defense's PGD curves, one job per model: they run beside the training and the other stages, and fill the stage
-# cache (advlib.cache) where the notebook finds them
-PGD_CURVES = ["artifacts/pgd/model.json", "artifacts/pgd/robust_model.json"]
+# 05_defense's PGD curves, in PGD_PARTS jobs per model (part k: eps_grid[k::PGD_PARTS]): they run beside the
+# training and the other stages (the robust model's on both cores once it is trained), and fill the stage cache
+# (advlib.cache) where the notebook finds them
+PGD_PARTS = 2
+PGD_CURVES = [f"artifacts/pgd/{m}_part{k}.json" for m in ("model", "robust_model") for k in range(PGD_PARTS)]
 PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "cache", "checkpoint", "data", "stage")]
 
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
@@ -87,7 +89,7 @@ wildcard_constraints:
     run=r"(?!figures(/|$)).+"
 
 
-localrules: report, run, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
+localrules: report, run, pgd_curves, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
     publish_robustness, seed_result,
     seed_input, robustness_input, autoattack_merge
 
@@ -100,6 +102,11 @@ rule report:
 rule run:
     """Every stage and the HTML page in the run directory, without publishing (for runs elsewhere)."""
     input: REPORT
+
+
+rule pgd_curves:
+    """Both models and 05_defense's PGD curves in the run directory (make test trains these before nbval)."""
+    input: [f"{RUN}/{c}" for c in PGD_CURVES]
 
 
 rule seed_study:
@@ -145,12 +152,13 @@ rule pgd_curve:
     """05_defense's PGD curve of one model, into the stage cache; the notebook finds it there."""
     input: PGD_CODE, model="{run}/artifacts/{model}.pt", images="{run}/artifacts/model.pt",
            data=ancient("{run}/data")
-    output: "{run}/artifacts/pgd/{model}.json"
+    output: "{run}/artifacts/pgd/{model}_part{part}.json"
     params: p=lambda w: run_params(w, "05_defense", ["n_samples", "eps_grid", "pgd_steps", "seed", "device"])
-    wildcard_constraints: model="model|robust_model"
+    wildcard_constraints: model="model|robust_model", part=r"\d+"
     threads: THREADS
     resources: mem_mb=1500, runtime=20
-    shell: "{PY:q} -m advlib.stage pgd --model {wildcards.model}.pt --out {output:q} "
+    shell: "{PY:q} -m advlib.stage pgd --model {wildcards.model}.pt --part {wildcards.part} --parts {PGD_PARTS} "
+           "--out {output:q} "
            "--artifact-dir {wildcards.run:q}/artifacts --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 

@@ -139,16 +139,20 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 
 
 def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
-              params: dict) -> list[dict]:
+              params: dict, part: int = 0, parts: int = 1) -> list[dict]:
     """05_defense's PGD curve of one model, through the stage cache (:mod:`advlib.cache`), where the notebook's
-    :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at every
+    :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at the
     eps of ``params["eps_grid"]`` (normalized units) on the attack set of ``params["n_samples"]`` images, with
-    05_defense's pgd_steps, seed and device. Returns one :func:`advlib.metrics.rate` row per eps."""
+    05_defense's pgd_steps, seed and device. ``part`` k of ``parts`` n takes every n-th eps from the k-th
+    (eps_grid[k::n]): each eps is computed on its own, so the parts run in parallel and give the numbers of one
+    whole curve. Returns one :func:`advlib.metrics.rate` row per eps of the part."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must lie in 0..{parts - 1}, got {part}")
     s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"])
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
-    return pgd_rows(net, s.x, s.y, params["eps_grid"], pgd_steps=params["pgd_steps"], seed=params["seed"],
-                    cache=stage_cache(artifact_dir))
+    return pgd_rows(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
+                    seed=params["seed"], cache=stage_cache(artifact_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1, help="channel multiplier (threat: the capacity study)")
     parser.add_argument("--artifact-dir", help="pgd: the folder of the checkpoints and the stage cache")
     parser.add_argument("--model", choices=[STANDARD_MODEL, ROBUST_MODEL], help="pgd: the attacked model")
+    parser.add_argument("--part", type=int, default=0, help="pgd: this part's eps are eps_grid[part::parts]")
+    parser.add_argument("--parts", type=int, default=1, help="pgd: how many parts the curve is cut into")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -169,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "pgd":
         if args.artifact_dir is None or args.model is None:
             parser.error("pgd needs --artifact-dir and --model")
-        rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, params)
-        atomic_write_json(args.out, {"model": args.model, "pgd": rows})
+        rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, params, args.part, args.parts)
+        atomic_write_json(args.out, {"model": args.model, "part": args.part, "parts": args.parts, "pgd": rows})
         return 0
     config = {"standard": standard_config, "robust": robust_config, "threat": threat_config}[args.kind](params)
     train_or_load(args.out, config, model_config=widened(args.width), data_dir=args.data_dir,

@@ -209,9 +209,9 @@ def markdown(results: dict) -> str:
         lines.append(f"Not measured: {wf['not_measured']}.")
     elif wf:
         lines += [f"`--config {' '.join(wf['config'])}`.", "", "| run | seconds |", "|---|---|"]
-        runs = {"from scratch": wf["from_scratch"], "after changing " + wf["after_plot_change"]["changed"]:
-                wf["after_plot_change"], "after changing " + wf["after_narrative_change"]["changed"]:
-                wf["after_narrative_change"]}
+        runs = {"from scratch": wf["from_scratch"]}
+        runs.update({f"after changing {r['changed']}; re-ran {', '.join(r['jobs']) or 'nothing'}": r
+                     for k, r in wf.items() if k.startswith("after_")})
         lines += [f"| {name} | {r['seconds']:.1f} |" for name, r in runs.items()]
         st = wf["seed_study"]
         lines.append(f"| seed study, {st['seeds']} seeds | {st['seconds']:.1f}"

@@ -2,8 +2,9 @@
 
 - from scratch: ``snakemake --cores 2 run --config run_dir=build/bench`` after installation (data linked, venv
   installed, no model and no executed notebook yet): what ``make report`` runs, without publishing;
-- incremental: the same command again after changing ``advlib/plotting.py`` (a plot changed: the stage notebooks
-  re-run, no model retrains), then after changing ``notebooks/06_report.ipynb`` (the narrative);
+- incremental: the same command again after changing one figure's function in ``advlib/plotting.py`` (its stage
+  and the narrative re-run, no model retrains), after changing ``notebooks/06_report.ipynb`` (the narrative), and
+  after changing the figures' shared style (every stage notebook re-runs);
 - peak memory: each notebook kernel's and each training job's peak resident memory (VmHWM), sampled;
 - the seed study as the target counts it, training + sweep per seed: ``snakemake --cores 2
   figures/seed_study/.published --config seeds=0-9`` (the standard model's part of ``make seeds``), or 2 seeds
@@ -25,9 +26,25 @@ from benchmarks.common import ROOT, Settings, Watched, loadavg, watch
 CORES = 2  # the targets are stated for 2 cores
 RUN_DIR = "build/bench"
 SEED_STUDY_SEEDS = 10  # the target's seed count
-# A change Snakemake sees: it compares input checksums, so a mere touch re-runs nothing.
-CHANGED = {"plot": ("advlib/plotting.py", lambda text: text + "\n# a changed plot\n"),
-           "narrative": ("notebooks/06_report.ipynb", lambda text: text.replace("## Objective", "## Objective.", 1))}
+# Changes Snakemake sees (it compares checksums and params, so a mere touch re-runs nothing): {what: (file, old
+# text, new text, description)}. "plot" and "narrative" are the target's; "style" (every figure) is shown beside.
+CHANGED = {
+    "plot": ("advlib/plotting.py", '"max-softmax confidence (%)"', '"max-softmax confidence, %"',
+             "one figure (Figure 8's axis label in advlib/plotting.py)"),
+    "narrative": ("notebooks/06_report.ipynb", "## Objective", "## Objective.", "the narrative (notebooks/06_report.ipynb)"),
+    "style": ("advlib/plotting.py", '"font.size": 11,', '"font.size": 12,',
+              "the shared figure style (advlib/plotting.py's _STYLE: every figure)"),
+}
+
+
+def change(repo: Path, what: str) -> str:
+    """Apply CHANGED[what] in the copy; returns its description."""
+    path, old, new, description = CHANGED[what]
+    text = (repo / path).read_text()
+    if old not in text:
+        raise RuntimeError(f"benchmarks/workflow.py: {old!r} is no longer in {path}; update CHANGED")
+    (repo / path).write_text(text.replace(old, new, 1))
+    return description
 
 
 def copy_clone(dest: Path) -> Path:
@@ -61,8 +78,8 @@ def jobs(watched: Watched) -> dict:
             return None
         if m := re.search(r"-m advlib\.pipeline notebook \S*?(\w+)\.ipynb", cmd):
             return m.group(1)
-        if m := re.search(r"-m advlib\.stage pgd --model (\w+)\.pt", cmd):
-            return f"PGD curve of {m.group(1)}.pt"
+        if m := re.search(r"-m advlib\.stage pgd --model (\w+)\.pt(?: --part (\d+))?", cmd):
+            return f"PGD curve of {m.group(1)}.pt" + (f", part {m.group(2)}" if m.group(2) else "")
         if m := re.search(r"-m advlib\.stage (\w+)", cmd):
             return f"train {m.group(1)} model"
         return None
@@ -95,10 +112,10 @@ def run(settings: Settings, say=print, all_seeds: bool = False) -> dict:
         repo = copy_clone(Path(tmp) / "repo")
         say(f"  from scratch: snakemake --cores {CORES} run --config {' '.join(config)} (in {repo}) ...")
         section["from_scratch"] = snakemake(repo, "run", config, timeout=3600)
-        for what, (path, change) in CHANGED.items():
-            (repo / path).write_text(change((repo / path).read_text()))
-            say(f"  again after changing {path} ...")
-            section[f"after_{what}_change"] = {"changed": path, **snakemake(repo, "run", config, timeout=1800)}
+        for what in CHANGED:
+            description = change(repo, what)
+            say(f"  again after changing {description} ...")
+            section[f"after_{what}_change"] = {"changed": description, **snakemake(repo, "run", config, timeout=1800)}
         seeds = SEED_STUDY_SEEDS if all_seeds else 2
         say(f"  seed study, seeds 0-{seeds - 1} ...")
         # the target's seed study: training + sweep per seed (publish_seeds); `make seeds` also retrains and

@@ -3,6 +3,9 @@ published. Its own module and copy, so that `make test`'s second pytest worker r
 that share the `repo_copy` run (tests/conftest.py)."""
 from __future__ import annotations
 
+import json
+
+from advlib.results import load_metrics
 from conftest import copy_repo, run_make, tree_digest
 
 
@@ -15,3 +18,13 @@ def test_make_quick_runs_elsewhere_and_publishes_nothing(tmp_path, data_root):
     assert (out / "report" / "index.html").is_file() and (out / "figures" / "graph3_epsilon_vs_accuracy.png").is_file()
     assert not (repo / "build" / "run").exists(), "make quick worked in the report's run directory"
     assert tree_digest(repo / "report", repo / "figures", repo / "README.md") == before
+    # 05's PGD curves came from the workflow's PGD jobs, two per model, through the stage cache: the parts together
+    # are the curves the notebook reports, and the notebook computed no PGD number itself
+    jobs = [json.loads(p.read_text()) for p in (out / "artifacts" / "pgd").glob("*.json")]
+    assert sorted((j["model"], j["part"]) for j in jobs) == [("model.pt", 0), ("model.pt", 1), ("robust_model.pt", 0),
+                                                              ("robust_model.pt", 1)]
+    curves = load_metrics(out / "figures" / "metrics.json")["defense"]["curves"]
+    for name, file in (("standard", "model.pt"), ("robust", "robust_model.pt")):
+        from_jobs = sorted((r["eps"], r["k"], r["n"]) for j in jobs if j["model"] == file for r in j["pgd"])
+        assert from_jobs == sorted((r["eps"], r["k"], r["n"]) for r in curves[name]["pgd"])
+    assert len(list((out / "artifacts" / "cache").glob("pgd_accuracy-*.pt"))) == 2 * 3  # 2 models x 3 eps
