@@ -12,7 +12,7 @@
 #
 # Every job works in a run directory laid out like the repository (data/, artifacts/, figures/, report/), so the
 # notebooks' relative default paths hold everywhere. The two models are trained by their own jobs (same function as
-# the notebooks call, advlib.stage.train_or_load), so changing a plot or the narrative never retrains a model; stage
+# the notebooks call, advlib.recipe.train_or_load), so changing a plot or the narrative never retrains a model; stage
 # 5's PGD curves are jobs too (rule pgd_curve), whose results the notebook finds in the stage cache (advlib/cache.py).
 import json
 from pathlib import Path
@@ -34,7 +34,7 @@ PY = sys.executable
 # what a notebook job runs: every module but the README generator and the HTML export, which no notebook imports,
 # and the plotting module, of which each notebook depends only on the part it reaches (rule notebook's `plots`)
 CODE = sorted(str(p) for p in Path("advlib").glob("*.py") if p.stem not in ("readme", "html_report", "plotting"))
-TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint", "stage")]
+TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint", "recipe")]
 ROBUST_TRAIN_CODE = TRAIN_CODE + ["advlib/attacks.py"]
 REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
@@ -45,7 +45,7 @@ EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "advlib/robust_eval.py"]
 # (advlib.cache) where the notebook finds them
 PGD_PARTS = 2
 PGD_CURVES = [f"artifacts/pgd/{m}_part{k}.json" for m in ("model", "robust_model") for k in range(PGD_PARTS)]
-PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "cache", "checkpoint", "data", "stage")]
+PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "cache", "checkpoint", "data", "recipe", "stage")]
 
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
 NEEDS = {
@@ -133,7 +133,7 @@ rule model:
     params: p=lambda w: run_params(w, "01_train", STANDARD_KEYS)
     threads: THREADS
     resources: mem_mb=2000, runtime=30
-    shell: "{PY:q} -m advlib.stage standard --out {output:q} --data-dir {input.data:q} --threads {threads} "
+    shell: "{PY:q} -m advlib.recipe standard --out {output:q} --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 
 
@@ -144,7 +144,7 @@ rule robust_model:
     params: p=lambda w: run_params(w, "05_defense", ROBUST_KEYS)
     threads: THREADS
     resources: mem_mb=2000, runtime=60
-    shell: "{PY:q} -m advlib.stage robust --out {output:q} --data-dir {input.data:q} --threads {threads} "
+    shell: "{PY:q} -m advlib.recipe robust --out {output:q} --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 
 
@@ -289,7 +289,7 @@ rule threat_model:
     params: p=lambda w: json.dumps({k: ROBUST[k] for k in THREAT_KEYS}, sort_keys=True)
     threads: THREADS
     resources: mem_mb=2000, runtime=240
-    shell: "{PY:q} -m advlib.stage threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
+    shell: "{PY:q} -m advlib.recipe threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
            "--threads {threads} --params {params.p:q}"
 
 

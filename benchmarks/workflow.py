@@ -80,7 +80,7 @@ def jobs(watched: Watched) -> dict:
             return m.group(1)
         if m := re.search(r"-m advlib\.stage pgd --model (\w+)\.pt(?: --part (\d+))?", cmd):
             return f"PGD curve of {m.group(1)}.pt" + (f", part {m.group(2)}" if m.group(2) else "")
-        if m := re.search(r"-m advlib\.stage (\w+)", cmd):
+        if m := re.search(r"-m advlib\.recipe (\w+)", cmd):
             return f"train {m.group(1)} model"
         return None
 

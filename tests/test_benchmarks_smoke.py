@@ -122,7 +122,7 @@ def test_workflow_jobs_are_read_from_the_process_tree():
             "first_s": 10.2, "last_s": 29.8},
         4: {"ppid": 3, "cmd": f"{py} -m ipykernel_launcher -f /tmp/kernel.json", "peak_rss_mb": 700,
             "first_s": 11, "last_s": 29},
-        5: {"ppid": 1, "cmd": f"{py} -m advlib.stage robust --out build/bench/artifacts/robust_model.pt",
+        5: {"ppid": 1, "cmd": f"{py} -m advlib.recipe robust --out build/bench/artifacts/robust_model.pt",
             "peak_rss_mb": 500, "first_s": 0.2, "last_s": 40.2},
     }
     found = jobs(Watched(0, "", "", 60.0, 1000.0, procs))

@@ -209,7 +209,7 @@ def test_parse_seeds_rejects_nonsense(bad):
         pipeline.parse_seeds(bad)
 
 
-# the parameters that advlib.stage's config builders read from a stage's recorded parameters
+# the parameters that advlib.recipe's config builders read from a stage's recorded parameters
 CONFIG_READS = {"standard_config": {"seed", "device", "epochs", "batch_size", "lr"},
                 "robust_config": {"seed", "device", "epochs", "batch_size", "lr", "adv_mode", "adv_eps"}}
 

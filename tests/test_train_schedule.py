@@ -1,5 +1,5 @@
 """The training options of the threat-model study: the cyclic learning rate and the eps ramp (step_schedule and
-train()'s use of it), TrainConfig's checks, model.widened and stage.threat_config. Tiny trainings only (256
+train()'s use of it), TrainConfig's checks, model.widened and recipe.threat_config. Tiny trainings only (256
 images, a second or two each)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import advlib.train as train_module
 from advlib.model import ResNetConfig, SmallResNet, count_parameters, widened
-from advlib.stage import threat_config
+from advlib.recipe import threat_config
 from advlib.train import TrainConfig, step_schedule, train
 
 # ---------------------------------------------------------------------------------------------------------------
