@@ -266,7 +266,8 @@ def test_rerun_is_incremental(repo_copy):
     assert planned_jobs(repo_copy, "report", *config) == {}, "a finished run has nothing left to do"
     plot = repo_copy / "advlib" / "plotting.py"
     narrative = repo_copy / "notebooks" / "06_report.ipynb"
-    plot_text, narrative_text = plot.read_text(), narrative.read_text()
+    stage = repo_copy / "advlib" / "stage.py"
+    plot_text, narrative_text, stage_text = plot.read_text(), narrative.read_text(), stage.read_text()
     try:
         plot.write_text(plot_text + "\n# a comment in the plotting code\n")  # nothing a notebook runs
         assert planned_jobs(repo_copy, "report", *config) == {}
@@ -278,11 +279,17 @@ def test_rerun_is_incremental(repo_copy):
         jobs = planned_jobs(repo_copy, "report", *config)
         assert jobs == {"notebook": len(pipeline.STAGES), "html": 1, "publish": 1, "report": 1}, jobs
         plot.write_text(plot_text)
+        # the attack stages' prologue and the PGD job: the attack jobs re-run, the models do not retrain
+        stage.write_text(stage_text + "\n\ndef a_new_helper():\n    return None\n")
+        jobs = planned_jobs(repo_copy, "report", *config)
+        assert "model" not in jobs and "robust_model" not in jobs and jobs.get("pgd_curve") == 4, jobs
+        stage.write_text(stage_text)
         narrative.write_text(narrative_text.replace("## Objective", "## Objective (edited)"))
         assert planned_jobs(repo_copy, "report", *config) == {"notebook": 1, "html": 1, "publish": 1, "report": 1}
     finally:
         plot.write_text(plot_text)
         narrative.write_text(narrative_text)
+        stage.write_text(stage_text)
     assert planned_jobs(repo_copy, "report", *config) == {}, "restoring the content restores the state"
     forced = planned_jobs(repo_copy, "report", "--forceall", *config)
     assert forced["model"] == 1 and forced["robust_model"] == 1
