@@ -144,4 +144,7 @@ def make_test(say=print) -> dict:
                 (repo / "benchmarks" / name).write_bytes(committed.stdout)
         say(f"  make test in {repo} ...")
         done = watch(["make", "--no-print-directory", "test"], cwd=repo, timeout=3600, interval=1.0)
-    return {"seconds": done.wall_s, "returncode": done.returncode, "stdout_tail": done.stdout[-2000:]}
+    # what failed, and why (pytest's "E" lines), beside the tail: the tail alone keeps only the summary
+    why = [line for line in done.stdout.splitlines() if line.startswith(("E ", "FAILED ", "ERROR "))]
+    return {"seconds": done.wall_s, "returncode": done.returncode, "failures": why[:60],
+            "stdout_tail": done.stdout[-2000:]}
