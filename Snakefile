@@ -211,7 +211,7 @@ rule publish:
 
 
 rule seed_result:
-    input: "build/seeds/seed_{seed}/report/02_sweep.ipynb", "build/seeds/seed_{seed}/report/01_train.ipynb"
+    input: [f"build/seeds/seed_{{seed}}/report/{stage}.ipynb" for stage in SEED_STUDY_STAGES]
     output: "build/seeds/seed_{seed}.json"
     shell: "cp build/seeds/seed_{wildcards.seed}/figures/metrics.json {output:q}"
 

@@ -31,7 +31,8 @@ SEED_STUDY_SEEDS = 10  # the target's seed count
 CHANGED = {
     "plot": ("advlib/plotting.py", '"max-softmax confidence (%)"', '"max-softmax confidence, %"',
              "one figure (Figure 8's axis label in advlib/plotting.py)"),
-    "narrative": ("notebooks/06_report.ipynb", "## Objective", "## Objective.", "the narrative (notebooks/06_report.ipynb)"),
+    "narrative": ("notebooks/06_report.ipynb", "## Objective", "## Objective.",
+                  "the narrative (notebooks/06_report.ipynb)"),
     "style": ("advlib/plotting.py", '"font.size": 11,', '"font.size": 12,',
               "the shared figure style (advlib/plotting.py's _STYLE: every figure)"),
 }
