@@ -2,17 +2,20 @@
 
 Oracles: the shares' weighted gradients sum to the whole batch's gradient (autograd on the whole batch, with the
 model in eval mode so that BatchNorm does not depend on the batch); one process reproduces advlib.train.train
-exactly; synchronize sums gradients (and averages BatchNorm's statistics) over real processes.
+exactly; synchronize sums gradients (and averages BatchNorm's statistics) over real processes, step after step.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+import advlib.parallel
+
 from advlib.data import MNIST
-from advlib.parallel import Replica, train_data_parallel
+from advlib.parallel import Exchange, Replica, exchanged_numel, train_data_parallel
 from advlib.train import TrainConfig, train
 
 CONFIG = TrainConfig(epochs=1, batch_size=64, seed=3)
@@ -42,26 +45,40 @@ def test_weighted_shares_sum_to_the_whole_batch_gradient(untrained_model, test_b
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def _synchronize_worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _synchronize_worker(rank: int, exchange: Exchange, out: str) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    for p in model.parameters():
-        p.grad = torch.full_like(p, rank + 1.0) * torch.arange(p.numel()).view_as(p)
-    model[1].running_mean.fill_(rank + 1.0)
-    Replica(rank, 2).synchronize(model)
-    torch.save([p.grad for p in model.parameters()] + [model[1].running_mean], f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    replica = Replica(rank, 2, exchange)
+    results = []
+    for _ in range(3):  # three steps: both buffers, and the first one again
+        for p in model.parameters():
+            p.grad = torch.full_like(p, rank + 1.0) * torch.arange(p.numel()).view_as(p)
+        model[1].running_mean.fill_(rank + 1.0)
+        replica.synchronize(model)
+        results.append([p.grad.clone() for p in model.parameters()] + [model[1].running_mean.clone()])
+    torch.save(results, f"{out}/rank{rank}.pt")
 
 
 def test_synchronize_sums_gradients_and_averages_batchnorm_statistics(tmp_path):
-    from advlib.parallel import _free_port
-
-    torch.multiprocessing.spawn(_synchronize_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    exchange = Exchange(2, exchanged_numel(model), torch.multiprocessing.get_context("spawn"))
+    torch.multiprocessing.spawn(_synchronize_worker, args=(exchange, str(tmp_path)), nprocs=2)
     for rank in range(2):
-        *grads, running_mean = torch.load(tmp_path / f"rank{rank}.pt")
-        for g in grads:
-            assert torch.equal(g, 3.0 * torch.arange(g.numel()).view_as(g))  # (1 + 2) x the same pattern
-        assert torch.equal(running_mean, torch.full((2,), 1.5))  # (1 + 2) / 2
+        for *grads, running_mean in torch.load(tmp_path / f"rank{rank}.pt"):
+            for g in grads:
+                assert torch.equal(g, 3.0 * torch.arange(g.numel()).view_as(g))  # (1 + 2) x the same pattern
+            assert torch.equal(running_mean, torch.full((2,), 1.5))  # (1 + 2) / 2
+
+
+def test_synchronize_without_an_exchange_refuses_to_train_apart(untrained_model):
+    with pytest.raises(ValueError, match="no Exchange"):
+        Replica(0, 2).synchronize(untrained_model)
+
+
+def test_a_missing_process_breaks_the_exchange_instead_of_hanging(monkeypatch):
+    monkeypatch.setattr(advlib.parallel, "BARRIER_TIMEOUT_S", 0.2)
+    exchange = Exchange(2, 4, torch.multiprocessing.get_context("spawn"))
+    with pytest.raises(threading.BrokenBarrierError):
+        exchange.sum(0, torch.ones(4))  # rank 1 never comes
 
 
 def test_two_processes_keep_identical_weights(small, tmp_path):
