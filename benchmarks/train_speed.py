@@ -105,7 +105,7 @@ def run(settings: Settings, root: str, data: MNIST, say=print):
     load = [loadavg()]
     steps = settings.train_steps
     ds = textbook_dataset(root)
-    startup = []  # the data-parallel processes' start-up (spawn, imports, process group), outside the timing
+    startup = []  # the data-parallel processes' start-up (forkserver, imports), outside the timing
 
     def advlib_run(n: int = steps, **how) -> float:
         _, history, wall = advlib_train(subset(data, n * BATCH, BATCH), **how)
