@@ -49,10 +49,10 @@ def _synchronize_worker(rank: int, exchange: Exchange, out: str) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     replica = Replica(rank, 2, exchange)
     results = []
-    for _ in range(3):  # three steps: both buffers, and the first one again
+    for step in range(1, 4):  # three steps with other values each: both buffers, and the first one again
         for p in model.parameters():
-            p.grad = torch.full_like(p, rank + 1.0) * torch.arange(p.numel()).view_as(p)
-        model[1].running_mean.fill_(rank + 1.0)
+            p.grad = torch.full_like(p, (rank + 1.0) * step) * torch.arange(p.numel()).view_as(p)
+        model[1].running_mean.fill_((rank + 1.0) * step)
         replica.synchronize(model)
         results.append([p.grad.clone() for p in model.parameters()] + [model[1].running_mean.clone()])
     torch.save(results, f"{out}/rank{rank}.pt")
@@ -63,10 +63,10 @@ def test_synchronize_sums_gradients_and_averages_batchnorm_statistics(tmp_path):
     exchange = Exchange(2, exchanged_numel(model), torch.multiprocessing.get_context("spawn"))
     torch.multiprocessing.spawn(_synchronize_worker, args=(exchange, str(tmp_path)), nprocs=2)
     for rank in range(2):
-        for *grads, running_mean in torch.load(tmp_path / f"rank{rank}.pt"):
-            for g in grads:
-                assert torch.equal(g, 3.0 * torch.arange(g.numel()).view_as(g))  # (1 + 2) x the same pattern
-            assert torch.equal(running_mean, torch.full((2,), 1.5))  # (1 + 2) / 2
+        for step, (*grads, running_mean) in enumerate(torch.load(tmp_path / f"rank{rank}.pt"), start=1):
+            for g in grads:  # (1 + 2) x step x the same pattern
+                assert torch.equal(g, 3.0 * step * torch.arange(g.numel()).view_as(g)), step
+            assert torch.equal(running_mean, torch.full((2,), 1.5 * step)), step  # (1 + 2) x step / 2
 
 
 def test_synchronize_without_an_exchange_refuses_to_train_apart(untrained_model):
