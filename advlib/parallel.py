@@ -87,7 +87,7 @@ class Replica:
                                  "create one in the parent, Exchange(world_size, exchanged_numel(model), context)")
             return
         grads = [p.grad for p in model.parameters()]
-        stats = [b for b in model.buffers() if b.is_floating_point()]
+        stats = _statistics(model)
         flat = torch.cat([g.reshape(-1) for g in grads] + [b.reshape(-1) / self.world_size for b in stats])
         total = self.exchange.sum(self.rank, flat)
         offset = 0
@@ -96,10 +96,14 @@ class Replica:
             offset += t.numel()
 
 
+def _statistics(model: nn.Module) -> list[torch.Tensor]:
+    """The float buffers Replica.synchronize averages (BatchNorm's running mean and variance)."""
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
 def exchanged_numel(model: nn.Module) -> int:
-    """How many numbers Replica.synchronize exchanges for this model: its parameters and float buffers."""
-    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
-                                                            if b.is_floating_point())
+    """How many numbers Replica.synchronize exchanges for this model: a gradient per parameter, and its statistics."""
+    return sum(t.numel() for t in [*model.parameters(), *_statistics(model)])
 
 
 def train_data_parallel(data: MNIST, model_config: ResNetConfig = ResNetConfig(),
