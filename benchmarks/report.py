@@ -126,6 +126,19 @@ def _spread(stats: dict | None, scale: float = 1.0, digits: int = 2) -> str:
             f"{stats['max'] * scale:,.{digits}f}]")
 
 
+def cpu_budget(jobs: dict[str, dict], wall_s: float, cores: int = 2) -> str:
+    """One sentence on what bounds a workflow run: its jobs' seconds summed by kind (each job runs on one core),
+    that sum spread over the cores, and the run's wall time."""
+    kinds = {"trainings": 0.0, "PGD-curve jobs": 0.0, "notebooks": 0.0}
+    for name, job in jobs.items():
+        kind = "trainings" if name.startswith("train ") else "PGD-curve jobs" if name.startswith("PGD") else "notebooks"
+        kinds[kind] += job["seconds"]
+    total = sum(kinds.values())
+    parts = ", ".join(f"{kind} {seconds:.0f}" for kind, seconds in kinds.items())
+    return (f"The jobs add up to {total:.0f} CPU-seconds ({parts}): {total / cores:.0f} s on {cores} cores before "
+            f"any waiting, against {wall_s:.0f} s of wall time.")
+
+
 def markdown(results: dict) -> str:
     m, s = results["machine"], results["sections"]
     lines = [f"# Benchmarks ({results['mode']} run)", "", f"Command: `{results['command'].strip()}`.", "",
@@ -221,6 +234,7 @@ def markdown(results: dict) -> str:
                   "", "| job | seconds | peak memory MB |", "|---|---|---|"]
         lines += [f"| {name} | {j['seconds']:.1f} | {j['peak_rss_mb']:.0f} |"
                   for name, j in wf["from_scratch"]["jobs"].items()]
+        lines += ["", cpu_budget(wf["from_scratch"]["jobs"], wf["from_scratch"]["seconds"])]
     mt = results.get("make_test")
     if mt:
         lines += ["", f"`make test`: {mt['seconds']:.0f} s" + (f" ({mt['note']})" if mt.get("note") else "")

@@ -130,6 +130,17 @@ def test_workflow_jobs_are_read_from_the_process_tree():
                      "train robust model": {"seconds": pytest.approx(40.0), "peak_rss_mb": 500}}
 
 
+def test_cpu_budget_sums_the_jobs_by_kind():
+    from benchmarks.report import cpu_budget
+
+    jobs = {"train robust model": {"seconds": 100.0}, "train standard model": {"seconds": 60.0},
+            "PGD curve of model.pt, part 0": {"seconds": 30.0}, "01_train": {"seconds": 8.0},
+            "06_report": {"seconds": 2.0}}
+    assert cpu_budget(jobs, 120.0) == ("The jobs add up to 200 CPU-seconds (trainings 160, PGD-curve jobs 30, "
+                                       "notebooks 10): 100 s on 2 cores before any waiting, against 120 s of wall "
+                                       "time.")
+
+
 def test_sweep_sections(results):
     for key in ("sweep_subset", "sweep_full"):
         sw = results["sections"][key]
