@@ -86,6 +86,25 @@ def test_residual_block_skip():
     assert out.min().item() >= 0  # ReLU after the sum
 
 
+@pytest.mark.parametrize("in_ch,out_ch,stride", [(8, 8, 1), (8, 16, 2)])
+def test_residual_block_in_place_forward_matches_the_textbook_formula(in_ch, out_ch, stride):
+    # the oracle: ReLU(BN(conv(ReLU(BN(conv(x))))) + skip(x)) written out of place; the block computes it in place
+    torch.manual_seed(0)
+    block = ResidualBlock(in_ch, out_ch, stride).train()
+    x = torch.randn(4, in_ch, 16, 16, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = block(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    ref = torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x_ref))))) + block.skip(x_ref))
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=0)
+    for g, p in zip(grads, block.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
+
+
 def test_config_round_trip():
     cfg = ResNetConfig(stem_channels=4, block_channels=(4, 8), block_strides=(1, 2), num_classes=5)
     d = cfg.to_dict()
