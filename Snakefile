@@ -17,7 +17,7 @@
 import json
 from pathlib import Path
 
-from advlib.pipeline import (AA_BATCH, STAGES, SEED_STUDY_STAGES, ConfigError, parse_seeds, plot_code_digest,
+from advlib.pipeline import (AA_BATCH, STAGES, ConfigError, parse_seeds, plot_code_digest,
     resolve_config, skip_iri_format_checker)
 
 skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
@@ -61,12 +61,9 @@ NEEDS = {
 }
 
 
-# a seed run computes what the seed study reads (training and the attack-set sweep), not the whole-test-set sweep
-SEED_OVERRIDES = {"02_sweep": {"full_test_set": False}}
-
-
 def seed_params(stage, seed):
-    return {**PARAMS[stage], **SEED_OVERRIDES.get(stage, {}), "seed": int(seed)}
+    """A stage's parameters in seed `seed`'s run: the configured ones, with the seed substituted."""
+    return {**PARAMS[stage], "seed": int(seed)}
 
 
 STANDARD_KEYS = ["seed", "device", "epochs", "batch_size", "lr", "train_subset"]
@@ -90,8 +87,7 @@ wildcard_constraints:
 
 
 localrules: report, run, pgd_curves, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
-    publish_robustness, seed_result,
-    seed_input, robustness_input, autoattack_merge
+    publish_robustness, seed_input, robustness_input, autoattack_merge
 
 
 rule report:
@@ -211,9 +207,17 @@ rule publish:
 
 
 rule seed_result:
-    input: [f"build/seeds/seed_{{seed}}/report/{stage}.ipynb" for stage in SEED_STUDY_STAGES]
+    """One seed's numbers for the seed study: 01_train's test accuracy and 02_sweep's FGSM sweep of the seed's
+    model, by the calls the notebooks make (advlib.stage.seed_record), without their figures."""
+    input: PGD_CODE, model="build/seeds/seed_{seed}/artifacts/model.pt", data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/seed_{seed}.json"
-    shell: "cp build/seeds/seed_{wildcards.seed}/figures/metrics.json {output:q}"
+    params: train=lambda w: json.dumps({k: seed_params("01_train", w.seed)[k] for k in STANDARD_KEYS}),
+            sweep=lambda w: json.dumps({k: PARAMS["02_sweep"][k] for k in ("n_samples", "eps_grid", "device")})
+    threads: THREADS
+    resources: mem_mb=1500, runtime=10
+    shell: "{PY:q} -m advlib.stage seed --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
+           "--data-dir {input.data:q} --threads {threads} --params {params.sweep:q} --train-params {params.train:q} "
+           "--out {output:q}"
 
 
 def seed_robust_params(seed):

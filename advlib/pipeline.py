@@ -29,7 +29,6 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 
 STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "07_seed_study", "08_robustness",
           "06_report"]
-SEED_STUDY_STAGES = ["01_train", "02_sweep"]
 REPORT_NOTEBOOK = "06_report"
 # settings of the workflow itself (not notebook parameters), with their defaults
 WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}

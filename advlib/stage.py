@@ -4,6 +4,8 @@
   and the first ``n_samples`` correctly classified test images.
 - :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m advlib.stage pgd`` job; it
   fills the stage cache (:mod:`advlib.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
+- :func:`seed_record`: one seed's numbers for the seed study (07_seed_study), the workflow's
+  ``python -m advlib.stage seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures.
 - :func:`parameters`: the values a stage actually ran with (its notebook's defaults plus what papermill
   injected), for its metrics record.
 
@@ -21,13 +23,14 @@ from pathlib import Path
 import torch
 
 from advlib.cache import stage_cache
-from advlib.checkpoint import Checkpoint, load_checkpoint
+from advlib.attacks import fgsm_sweep, predict
+from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json
-from advlib.metrics import pgd_rows, select_correct
+from advlib.metrics import accuracy, pgd_rows, select_correct, sweep_metrics
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.recipe import ROBUST_MODEL, STANDARD_MODEL
-from advlib.results import require_file
+from advlib.results import plain, require_file
 
 
 def parameters(namespace: dict, stage: str) -> dict:
@@ -72,7 +75,7 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command line: the pipeline's training jobs
+# Command line: the workflow's evaluation jobs
 
 
 def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
@@ -92,22 +95,59 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
                     seed=params["seed"], cache=stage_cache(artifact_dir))
 
 
+def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, train_params: dict,
+                sweep_params: dict) -> dict:
+    """What the seed study reads of one seed's run, computed by the calls 01_train and 02_sweep make, so a seed's
+    numbers equal those of a report run with the same parameters; the figures, the training-set accuracy and the
+    whole-test-set sweep, which the study does not read, are left out.
+
+    Args:
+        artifact_dir: holds the seed's standard model (model.pt, trained by the workflow's model job).
+        train_params: 01_train's parameters of the run (seed, epochs, ...), recorded as they are.
+        sweep_params: 02_sweep's n_samples, eps_grid (normalized units) and device.
+    Returns:
+        {"training": {"test_accuracy" (%, all 10,000 test images), "history", "parameters", "environment"},
+         "sweep": {"n_samples", "eps_grid", "rows" (advlib.metrics.sweep_metrics), "parameters"}}: the sections
+        of metrics.json that 07_seed_study reads, with their keys.
+    """
+    s = attack_set(artifact_dir, data_dir, n_samples=sweep_params["n_samples"], device=sweep_params["device"])
+    _, clean_conf = predict(s.model, s.x)
+    rows = sweep_metrics(fgsm_sweep(s.model, s.x, s.y, sweep_params["eps_grid"]), clean_conf)
+    return {
+        "training": {"test_accuracy": accuracy(s.model, s.test_x, s.test_y), "history": s.checkpoint.history.to_dict(),
+                     "parameters": train_params, "environment": environment_info()},
+        "sweep": {"n_samples": sweep_params["n_samples"], "eps_grid": sweep_params["eps_grid"], "rows": rows,
+                  "parameters": {**sweep_params, "checkpoint_seed": s.checkpoint.train_config.get("seed")}},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="05_defense's PGD curve of one model (a part of its eps grid), "
-                                                 "into the stage cache and a JSON file.")
-    parser.add_argument("kind", choices=["pgd"])
-    parser.add_argument("--out", required=True, help="the curve's JSON")
-    parser.add_argument("--params", required=True, help="JSON object of 05_defense's parameters (eps_grid, ...)")
+    parser = argparse.ArgumentParser(description="An evaluation job of the workflow: 05_defense's PGD curve of one "
+                                                 "model (a part of its eps grid, into the stage cache), or one seed's "
+                                                 "numbers for the seed study; written to a JSON file.")
+    parser.add_argument("kind", choices=["pgd", "seed"])
+    parser.add_argument("--out", required=True, help="the result's JSON")
+    parser.add_argument("--params", required=True, help="JSON object of 05_defense's parameters (pgd: eps_grid, "
+                                                        "...) or of 02_sweep's (seed: n_samples, eps_grid, device)")
+    parser.add_argument("--train-params", help="seed: JSON object of 01_train's parameters, recorded with the result")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--artifact-dir", required=True, help="the folder of the checkpoints and the stage cache")
-    parser.add_argument("--model", required=True, choices=[STANDARD_MODEL, ROBUST_MODEL], help="the attacked model")
-    parser.add_argument("--part", type=int, default=0, help="this part's eps are eps_grid[part::parts]")
-    parser.add_argument("--parts", type=int, default=1, help="how many parts the curve is cut into")
+    parser.add_argument("--model", default=STANDARD_MODEL, choices=[STANDARD_MODEL, ROBUST_MODEL],
+                        help="pgd: the attacked model")
+    parser.add_argument("--part", type=int, default=0, help="pgd: this part's eps are eps_grid[part::parts]")
+    parser.add_argument("--parts", type=int, default=1, help="pgd: how many parts the curve is cut into")
     args = parser.parse_args(argv)
+    if args.kind == "seed" and args.train_params is None:
+        parser.error("seed needs --train-params (01_train's parameters of the run, as a JSON object)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, json.loads(args.params), args.part, args.parts)
+    params = json.loads(args.params)
+    if args.kind == "seed":
+        record = seed_record(args.artifact_dir, args.data_dir, json.loads(args.train_params), params)
+        atomic_write_json(args.out, plain(record))  # rounded as metrics.json is: a seed's numbers compare equal
+        return 0
+    rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, params, args.part, args.parts)
     atomic_write_json(args.out, {"model": args.model, "part": args.part, "parts": args.parts, "pgd": rows})
     return 0
 

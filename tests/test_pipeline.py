@@ -362,7 +362,19 @@ def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
     # seed 0 of the study is the same run as the report's seed 0: same configuration, same numbers
     seed0 = load_metrics(repo_copy / "figures" / "seed_study" / "seed_0.json")
     assert seed0["training"]["test_accuracy"] == metrics["training"]["test_accuracy"]
-    assert seed0["sweep"]["full_test_set"]["rows"] is None  # a seed run skips what the seed study does not read
+    assert seed0["sweep"]["rows"] == metrics["sweep"]["rows"]
+    # a seed run computes what the seed study reads (advlib.stage.seed_record), not the stages' figures
+    assert "full_test_set" not in seed0["sweep"]
+    assert not (repo_copy / "build" / "seeds" / "seed_0" / "report").exists()
+
+
+def test_seed_job_asks_for_the_training_parameters(capsys, tmp_path):
+    from advlib.stage import main
+
+    with pytest.raises(SystemExit):
+        main(["seed", "--out", str(tmp_path / "seed.json"), "--params", "{}", "--artifact-dir", str(tmp_path)])
+    assert "seed needs --train-params" in capsys.readouterr().err
+    assert not (tmp_path / "seed.json").exists()
 
 
 def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
