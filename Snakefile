@@ -209,7 +209,8 @@ rule publish:
 rule seed_result:
     """One seed's numbers for the seed study: 01_train's test accuracy and 02_sweep's FGSM sweep of the seed's
     model, by the calls the notebooks make (advlib.stage.seed_record), without their figures."""
-    input: PGD_CODE, model="build/seeds/seed_{seed}/artifacts/model.pt", data=ancient("build/seeds/seed_{seed}/data")
+    input: PGD_CODE + ["advlib/results.py"], model="build/seeds/seed_{seed}/artifacts/model.pt",
+           data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/seed_{seed}.json"
     params: train=lambda w: json.dumps({k: seed_params("01_train", w.seed)[k] for k in STANDARD_KEYS}),
             sweep=lambda w: json.dumps({k: PARAMS["02_sweep"][k] for k in ("n_samples", "eps_grid", "device")})
