@@ -326,7 +326,9 @@ def test_plot_code_digest_follows_the_functions_a_notebook_reaches(tmp_path):
 
 def test_seed_study_fans_out_one_training_per_seed(repo_copy):
     jobs = planned_jobs(repo_copy, "seed_study", "--config", "seeds=0-3", *SMALL.split())
-    assert jobs["model"] == 4 and jobs["publish_seeds"] == 1 and jobs["notebook"] == 8, jobs
+    # one training and one evaluation job per seed; no notebook runs (the seed study reads numbers, not figures)
+    assert jobs["model"] == 4 and jobs["seed_result"] == 4 and jobs["publish_seeds"] == 1, jobs
+    assert "notebook" not in jobs, jobs
     assert jobs["robust_model"] == 4 and jobs["seed_robust"] == 4 and jobs["publish_robust_seeds"] == 1, jobs
 
 
