@@ -133,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--artifact-dir", required=True, help="the folder of the checkpoints and the stage cache")
-    parser.add_argument("--model", default=STANDARD_MODEL, choices=[STANDARD_MODEL, ROBUST_MODEL],
-                        help="pgd: the attacked model")
+    parser.add_argument("--model", choices=[STANDARD_MODEL, ROBUST_MODEL], help="pgd: the attacked model")
     parser.add_argument("--part", type=int, default=0, help="pgd: this part's eps are eps_grid[part::parts]")
     parser.add_argument("--parts", type=int, default=1, help="pgd: how many parts the curve is cut into")
     args = parser.parse_args(argv)
     if args.kind == "seed" and args.train_params is None:
         parser.error("seed needs --train-params (01_train's parameters of the run, as a JSON object)")
+    if args.kind == "pgd" and args.model is None:
+        parser.error(f"pgd needs --model (the attacked model: {STANDARD_MODEL} or {ROBUST_MODEL})")
     if args.threads:
         torch.set_num_threads(args.threads)
     params = json.loads(args.params)

@@ -377,6 +377,9 @@ def test_seed_job_asks_for_the_training_parameters(capsys, tmp_path):
         main(["seed", "--out", str(tmp_path / "seed.json"), "--params", "{}", "--artifact-dir", str(tmp_path)])
     assert "seed needs --train-params" in capsys.readouterr().err
     assert not (tmp_path / "seed.json").exists()
+    with pytest.raises(SystemExit):  # and a PGD curve names the model it attacks, as before the seed job shared main
+        main(["pgd", "--out", str(tmp_path / "pgd.json"), "--params", "{}", "--artifact-dir", str(tmp_path)])
+    assert "pgd needs --model" in capsys.readouterr().err
 
 
 def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
