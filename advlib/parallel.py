@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Exchange:
         self.rows = torch.zeros(2, world_size, numel).share_memory_()
         self.barrier = context.Barrier(world_size)
         self.calls = 0  # per process: which buffer is next
+        self.waited_s = 0.0  # per process: seconds spent at the barrier, waiting for the others to arrive
 
     def sum(self, rank: int, flat: torch.Tensor) -> torch.Tensor:
         """flat (numel,) float32 of process `rank` -> the sum over the processes (numel,), the same in each.
@@ -59,7 +61,9 @@ class Exchange:
         rows = self.rows[self.calls % 2]
         self.calls += 1
         rows[rank].copy_(flat)
+        start = time.perf_counter()
         self.barrier.wait(BARRIER_TIMEOUT_S)
+        self.waited_s += time.perf_counter() - start
         return rows.sum(0)
 
 
@@ -114,8 +118,9 @@ def train_data_parallel(data: MNIST, model_config: ResNetConfig = ResNetConfig()
 
     History: step and epoch losses and training accuracy are the whole batch's (summed over the processes); test
     accuracy and seconds are rank 0's (seconds: its epochs, without the processes' start-up).
-    state_dir: also keep every process's final state there (``rank<r>.pt``: model, optimizer, history), e.g. to
-    check that they agree.
+    state_dir: also keep every process's final state there (``rank<r>.pt``: model, optimizer, history, and
+    exchange_wait_s, the seconds that process waited at the steps' exchanges for the others), e.g. to check that
+    they agree or to see what the lock-step costs.
 
     Returns:
         (model in eval mode, its Adam optimizer, History), as train() does.
@@ -165,5 +170,5 @@ def _worker(rank: int, world_size: int, exchange: Exchange, data: MNIST, model_c
     torch.set_num_threads(1)
     model, optimizer, history = train(data, model_config, config, progress=False,
                                       replica=Replica(rank, world_size, exchange))
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history.to_dict()},
-               out / f"rank{rank}.pt")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history.to_dict(),
+                "exchange_wait_s": exchange.waited_s}, out / f"rank{rank}.pt")

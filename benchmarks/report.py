@@ -166,6 +166,14 @@ def markdown(results: dict) -> str:
         lines += ["", f"Best: {tr['advlib_best']} against {tr['textbook_best']}, {tr['speedup']:.2f}x. Two "
                   f"single-thread processes against one: {tr['parallel_speedup_vs_1_thread']:.2f}x"
                   + (f" (plus {startup:.1f} s to start the processes, not in the rates)." if startup else ".")]
+        parallel = tr["pipelines"].get("data_parallel_2x1", {})
+        wait, exchange = parallel.get("exchange_wait_fraction"), parallel.get("exchange_seconds")
+        if wait and exchange:
+            share = exchange * tr["steps"] / parallel["seconds"]["median"]
+            lines += ["", f"The two processes step in lock-step: each waited {100 * wait['median']:.0f}% "
+                      f"[{100 * wait['min']:.0f}–{100 * wait['max']:.0f}%] of its epoch at the steps' gradient "
+                      "exchanges for the other, the slower one at that step. The exchange itself, between two "
+                      f"processes doing nothing else, takes {1e3 * exchange:.2f} ms ({100 * share:.1f}% of a run)."]
         ep = tr.get("epoch")
         if ep:
             lines += ["", f"One epoch on {ep['train_images']:,} images, BatchNorm statistics recomputed on "

@@ -21,7 +21,9 @@ evaluated on the same test tensors. Differences are paired by seed.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from advlib.data import MNIST
 from advlib.metrics import accuracy, wilson_interval
 from advlib.model import SmallResNet
-from advlib.parallel import train_data_parallel
+from advlib.parallel import Exchange, exchanged_numel, train_data_parallel
 from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
 from benchmarks.common import Settings, loadavg, per_second, summarize, time_interleaved
@@ -83,16 +85,25 @@ def textbook_train(ds, steps: int | None, num_workers: int, seed: int = SEED, wa
     return model, seconds
 
 
-def advlib_train(data: MNIST, seed: int = SEED, threads: int | None = None, parallel: bool = False) -> tuple:
+def advlib_train(data: MNIST, seed: int = SEED, threads: int | None = None, parallel: bool = False,
+                 waits: list | None = None) -> tuple:
     """advlib.train.train (with `threads` torch threads; None: as it is) or, with parallel, train_data_parallel over
-    2 single-thread processes: one epoch over data. Returns (model, History, wall seconds of the call)."""
+    2 single-thread processes: one epoch over data. Returns (model, History, wall seconds of the call).
+    waits: with parallel, gets the mean over the processes of the fraction of its epoch each spent waiting at the
+    steps' gradient exchanges for the other (advlib.parallel's lock-step)."""
     config = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, seed=seed)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     start = time.perf_counter()
     try:
         if parallel:
-            model, _, history = train_data_parallel(data, config=config, world_size=2, progress=False)
+            with tempfile.TemporaryDirectory(prefix="advlib-bench-dp-") as tmp:
+                model, _, history = train_data_parallel(data, config=config, world_size=2, progress=False,
+                                                        state_dir=tmp)
+                if waits is not None:
+                    states = [torch.load(path, weights_only=True) for path in sorted(Path(tmp).glob("rank*.pt"))]
+                    waits.append(statistics.mean(st["exchange_wait_s"] / st["history"]["seconds"][0]
+                                                 for st in states))
         else:
             model, _, history = train(data, config=config, progress=False)
     finally:
@@ -106,9 +117,10 @@ def run(settings: Settings, root: str, data: MNIST, say=print):
     steps = settings.train_steps
     ds = textbook_dataset(root)
     startup = []  # the data-parallel processes' start-up (forkserver, imports), outside the timing
+    waits = []  # the data-parallel processes' time waiting for each other, as a fraction of their epoch
 
     def advlib_run(n: int = steps, **how) -> float:
-        _, history, wall = advlib_train(subset(data, n * BATCH, BATCH), **how)
+        _, history, wall = advlib_train(subset(data, n * BATCH, BATCH), waits=waits, **how)
         if how.get("parallel"):
             startup.append(wall - history.seconds[0])
         return history.seconds[0]
@@ -121,9 +133,13 @@ def run(settings: Settings, root: str, data: MNIST, say=print):
     say(f"  {', '.join(runs)}: a short warm-up, then {steps} steps, {settings.train_repeats} interleaved rounds ...")
     for fn in runs.values():
         fn(min(10, steps))
+    startup.clear()  # the warm-up's
+    waits.clear()
     seconds, _ = time_interleaved(runs, settings.train_repeats, warmup=False, self_timed=True)
     pipelines = {name: {"seconds": s, "images_per_s": per_second(s, steps * BATCH)} for name, s in seconds.items()}
     pipelines[PARALLEL]["startup_seconds"] = summarize(startup)
+    pipelines[PARALLEL]["exchange_wait_fraction"] = summarize(waits)
+    pipelines[PARALLEL]["exchange_seconds"] = exchange_seconds()
     rate = {name: p["images_per_s"]["median"] for name, p in pipelines.items()}
     textbook_best = max((k for k in rate if k.startswith("textbook")), key=rate.get)
     advlib_best = max((k for k in rate if not k.startswith("textbook")), key=rate.get)
@@ -137,6 +153,30 @@ def run(settings: Settings, root: str, data: MNIST, say=print):
     load.append(loadavg())
     section["loadavg"] = load
     return section, model
+
+
+def _exchange_worker(rank: int, exchange: Exchange, rounds: int, out: str) -> None:
+    torch.set_num_threads(1)
+    flat = torch.ones(exchange.rows.shape[-1])
+    for _ in range(10):  # untimed: the two processes start at different moments
+        exchange.sum(rank, flat)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        exchange.sum(rank, flat)
+    if rank == 0:
+        Path(out).write_text(str((time.perf_counter() - start) / rounds))
+
+
+def exchange_seconds(rounds: int = 1000) -> float:
+    """Seconds per gradient exchange of advlib.parallel between 2 processes doing nothing else (the model's
+    gradients and BatchNorm statistics, back to back `rounds` times): the lock-step's cost without any waiting."""
+    context = torch.multiprocessing.get_context("forkserver")
+    exchange = Exchange(2, exchanged_numel(SmallResNet()), context)
+    with tempfile.TemporaryDirectory(prefix="advlib-bench-exchange-") as tmp:
+        out = str(Path(tmp) / "seconds")
+        torch.multiprocessing.start_processes(_exchange_worker, args=(exchange, rounds, out), nprocs=2,
+                                              start_method="forkserver")
+        return float(Path(out).read_text())
 
 
 def one_epoch_accuracy(settings: Settings, root: str, data: MNIST, judged: str, num_workers: int, say=print):

@@ -67,6 +67,11 @@ def test_training_section(results):
     for run in tr["pipelines"].values():
         assert is_stats(run["seconds"]) and is_stats(run["images_per_s"])
     assert tr["advlib_best"] in tr["pipelines"] and tr["textbook_best"].startswith("textbook")
+    parallel = tr["pipelines"]["data_parallel_2x1"]  # the lock-step's profile: waiting, and the exchange alone
+    assert is_stats(parallel["exchange_wait_fraction"]) and parallel["exchange_wait_fraction"]["n"] == len(
+        parallel["seconds"]["runs"])
+    assert 0 < parallel["exchange_wait_fraction"]["min"] <= parallel["exchange_wait_fraction"]["max"] < 1
+    assert 0 < parallel["exchange_seconds"] < parallel["seconds"]["median"]
     ep = tr["epoch"]
     for k in ("textbook", "advlib", "data_parallel_2x1"):
         assert [r["seed"] for r in ep[k]] == list(range(ep["seeds"])) and ep["seeds"] >= 2

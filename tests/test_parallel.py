@@ -84,9 +84,12 @@ def test_a_missing_process_breaks_the_exchange_instead_of_hanging(monkeypatch):
 def test_two_processes_keep_identical_weights(small, tmp_path):
     model, optimizer, history = train_data_parallel(small, config=CONFIG, world_size=2, progress=False,
                                                     state_dir=tmp_path)
-    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["model"] for r in range(2)]
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    states = [state["model"] for state in saved]
     for name, value in model.state_dict().items():  # BatchNorm's statistics too: averaged every step
         assert torch.equal(states[0][name], states[1][name]) and torch.equal(value, states[0][name]), name
+    for state in saved:  # each process timed its waits at the 10 exchanges: some time, within its own epoch
+        assert 0 < state["exchange_wait_s"] < state["history"]["seconds"][0]
     assert len(history.step_loss) == 10 and len(history.test_accuracy) == 1 and not model.training
     assert len(optimizer.state) == len(list(model.parameters()))
 
