@@ -170,10 +170,16 @@ def markdown(results: dict) -> str:
         wait, exchange = parallel.get("exchange_wait_fraction"), parallel.get("exchange_seconds")
         if wait and exchange:
             share = exchange * tr["steps"] / parallel["seconds"]["median"]
+            # each process's rate while it computes: its half of the images over the time it did not wait
+            computing = tr["images_per_run"] / 2 / (parallel["seconds"]["median"] * (1 - wait["median"]))
+            single = tr["pipelines"]["advlib_1_thread"]["images_per_s"]["median"]
             lines += ["", f"The two processes step in lock-step: each waited {100 * wait['median']:.0f}% "
                       f"[{100 * wait['min']:.0f}–{100 * wait['max']:.0f}%] of its epoch at the steps' gradient "
                       "exchanges for the other, the slower one at that step. The exchange itself, between two "
-                      f"processes doing nothing else, takes {1e3 * exchange:.2f} ms ({100 * share:.1f}% of a run)."]
+                      f"processes doing nothing else, takes {1e3 * exchange:.2f} ms ({100 * share:.1f}% of a run). "
+                      f"Between exchanges, each process computed {computing:,.0f} images/s on its half batch, "
+                      f"against {single:,.0f} for one single-thread process alone on whole batches (the advlib 1 "
+                      "thread row)."]
         ep = tr.get("epoch")
         if ep:
             lines += ["", f"One epoch on {ep['train_images']:,} images, BatchNorm statistics recomputed on "
