@@ -134,11 +134,12 @@ def package_version(name: str) -> str | None:
 
 def machine_info() -> dict:
     from advlib.checkpoint import git_revision
+    from advlib.parallel import usable_cores
 
     return {
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch": str(torch.__version__),

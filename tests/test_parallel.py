@@ -58,9 +58,11 @@ def _synchronize_worker(rank: int, exchange: Exchange, out: str) -> None:
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
-def test_synchronize_sums_gradients_and_averages_batchnorm_statistics(tmp_path):
+@pytest.mark.parametrize("poll", [True, False], ids=["polling", "sleeping"])
+def test_synchronize_sums_gradients_and_averages_batchnorm_statistics(tmp_path, poll):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     exchange = Exchange(2, exchanged_numel(model), torch.multiprocessing.get_context("spawn"))
+    exchange.poll = poll  # whatever this machine's cores would choose: both ways must sum the same
     torch.multiprocessing.spawn(_synchronize_worker, args=(exchange, str(tmp_path)), nprocs=2)
     for rank in range(2):
         for step, (*grads, running_mean) in enumerate(torch.load(tmp_path / f"rank{rank}.pt"), start=1):
@@ -79,6 +81,12 @@ def test_a_missing_process_breaks_the_exchange_instead_of_hanging(monkeypatch):
     exchange = Exchange(2, 4, torch.multiprocessing.get_context("spawn"))
     with pytest.raises(threading.BrokenBarrierError):
         exchange.sum(0, torch.ones(4))  # rank 1 never comes
+
+
+@pytest.mark.parametrize("cores, polls", [(1, False), (2, True), (8, True)])
+def test_processes_poll_for_each_other_only_with_a_core_each(monkeypatch, cores, polls):
+    monkeypatch.setattr(advlib.parallel, "usable_cores", lambda: cores)
+    assert Exchange(2, 4, torch.multiprocessing.get_context("spawn")).poll is polls
 
 
 def test_two_processes_keep_identical_weights(small, tmp_path):
