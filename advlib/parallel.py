@@ -59,7 +59,7 @@ class Exchange:
         self.arrived = torch.zeros(world_size, dtype=torch.int64).share_memory_()  # each process's sums so far
         self.poll = world_size <= usable_cores()
         self.calls = 0  # per process: which buffer is next
-        self.waited_s = 0.0  # per process: seconds spent at the barrier, waiting for the others to arrive
+        self.waited_s = 0.0  # per process: seconds spent waiting for the others to arrive (polling, then the barrier)
 
     def sum(self, rank: int, flat: torch.Tensor) -> torch.Tensor:
         """flat (numel,) float32 of process `rank` -> the sum over the processes (numel,), the same in each.
