@@ -5,7 +5,8 @@
 - :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m advlib.stage pgd`` job; it
   fills the stage cache (:mod:`advlib.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
 - :func:`seed_record`: one seed's numbers for the seed study (07_seed_study), the workflow's
-  ``python -m advlib.stage seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures.
+  ``python -m advlib.stage seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures,
+  plus the test accuracy with BatchNorm's statistics recomputed (:func:`recalibrated_accuracy`).
 - :func:`parameters`: the values a stage actually ran with (its notebook's defaults plus what papermill
   injected), for its metrics record.
 
@@ -14,6 +15,7 @@ The models themselves come from :mod:`advlib.recipe` (trained by the workflow's 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -31,6 +33,10 @@ from advlib.metrics import accuracy, pgd_rows, select_correct, sweep_metrics
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.recipe import ROBUST_MODEL, STANDARD_MODEL
 from advlib.results import plain, require_file
+from advlib.train import recalibrate_batchnorm
+
+# the training images BatchNorm's statistics are recomputed on (the first of the training split), for every model alike
+BN_CALIBRATION_IMAGES = 10_000
 
 
 def parameters(namespace: dict, stage: str) -> dict:
@@ -95,6 +101,23 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
                     seed=params["seed"], cache=stage_cache(artifact_dir))
 
 
+def recalibrated_accuracy(model: torch.nn.Module, data_dir: str | os.PathLike, test_x: torch.Tensor,
+                          test_y: torch.Tensor, n_images: int = BN_CALIBRATION_IMAGES) -> float:
+    """Clean accuracy (%) on (test_x, test_y) of a copy of ``model`` whose BatchNorm statistics are recomputed on
+    the first ``n_images`` training images (:func:`advlib.train.recalibrate_batchnorm`, "precise BN"); the weights
+    and ``model`` itself are untouched.
+
+    What it separates: eval mode uses BatchNorm's running averages (momentum 0.1), which can lag weights that Adam at
+    lr 0.01 moves quickly, so a model's eval-mode accuracy can fall far below what its weights achieve. With the
+    statistics recomputed for the final weights, the accuracy measures the weights alone.
+    test_x: (N, 1, 32, 32) in [-1, 1] on the model's device; test_y: (N,) labels.
+    """
+    train_u8 = load_mnist(data_dir, splits=("train",)).train_u8[:n_images]
+    recalibrated = copy.deepcopy(model)
+    recalibrate_batchnorm(recalibrated, train_u8.to(test_x.device))
+    return accuracy(recalibrated, test_x, test_y)
+
+
 def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, train_params: dict,
                 sweep_params: dict) -> dict:
     """What the seed study reads of one seed's run, computed by the calls 01_train and 02_sweep make, so a seed's
@@ -106,7 +129,10 @@ def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, tr
         train_params: 01_train's parameters of the run (seed, epochs, ...), recorded as they are.
         sweep_params: 02_sweep's n_samples, eps_grid (normalized units) and device.
     Returns:
-        {"training": {"test_accuracy" (%, all 10,000 test images), "history", "parameters", "environment"},
+        {"training": {"test_accuracy" (%, all 10,000 test images), "recalibrated_test_accuracy" (%, the same
+         images, BatchNorm statistics recomputed: :func:`recalibrated_accuracy`), "bn_calibration_images" (on how
+         many training images), "history", "parameters",
+         "environment"},
          "sweep": {"n_samples", "eps_grid", "rows" (advlib.metrics.sweep_metrics), "parameters"}}: the sections
         of metrics.json that 07_seed_study reads, with their keys.
     """
@@ -114,7 +140,10 @@ def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, tr
     _, clean_conf = predict(s.model, s.x)
     rows = sweep_metrics(fgsm_sweep(s.model, s.x, s.y, sweep_params["eps_grid"]), clean_conf)
     return {
-        "training": {"test_accuracy": accuracy(s.model, s.test_x, s.test_y), "history": s.checkpoint.history.to_dict(),
+        "training": {"test_accuracy": accuracy(s.model, s.test_x, s.test_y),
+                     "recalibrated_test_accuracy": recalibrated_accuracy(s.model, data_dir, s.test_x, s.test_y),
+                     "bn_calibration_images": BN_CALIBRATION_IMAGES,
+                     "history": s.checkpoint.history.to_dict(),
                      "parameters": train_params, "environment": environment_info()},
         "sweep": {"n_samples": sweep_params["n_samples"], "eps_grid": sweep_params["eps_grid"], "rows": rows,
                   "parameters": {**sweep_params, "checkpoint_seed": s.checkpoint.train_config.get("seed")}},

@@ -33,12 +33,13 @@ from advlib.data import MNIST
 from advlib.metrics import accuracy, wilson_interval
 from advlib.model import SmallResNet
 from advlib.parallel import Exchange, exchanged_numel, train_data_parallel
+from advlib.stage import BN_CALIBRATION_IMAGES
 from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
 from benchmarks.common import Settings, loadavg, per_second, summarize, time_interleaved
 
 BATCH, LR, SEED = 64, 0.01, 0  # the original report's hyperparameters
-CALIBRATION_IMAGES = 10_000  # training images BatchNorm's statistics are recomputed on, for every model alike
+CALIBRATION_IMAGES = BN_CALIBRATION_IMAGES  # training images BatchNorm's statistics are recomputed on, as the seed study's
 PARALLEL = "data_parallel_2x1"
 
 

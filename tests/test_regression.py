@@ -10,7 +10,7 @@ import pytest
 from advlib import attacks
 from advlib.metrics import sweep_metrics
 from advlib.results import load_metrics, outside_robust_band, outside_seed_band
-from advlib.stage import attack_set
+from advlib.stage import attack_set, recalibrated_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_RUN = ROOT / "test-artifacts" / "run"
@@ -26,6 +26,13 @@ def rerun_numbers(artifact_dir: Path) -> tuple[float, dict[float, float]]:
     return test_accuracy, {r["eps"]: r["adv_accuracy"]["value"] for r in rows}
 
 
+def rerun_recalibrated_accuracy(artifact_dir: Path) -> float:
+    """Clean test accuracy of the model in artifact_dir with BatchNorm's statistics recomputed, as the seed study
+    records it (advlib.stage.recalibrated_accuracy on the same training images)."""
+    s = attack_set(artifact_dir, ROOT / "data", n_samples=1)
+    return recalibrated_accuracy(s.model, ROOT / "data", s.test_x, s.test_y)
+
+
 @pytest.fixture(scope="module")
 def seed_study() -> dict:
     return load_metrics(ROOT / "figures" / "metrics.json", require=("seed_study",))["seed_study"]
@@ -39,8 +46,25 @@ def retrained() -> Path:
 
 
 def test_a_retrained_model_lands_inside_the_seed_band(retrained, seed_study):
+    """Eval-mode accuracy has a wide band (BatchNorm's running averages lag the weights on some seeds); the
+    accuracy with the statistics recomputed has a narrow one, which a model trained wrongly would miss."""
     test_accuracy, adv = rerun_numbers(retrained)
-    assert outside_seed_band(test_accuracy, adv, seed_study) == []
+    recalibrated = rerun_recalibrated_accuracy(retrained)
+    assert outside_seed_band(test_accuracy, adv, seed_study, recalibrated_accuracy=recalibrated) == []
+
+
+def test_the_recalibrated_band_catches_a_model_trained_on_too_little(retrained, seed_study, data_root):
+    """A model trained on a fifteenth of the recipe (one epoch on 12,000 images: what a training loop stopping early,
+    or a data loader dropping most batches, would give) lands below the seeds' recomputed-statistics band, although
+    its eval-mode accuracy may still lie inside the wide eval-mode band."""
+    from advlib.train import TrainConfig, train
+    from advlib.data import load_mnist
+    from advlib.model import ResNetConfig
+
+    data = load_mnist(data_root, splits=("train", "test"), train_subset=12_000)
+    model, _, _ = train(data, ResNetConfig(), TrainConfig(epochs=1, seed=0), progress=False)
+    recalibrated = recalibrated_accuracy(model, data_root, data.test_x, data.test_y)
+    assert any("recomputed" in v for v in outside_seed_band(98.0, {}, seed_study, recalibrated_accuracy=recalibrated))
 
 
 def test_the_band_catches_a_broken_fgsm(retrained, seed_study, monkeypatch):
@@ -63,6 +87,9 @@ def test_outside_seed_band_flags_what_lies_outside():
     assert outside_seed_band(98.0, {0.0: 100.0, 0.1: 40.0}, study) == []
     assert len(outside_seed_band(97.0, {0.1: 99.5}, study)) == 2
     assert outside_seed_band(98.5, {0.3: 0.0}, study) == []  # an eps the study does not have is not judged
+    recal = {**study, "recalibrated_test_accuracy_mean": 98.6, "recalibrated_test_accuracy_std": 0.15}
+    assert outside_seed_band(98.0, {}, recal, recalibrated_accuracy=98.2) == []
+    assert len(outside_seed_band(98.0, {}, recal, recalibrated_accuracy=97.5)) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,14 +99,16 @@ def test_outside_seed_band_flags_what_lies_outside():
 def robust_numbers(artifact_dir: Path, spread: dict, aa_samples: int | None = None,
                    checkpoint: str = "robust_model.pt") -> dict:
     """robust_eval.seed_metrics of the robust model in artifact_dir (or another checkpoint there), with the seed
-    study's settings (AutoAttack on aa_samples images instead when given)."""
+    study's settings (AutoAttack on aa_samples images instead when given). Its PGD number goes through the run's
+    stage cache, where `make test`'s own PGD jobs (05_defense's curves, same images, eps and steps) left it."""
+    from advlib.cache import stage_cache
     from advlib.checkpoint import load_checkpoint
     from advlib.robust_eval import seed_metrics
 
     s = attack_set(artifact_dir, ROOT / "data", n_samples=1000)
     model = load_checkpoint(artifact_dir / checkpoint).model
     return seed_metrics(model, s.x, s.y, spread["eps"], pgd_steps=spread["pgd_steps"],
-                        aa_samples=aa_samples or spread["aa_samples"], seed=0)
+                        aa_samples=aa_samples or spread["aa_samples"], seed=0, cache=stage_cache(artifact_dir))
 
 
 @pytest.fixture(scope="module")

@@ -324,6 +324,20 @@ def test_seed_metrics_rates_and_the_autoattack_subset(trained_model, test_batch,
     assert got["pgd"]["value"] <= got["clean"]["value"] and got["clean"]["k"] <= 40
 
 
+def test_seed_metrics_finds_its_pgd_number_in_the_cache(trained_model, test_batch, tmp_path):
+    """With a cache, seed_metrics' PGD number is pgd_accuracy's entry (the one the workflow's PGD jobs write for
+    05_defense's curve), found instead of computed again."""
+    from advlib.cache import Cache
+    from advlib.metrics import pgd_accuracy
+
+    x, y = test_batch[0][:32], test_batch[1][:32]
+    cache = Cache(tmp_path)
+    computed = cache(pgd_accuracy, trained_model, x, y, AA_EPS, pgd_steps=3, seed=0)
+    got = seed_metrics(trained_model, x, y, AA_EPS, pgd_steps=3, aa_samples=1, seed=0, cache=cache)
+    assert cache.hits == 1 and got["pgd"] == computed
+    assert seed_metrics(trained_model, x, y, AA_EPS, pgd_steps=3, aa_samples=1, seed=0)["pgd"] == computed
+
+
 def test_model_digest_tracks_the_weights(model_copy):
     before = model_digest(model_copy)
     assert model_digest(copy.deepcopy(model_copy)) == before

@@ -287,6 +287,25 @@ def test_recalibrate_batchnorm_sets_recomputed_statistics_and_leaves_weights(unt
             assert torch.equal(v, weights[k]), k
 
 
+def test_recalibrated_accuracy_measures_a_recalibrated_copy_and_leaves_the_model(trained_model, mnist, data_root):
+    """advlib.stage.recalibrated_accuracy (the seed study's "BatchNorm statistics recomputed" number): the accuracy
+    of a copy whose statistics are recomputed on the first training images; the model keeps its own."""
+    from advlib.stage import recalibrated_accuracy
+
+    model = copy.deepcopy(trained_model)
+    torch.manual_seed(0)
+    recalibrate_batchnorm(model, torch.rand(256, 1, 32, 32) * 2 - 1)  # statistics of noise: running averages off
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = mnist.test_x[:500], mnist.test_y[:500]
+    got = recalibrated_accuracy(model, data_root, x, y, n_images=2000)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    oracle = copy.deepcopy(model)
+    recalibrate_batchnorm(oracle, mnist.train_u8[:2000])  # the fixture's split begins with the same images
+    assert got == accuracy(oracle, x, y)
+    assert got > accuracy(model, x, y) + 20, "the noise statistics should have cost accuracy that recomputing restores"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model selection never sees a test image; the float training set is never made
 
