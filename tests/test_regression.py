@@ -53,13 +53,13 @@ def test_a_retrained_model_lands_inside_the_seed_band(retrained, seed_study):
     assert outside_seed_band(test_accuracy, adv, seed_study, recalibrated_accuracy=recalibrated) == []
 
 
-def test_the_recalibrated_band_catches_a_model_trained_on_too_little(retrained, seed_study, data_root):
+def test_the_recalibrated_band_catches_a_model_trained_on_too_little(seed_study, data_root):
     """A model trained on a fifteenth of the recipe (one epoch on 12,000 images: what a training loop stopping early,
     or a data loader dropping most batches, would give) lands below the seeds' recomputed-statistics band, although
     its eval-mode accuracy may still lie inside the wide eval-mode band."""
-    from advlib.train import TrainConfig, train
     from advlib.data import load_mnist
     from advlib.model import ResNetConfig
+    from advlib.train import TrainConfig, train
 
     data = load_mnist(data_root, splits=("train", "test"), train_subset=12_000)
     model, _, _ = train(data, ResNetConfig(), TrainConfig(epochs=1, seed=0), progress=False)
