@@ -18,10 +18,10 @@ from advlib.data import load_mnist
 from advlib.io import atomic_write_json
 from advlib.parallel import train_data_parallel
 from advlib.pipeline import parse_seeds
+from advlib.stage import BN_CALIBRATION_IMAGES
 from advlib.train import TrainConfig, evaluate, recalibrate_batchnorm
 
 from benchmarks.common import ROOT, loadavg
-from benchmarks.train_speed import CALIBRATION_IMAGES
 
 
 def seed_study(folder: Path = ROOT / "figures" / "seed_study") -> dict[int, float]:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"seed": seed, "test_accuracy": history.test_accuracy[-1], "epoch_seconds": history.seconds,
                      "wall_s": time.perf_counter() - start, "loadavg_before": load})
         # a diagnosis, not the result: BatchNorm's statistics recomputed on training images instead of rank 0's
-        recalibrate_batchnorm(model, data.train_u8[:CALIBRATION_IMAGES])
+        recalibrate_batchnorm(model, data.train_u8[:BN_CALIBRATION_IMAGES])
         runs[-1]["test_accuracy_recalibrated"] = evaluate(model, data.test_x, data.test_y)
         print(f"seed {seed}: test accuracy {runs[-1]['test_accuracy']:.2f}% after {len(history.seconds)} epochs "
               f"({runs[-1]['test_accuracy_recalibrated']:.2f}% with BatchNorm statistics recomputed), "

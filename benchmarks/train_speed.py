@@ -39,7 +39,6 @@ from advlib.train import TrainConfig, recalibrate_batchnorm, train
 from benchmarks.common import Settings, loadavg, per_second, summarize, time_interleaved
 
 BATCH, LR, SEED = 64, 0.01, 0  # the original report's hyperparameters
-CALIBRATION_IMAGES = BN_CALIBRATION_IMAGES  # training images BatchNorm's statistics are recomputed on, as the seed study's
 PARALLEL = "data_parallel_2x1"
 
 
@@ -187,7 +186,7 @@ def one_epoch_accuracy(settings: Settings, root: str, data: MNIST, judged: str, 
     limit, test_limit = settings.train_images_for_accuracy, settings.test_images_for_accuracy
     data = subset(data, limit, test_limit)
     ds = textbook_dataset(root, limit=limit)
-    calibration = data.train_u8[:CALIBRATION_IMAGES]
+    calibration = data.train_u8[:BN_CALIBRATION_IMAGES]
     runs = {"textbook": [], "advlib": [], PARALLEL: []}
     seed0_model = None
     for seed in range(settings.epoch_seeds):
