@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 import advlib
 from advlib.attacks import predict
-from advlib.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from advlib.checkpoint import (FORMAT_VERSION, CheckpointError, installed_version, load_checkpoint,
+                               save_checkpoint)
 from advlib.model import ResNetConfig, SmallResNet
 from advlib.train import History
 
@@ -60,6 +63,19 @@ def test_round_trip_history_config_metadata(trained, saved):
     for key in ("torchvision", "numpy", "python", "saved_at", "git_revision"):
         assert key in meta
 
+
+
+def test_recorded_torchvision_version_is_torchvisions_own_without_importing_it():
+    """The environment records torchvision.__version__ (build suffix included), read without the 2 s import."""
+    code = ("import sys; from advlib.checkpoint import environment_info; v = environment_info()['torchvision']; "
+            "print('torchvision' in sys.modules); import torchvision; print(v == torchvision.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+
+
+def test_installed_version_of_a_missing_package_is_none():
+    assert installed_version("advlib_no_such_package") is None
+    assert installed_version("numpy") == __import__("numpy").__version__
 
 def test_round_trip_optimizer_resumes(trained, saved):
     ckpt = load_checkpoint(saved)
