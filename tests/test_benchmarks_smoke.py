@@ -129,6 +129,8 @@ def test_workflow_jobs_are_read_from_the_process_tree():
             "first_s": 11, "last_s": 29},
         5: {"ppid": 1, "cmd": f"{py} -m advlib.recipe robust --out build/bench/artifacts/robust_model.pt",
             "peak_rss_mb": 500, "first_s": 0.2, "last_s": 40.2},
+        6: {"ppid": 5, "cmd": f"{py} -m advlib.recipe robust --out build/bench/artifacts/robust_model.pt",
+            "peak_rss_mb": 300, "first_s": 20.0, "last_s": 20.0},  # its fork, seen once before it ran a helper
     }
     found = jobs(Watched(0, "", "", 60.0, 1000.0, procs))
     assert found == {"02_sweep": {"seconds": pytest.approx(19.6), "peak_rss_mb": 700, "papermill_peak_rss_mb": 90},
