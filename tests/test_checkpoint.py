@@ -64,7 +64,6 @@ def test_round_trip_history_config_metadata(trained, saved):
         assert key in meta
 
 
-
 def test_recorded_torchvision_version_is_torchvisions_own_without_importing_it():
     """The environment records torchvision.__version__ (build suffix included), read without the 2 s import."""
     code = ("import sys; from advlib.checkpoint import environment_info; v = environment_info()['torchvision']; "
@@ -76,6 +75,7 @@ def test_recorded_torchvision_version_is_torchvisions_own_without_importing_it()
 def test_installed_version_of_a_missing_package_is_none():
     assert installed_version("advlib_no_such_package") is None
     assert installed_version("numpy") == __import__("numpy").__version__
+
 
 def test_round_trip_optimizer_resumes(trained, saved):
     ckpt = load_checkpoint(saved)

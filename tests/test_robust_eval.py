@@ -83,7 +83,8 @@ class _Records(logging.Handler):
 @pytest.fixture(scope="module")
 def aa_pair(trained_model, mnist):
     """robust_eval.autoattack and the official driver (pyautoattack's run_standard_evaluation) on the same 16
-    images (aa_window's), same seed; the official driver's log lines (its robust accuracy after each attack) are kept."""
+    images (aa_window's), same seed; the official driver's log lines (its robust accuracy after each attack) are
+    kept."""
     from pyautoattack import AutoAttack
 
     pool_x, pool_y = mnist.test_x[:AA_POOL], mnist.test_y[:AA_POOL]
@@ -107,8 +108,8 @@ def aa_pair(trained_model, mnist):
         m = re.match(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%", msg)
         if m:
             after[m.group(1).lower()] = float(m.group(2))
-    return {"window": window, "x": x, "y": y, "ours": ours, "official_flags": (y_adv == y).tolist(), "official_after": after,
-            "x_adv": x_adv}
+    return {"window": window, "x": x, "y": y, "ours": ours, "official_flags": (y_adv == y).tolist(),
+            "official_after": after, "x_adv": x_adv}
 
 
 def test_autoattack_flags_match_the_official_driver(aa_pair):
