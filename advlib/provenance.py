@@ -7,10 +7,9 @@ importing them (no torch import here).
 
 How the comparison works. Each module's source goes through :func:`normalize_source`, which removes what a
 repackaging may legitimately change, and the result is hashed (:func:`source_digest`). ``OFFICIAL`` holds the
-digests of the official files, computed once from the files fetched from the official repository (see
-``OFFICIAL_REPO``, ``OFFICIAL_COMMIT`` and each entry's ``commit``); :func:`check_pyautoattack` recomputes the
-digests of the installed files and compares. Run ``python -m advlib.provenance`` for the table; it exits 1 when
-any module differs.
+digests of the official files at one commit, ``OFFICIAL_COMMIT`` of ``OFFICIAL_REPO``; :func:`check_pyautoattack`
+recomputes the digests of the installed files and compares. Run ``python -m advlib.provenance`` for the table; it
+exits 1 when any module differs.
 
 What :func:`normalize_source` removes, precisely (everything else, docstrings included, is kept):
 
@@ -27,85 +26,70 @@ What :func:`normalize_source` removes, precisely (everything else, docstrings in
 Physical lines are otherwise kept as they are, in order: re-wrapping a statement over other lines, renaming
 anything, or changing any constant (``rho=.75`` -> ``rho=.7``) changes the digest.
 
-Known results (see ``KNOWN_DIFFERENCES``): four attack modules match the official files; ``square`` matches
-the newest official ``square.py`` that could be fetched (commit aaba775a) except for six added lines, the fix for the
-official issue #95 (non-square images); ``fab_pt`` could only be compared with an older official version (the
-refactored official ``FABAttack_PT(FABAttack)`` file could not be fetched), so it does not match as a whole, while
-its two gradient methods match the official ones line for line (``OFFICIAL['fab_pt']['methods']``).
+Known result: pyautoattack 0.2.0's six attack modules all match the official files at ``OFFICIAL_COMMIT``.
+
+The driver, ``autoattack.py``, is rewritten by pyautoattack, so its digest cannot match; what it decides is the
+settings of the attacks. ``OFFICIAL_STANDARD_LINF`` holds those of the official standard version for the Linf norm
+at ``OFFICIAL_COMMIT``, and :func:`standard_settings_differences` compares them with an ``AutoAttack`` object.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import operator
 import sys
-import textwrap
 import tokenize
 from pathlib import Path
 
-__all__ = ["OFFICIAL", "OFFICIAL_COMMIT", "OFFICIAL_REPO", "KNOWN_DIFFERENCES", "normalize_source",
-           "source_digest", "method_digests", "installed_dir", "check_pyautoattack", "main"]
+__all__ = ["OFFICIAL", "OFFICIAL_COMMIT", "OFFICIAL_REPO", "OFFICIAL_STANDARD_LINF", "normalize_source",
+           "source_digest", "installed_dir", "check_pyautoattack", "standard_settings_differences", "main"]
 
 OFFICIAL_REPO = "fra31/auto-attack"
-# The newest official commit a module was fetched at (autopgd_base.py), also the commit third parties pin as
-# "the official standard AutoAttack". The files were fetched from a stored copy of GitHub that serves each file at
-# the commit of its stored version, not every file at one commit; each OFFICIAL entry names the commit of its file.
+# The commit every digest below was computed at (master, "Merge pull request #101", 2023-01-09), from the files
+# autoattack/<module>.py of a git snapshot of OFFICIAL_REPO. They were checked against the stored public versions
+# of these files, each stored at a commit where the file is identical to this commit's: autopgd_base at a3922004,
+# fab_base at 716a8da1, fab_pt at cb65c04f, fab_projections at eb833f6a, square at 8c86d6f1, other_utils at
+# 40dddf05; all six have the same length, and fab_pt, square and other_utils were hashed in full.
 OFFICIAL_COMMIT = "a39220048b3c9f2cca9a4d3a54604793c68eca7e"
 
-# module -> digest and line count of the normalized official file, and the official commit it was fetched at.
+# module -> digest and line count of the normalized official file at OFFICIAL_COMMIT.
 OFFICIAL: dict[str, dict] = {
-    "autopgd_base": {
-        "sha256": "92e1ce9df697d02ec35460566f4cd2d37c076a901aad06ed4495ef07ee97a017", "lines": 530,
-        "commit": "a39220048b3c9f2cca9a4d3a54604793c68eca7e"},
-    "fab_base": {
-        "sha256": "28edb950af01f199fb3a02a87023f43e2cc55db91559653caa7d3f7f9b40cd3a", "lines": 270,
-        "commit": "716a8da1db23088d38034cbbf8de189f1589fdc2"},
-    "fab_pt": {
-        "sha256": "3a51a1e420455203862713d328772c52d7e4f24176ab39b5a4293b1046cf4746", "lines": 454,
-        "commit": "42189aab794672131f7f7584f15710e41f5c540d",
-        # the gradient methods, the only maths left in fab_pt after the official refactor moved the attack loop
-        # into fab_base (FABAttack -> FABAttack_PT(FABAttack)); digests by method_digests()
-        "methods": {
-            "get_diff_logits_grads_batch":
-                "4219c5e8c7af2f5b9d6f571d0f68400a520a240789fd6523c2f92e4c84251ba7",
-            "get_diff_logits_grads_batch_targeted":
-                "05cbe9108937fa0d41269a70e7ce68d8d2d162ced7de86d4fe9bf7dc1b09757d"}},
-    "fab_projections": {
-        "sha256": "376a50c02300070ec1932aeb87e0c7506a69d8433d63621a43f506c10ee8f028", "lines": 119,
-        "commit": "eb833f6aff36fc6aebce9cc334ecd8a86ee0c2cf"},
-    "square": {
-        "sha256": "b47a2b9967ecd62c15cf0844f993c7e1d16e3f8e3c9155f26dc0ba6eed06f474", "lines": 475,
-        "commit": "aaba775aedf24c86099ca0340d62275878a101ae"},
-    "other_utils": {
-        "sha256": "4852d36cf51d910e6bba54f0e7427a642a19c4029c053837950245e1e6da9364", "lines": 44,
-        "commit": "40dddf05b3bb62dd723eed9bd4cab7395b79de31"},
+    "autopgd_base": {"sha256": "92e1ce9df697d02ec35460566f4cd2d37c076a901aad06ed4495ef07ee97a017", "lines": 530},
+    "fab_base": {"sha256": "28edb950af01f199fb3a02a87023f43e2cc55db91559653caa7d3f7f9b40cd3a", "lines": 270},
+    "fab_pt": {"sha256": "211f31237fa855c9209158da7a3bb9d7ab10dbbbc3f3a9c4f3ab95041327181e", "lines": 82},
+    "fab_projections": {"sha256": "376a50c02300070ec1932aeb87e0c7506a69d8433d63621a43f506c10ee8f028", "lines": 119},
+    "square": {"sha256": "d72cd7a8a93ff88e4122850bcdbd2781b188e0ec245b9b4caf5c110992c2d06b", "lines": 481},
+    "other_utils": {"sha256": "4852d36cf51d910e6bba54f0e7427a642a19c4029c053837950245e1e6da9364", "lines": 44},
 }
 
-
-# Why a module may not match, as found by diffing the normalized lines (difflib). "added" lists the normalized
-# lines pyautoattack 0.2.0 has and the official file fetched has not; removing exactly those gives the official
-# digest (tests/test_provenance.py checks this).
-KNOWN_DIFFERENCES: dict[str, dict] = {
-    "square": {
-        "why": "pyautoattack has the fix for fra31/auto-attack issue #95 (Square Attack on non-square images): "
-               "the square side s is clamped to the image size, plus a verbose warning. The official square.py "
-               "fetched (aaba775a) predates it. With the default p_init=.8 the clamp binds on square images only "
-               "for sides 1, 2 and 4 (L2/L1), so on square images of side >= 5 (MNIST, CIFAR, ImageNet) the "
-               "attack, random draws included, is unchanged.",
-        "added": ("if self.verbose and h != w:",
-                  "print('square attack may not work properly for non-square image.')",
-                  "print('for details please refer to https://github.com/fra31/auto-attack/issues/95')",
-                  "s = min(s, min(h, w))", "s = min(s, min(h, w))", "s = min(s, min(h, w))"),
-    },
-    "fab_pt": {
-        "why": "only an older official fab_pt.py (42189aab: a standalone FABAttack holding the whole attack loop) "
-               "was available; pyautoattack has the later official layout, FABAttack_PT(FABAttack) with the loop "
-               "in fab_base.py (which matches the official file). The gradient methods match line for line; the "
-               "rest is the constructor forwarding to FABAttack, _predict_fn and _get_predicted_label.",
-        "added": None,  # not a line-level addition: a refactor
-    },
+# The settings of the official standard version for the Linf norm, from autoattack/autoattack.py at
+# OFFICIAL_COMMIT: AutoAttack.__init__ builds the four attacks (the PyTorch branch), then set_version('standard')
+# overrides some. Keys are attribute paths on an AutoAttack object; APGD stores its rho as thr_decr and Square its
+# resc_schedule as rescale_schedule. The eps of every attack is the eps given to AutoAttack
+# (standard_settings_differences adds it). Settings made while attacking (each attack's loss, fab.targeted) are not
+# included: they are not part of the version.
+OFFICIAL_STANDARD_LINF: dict[str, object] = {
+    # set_version('standard'), Linf branch
+    "attacks_to_run": ["apgd-ce", "apgd-t", "fab-t", "square"],
+    "apgd.n_restarts": 1,
+    "apgd_targeted.n_target_classes": 9,
+    "fab.n_restarts": 1,
+    "apgd_targeted.n_restarts": 1,
+    "fab.n_target_classes": 9,
+    "square.n_queries": 5000,
+    # left False for Linf (set_version sets them only for L1)
+    "apgd.use_largereps": False,
+    "apgd_targeted.use_largereps": False,
+    # AutoAttack.__init__
+    "norm": "Linf",
+    "version": "standard",
+    "apgd.norm": "Linf", "apgd.n_iter": 100, "apgd.eot_iter": 1, "apgd.thr_decr": .75,
+    "fab.norm": "Linf", "fab.n_iter": 100,
+    "square.norm": "Linf", "square.p_init": .8, "square.n_restarts": 1, "square.rescale_schedule": False,
+    "apgd_targeted.norm": "Linf", "apgd_targeted.n_iter": 100, "apgd_targeted.eot_iter": 1,
+    "apgd_targeted.thr_decr": .75,
 }
 
 
@@ -149,21 +133,6 @@ def source_digest(text: str) -> str:
     return hashlib.sha256("\n".join(normalize_source(text)).encode("utf-8")).hexdigest()
 
 
-def method_digests(text: str) -> dict[str, str]:
-    """``{function name: source_digest of its source}`` for every ``def`` in a module (methods included).
-
-    Keyed by the bare name, so a method moved to a renamed class compares equal; the first ``def`` of a name
-    wins. Decorators are not part of the source hashed.
-    """
-    lines = text.splitlines(keepends=True)
-    out: dict[str, str] = {}
-    for node in ast.walk(ast.parse(text)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in out:
-            source = textwrap.dedent("".join(lines[node.lineno - 1:node.end_lineno]))
-            out[node.name] = source_digest(source)
-    return out
-
-
 def installed_dir() -> Path:
     """The folder of the installed ``pyautoattack`` package, found without importing it (it imports torch)."""
     spec = importlib.util.find_spec("pyautoattack")
@@ -189,6 +158,20 @@ def check_pyautoattack(package_dir: str | Path | None = None) -> list[dict]:
     return rows
 
 
+def standard_settings_differences(autoattack, eps: float) -> dict[str, tuple]:
+    """The settings of ``autoattack`` that differ from the official standard version, ``{}`` when none does.
+
+    ``autoattack`` is a pyautoattack ``AutoAttack`` built with ``norm='Linf', eps=eps, version='standard'``; its
+    driver is not the official one (see the module docstring), so its settings are compared one by one with
+    ``OFFICIAL_STANDARD_LINF`` and with ``eps`` (``epsilon`` and each attack's ``eps``). Returns
+    ``{attribute path: (official value, value on autoattack)}``; a missing attribute raises ``AttributeError``.
+    """
+    expected = dict(OFFICIAL_STANDARD_LINF, epsilon=eps,
+                    **{f"{attack}.eps": eps for attack in ("apgd", "apgd_targeted", "fab", "square")})
+    found = {path: operator.attrgetter(path)(autoattack) for path in expected}
+    return {path: (expected[path], found[path]) for path in expected if found[path] != expected[path]}
+
+
 def main() -> int:
     """Print the comparison table; 0 when every module matches, 1 otherwise."""
     rows = check_pyautoattack()
@@ -196,16 +179,12 @@ def main() -> int:
         version = importlib.metadata.version("pyautoattack")
     except importlib.metadata.PackageNotFoundError:
         version = "?"
-    print(f"pyautoattack {version} ({installed_dir()}) vs {OFFICIAL_REPO}, normalized sources")
-    print(f"{'module':<16} {'match':<6} {'lines off/inst':<15} {'official sha256':<18} {'installed sha256':<18}"
-          " official commit")
+    print(f"pyautoattack {version} ({installed_dir()}) vs {OFFICIAL_REPO} at {OFFICIAL_COMMIT}, normalized sources")
+    print(f"{'module':<16} {'match':<6} {'lines off/inst':<15} {'official sha256':<18} installed sha256")
     for row in rows:
         lines = f"{row['official_lines']}/{row['installed_lines']}"
         print(f"{row['module']:<16} {str(row['match']):<6} {lines:<15} {row['official_sha256'][:16]:<18} "
-              f"{row['installed_sha256'][:16]:<18} {OFFICIAL[row['module']]['commit'][:12]}")
-    for row in rows:
-        if not row["match"] and row["module"] in KNOWN_DIFFERENCES:
-            print(f"\n{row['module']}: {KNOWN_DIFFERENCES[row['module']]['why']}")
+              f"{row['installed_sha256'][:16]}")
     return 0 if all(row["match"] for row in rows) else 1
 
 

@@ -1,53 +1,28 @@
-"""advlib.provenance: the installed pyautoattack attack modules against the official fra31/auto-attack sources.
+"""advlib.provenance: the installed pyautoattack against the official fra31/auto-attack at OFFICIAL_COMMIT.
 
 The first group is the one that can fail: a different pyautoattack (another version, a patched copy) changes a
-digest. Two modules are known not to match the official files the index held (advlib.provenance explains both):
-they are strict xfails, and the tests after them pin down exactly how they differ. The second group checks
-what normalize_source ignores and what it does not.
+digest of an attack module or a setting of the standard version. The second group checks what normalize_source
+ignores and what it does not.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 
 import pytest
 
-from advlib.provenance import (KNOWN_DIFFERENCES, OFFICIAL, check_pyautoattack, installed_dir, main,
-                               method_digests, normalize_source, source_digest)
+from advlib.provenance import (OFFICIAL, OFFICIAL_COMMIT, check_pyautoattack, main, normalize_source,
+                               source_digest, standard_settings_differences)
+
+EPS = 0.25  # not AutoAttack's default eps (.3), so that eps not reaching an attack shows
 
 
-def _installed(module: str) -> str:
-    return (installed_dir() / f"{module}.py").read_text(encoding="utf-8")
+# --- (a) the installed pyautoattack against the official code ----------------------------------------------
 
-
-# --- (a) the installed pyautoattack against OFFICIAL ---------------------------------------------------------
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=f"known difference: {KNOWN_DIFFERENCES[m]['why']}"))
-    if m in KNOWN_DIFFERENCES else m
-    for m in OFFICIAL])
+@pytest.mark.parametrize("module", list(OFFICIAL))
 def test_installed_module_matches_official(module):
     row = next(r for r in check_pyautoattack() if r["module"] == module)
     assert row["installed_sha256"] == OFFICIAL[module]["sha256"]
     assert row["match"] and row["installed_lines"] == OFFICIAL[module]["lines"]
-
-
-def test_square_differs_only_by_the_issue_95_fix():
-    """Removing exactly the documented added lines from the installed square.py gives the official digest."""
-    lines = normalize_source(_installed("square"))
-    added = collections.Counter(KNOWN_DIFFERENCES["square"]["added"])
-    assert not added - collections.Counter(lines), "a documented added line is missing from the installed file"
-    for line in added.elements():
-        lines.remove(line)
-    assert len(lines) == OFFICIAL["square"]["lines"]
-    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == OFFICIAL["square"]["sha256"]
-
-
-def test_fab_pt_gradient_methods_match_official():
-    """The maths left in the installed fab_pt (the logit-gradient methods) is the official code line for line."""
-    installed = method_digests(_installed("fab_pt"))
-    for name, digest in OFFICIAL["fab_pt"]["methods"].items():
-        assert installed[name] == digest, name
 
 
 def test_check_rows_and_entry_point(capsys):
@@ -55,10 +30,41 @@ def test_check_rows_and_entry_point(capsys):
     assert [r["module"] for r in rows] == list(OFFICIAL)
     assert all(set(r) == {"module", "official_sha256", "installed_sha256", "match", "official_lines",
                           "installed_lines"} for r in rows)
-    assert {r["module"] for r in rows if not r["match"]} == set(KNOWN_DIFFERENCES)
-    assert main() == 1  # exits 1 on any mismatch, and there are the two known ones
+    assert all(r["match"] for r in rows)
+    assert main() == 0  # every module matches the official file
     out = capsys.readouterr().out
-    assert all(m in out for m in OFFICIAL) and "issue #95" in out
+    assert all(m in out for m in OFFICIAL) and OFFICIAL_COMMIT in out
+
+
+def test_entry_point_exits_1_on_a_mismatch(monkeypatch, capsys):
+    """A digest that differs (here a reference one) is reported for its module only, and main() exits 1."""
+    monkeypatch.setitem(OFFICIAL["square"], "sha256", "0" * 64)
+    assert [r["module"] for r in check_pyautoattack() if not r["match"]] == ["square"]
+    assert main() == 1
+    assert any(line.split()[:2] == ["square", "False"] for line in capsys.readouterr().out.splitlines())
+
+
+@pytest.fixture
+def standard_autoattack():
+    """pyautoattack's AutoAttack, standard version, Linf, on a tiny model (building it runs no attack)."""
+    import torch
+    from pyautoattack import AutoAttack
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    return AutoAttack(model, norm="Linf", eps=EPS, version="standard", device="cpu")
+
+
+def test_standard_version_settings_are_official(standard_autoattack):
+    """pyautoattack rewrote the driver that sets up the attacks: its standard version must still be the official
+    one (attacks, iterations, restarts, target classes, Square queries, eps; see OFFICIAL_STANDARD_LINF)."""
+    assert standard_settings_differences(standard_autoattack, EPS) == {}
+
+
+def test_a_changed_setting_is_reported(standard_autoattack):
+    """A setting changed after set_version, or an eps that did not reach an attack, is reported with both values."""
+    standard_autoattack.apgd.n_iter = 50
+    standard_autoattack.square.eps = 0.3
+    assert standard_settings_differences(standard_autoattack, EPS) == {"apgd.n_iter": (100, 50),
+                                                                        "square.eps": (EPS, 0.3)}
 
 
 # --- (b) what normalization ignores, and what it does not ----------------------------------------------------
