@@ -3,7 +3,7 @@
 #   snakemake --cores 2 report                    # everything, then publish into report/, figures/, README.md
 #   snakemake --cores 2 run --config run_dir=/tmp/quick epochs=1 n_samples=200   # a run elsewhere, not published
 #   snakemake --cores 2 seed_study --config seeds=0-9                            # Figure 11's seeds, in parallel
-#   snakemake --cores 2 robustness                # AutoAttack, sanity checks, 0.3 px capacity study (hours on a CPU)
+#   snakemake --cores 2 robustness capacity       # AutoAttack, sanity checks; 0.3 px capacity study (hours on a CPU)
 #   snakemake --profile profiles/slurm report    # the same on a Slurm cluster (snakemake-executor-plugin-slurm)
 #
 # `make report`, `make seeds` and `make quick` call these (see the README). Overrides go in --config NAME=VALUE:
@@ -86,8 +86,8 @@ wildcard_constraints:
     run=r"(?!figures(/|$)).+"
 
 
-localrules: report, run, pgd_curves, seed_study, robustness, link_data, publish, publish_seeds, publish_robust_seeds,
-    publish_robustness, seed_input, robustness_input, autoattack_merge
+localrules: report, run, pgd_curves, seed_study, robustness, capacity, link_data, publish, publish_seeds,
+    publish_robust_seeds, publish_robustness, publish_capacity, seed_input, robustness_input, autoattack_merge
 
 
 rule report:
@@ -112,9 +112,16 @@ rule seed_study:
 
 
 rule robustness:
-    """AutoAttack on both models, Carlini et al.'s sanity checks, and the capacity study at the standard threat
-    model (0.3 px): hours of CPU, so it is its own command (make robust); publishes figures/robustness/."""
+    """AutoAttack on both models and Carlini et al.'s sanity checks, on the first aa_samples test images
+    (unfiltered): about an hour of CPU, so it is its own command (make robust); publishes figures/robustness/."""
     input: "figures/robustness/.published"
+
+
+rule capacity:
+    """The capacity study at the standard threat model (0.3 px): adversarial training at each width of tm_widths,
+    then AutoAttack (hours of CPU; make robust runs it after the robustness evaluation). Publishes
+    figures/robustness/autoattack_threat_w<k>_eps<eps>.json."""
+    input: "figures/robustness/.published_capacity"
 
 
 rule link_data:
@@ -233,14 +240,13 @@ def seed_robust_params(seed):
 rule seed_robust:
     """A seed's robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy (robust_eval.seed_metrics)."""
     input: EVAL_CODE, model="build/seeds/seed_{seed}/artifacts/robust_model.pt",
-           images="build/seeds/seed_{seed}/artifacts/model.pt", data=ancient("build/seeds/seed_{seed}/data")
+           data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/robust_{seed}.json"
     params: p=lambda w: seed_robust_params(w.seed)
     threads: THREADS
     resources: mem_mb=2000, runtime=60
     shell: "{PY:q} -m advlib.robust_eval seed --model {input.model:q} --params {params.p:q} "
-           "--data-dir {input.data:q} --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
-           "--threads {threads} --out {output:q}"
+           "--data-dir {input.data:q} --threads {threads} --out {output:q}"
 
 
 rule publish_seeds:
@@ -282,9 +288,14 @@ def aa_parts(run, model, eps):
 
 
 def aa_results():
+    """The AutoAttack results of the standard and the robust model, at every eps of aa_eps and aa_grid_eps."""
     pairs = [(m, e) for m in ("standard", "robust") for e in ROBUST["aa_eps"] + ROBUST["aa_grid_eps"]]
-    pairs += [(f"threat_w{w}", ROBUST["tm_eps"]) for w in ROBUST["tm_widths"]]
     return [f"{RUN}/robustness/autoattack_{m}_eps{e:g}.json" for m, e in pairs]
+
+
+def capacity_results():
+    """The capacity study's AutoAttack results, one per width."""
+    return [f"{RUN}/robustness/autoattack_threat_w{w}_eps{ROBUST['tm_eps']:g}.json" for w in ROBUST["tm_widths"]]
 
 
 rule threat_model:
@@ -300,14 +311,14 @@ rule threat_model:
 
 rule autoattack_part:
     input: EVAL_CODE, model=lambda w: f"{w.run}/artifacts/{MODEL_FILES[w.model]}",
-           images=ancient("{run}/artifacts/model.pt"), data=ancient("{run}/data")
+           data=ancient("{run}/data")
     output: "{run}/robustness/parts/{model}_eps{eps}_from{start}.json"
     params: p=json.dumps({k: ROBUST[k] for k in AA_KEYS}, sort_keys=True), stop=lambda w: min(int(w.start) + AA_BATCH, aa_images(w.model, w.eps))
     threads: THREADS
     resources: mem_mb=2000, runtime=120
     shell: "{PY:q} -m advlib.robust_eval autoattack --model {input.model:q} --eps {wildcards.eps} "
            "--start {wildcards.start} --stop {params.stop} --params {params.p:q} --data-dir {input.data:q} "
-           "--artifact-dir {wildcards.run:q}/artifacts --threads {threads} --out {output:q}"
+           "--threads {threads} --out {output:q}"
 
 
 rule autoattack_merge:
@@ -317,19 +328,25 @@ rule autoattack_merge:
 
 
 rule sanity_checks:
-    input: EVAL_CODE, model="{run}/artifacts/robust_model.pt", source="{run}/artifacts/model.pt",
-           data=ancient("{run}/data")
+    input: EVAL_CODE, model="{run}/artifacts/robust_model.pt",
+           source="{run}/artifacts/model.pt", data=ancient("{run}/data")
     output: "{run}/robustness/sanity.json"
     params: p=json.dumps({k: ROBUST[k] for k in SANITY_KEYS}, sort_keys=True)
     threads: THREADS
     resources: mem_mb=2000, runtime=120
     shell: "{PY:q} -m advlib.robust_eval sanity --model {input.model:q} --source {input.source:q} "
-           "--params {params.p:q} --data-dir {input.data:q} --artifact-dir {wildcards.run:q}/artifacts "
-           "--threads {threads} --out {output:q}"
+           "--params {params.p:q} --data-dir {input.data:q} --threads {threads} --out {output:q}"
 
 
 rule publish_robustness:
-    """All or nothing, as the report: the results replace figures/robustness/ together."""
+    """All or nothing, as the report: the results replace the earlier ones of both models together."""
     input: aa_results(), f"{RUN}/robustness/sanity.json"
     output: touch("figures/robustness/.published")
-    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace '*.json' {input:q}"
+    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace 'autoattack_[rs]*.json' {input:q}"
+
+
+rule publish_capacity:
+    """The capacity study's results replace the earlier ones together."""
+    input: capacity_results()
+    output: touch("figures/robustness/.published_capacity")
+    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace 'autoattack_threat_*.json' {input:q}"

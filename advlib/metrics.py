@@ -46,6 +46,14 @@ def select_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -
     return idx[:n]
 
 
+def first_test_images(test_x: torch.Tensor, test_y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "first" protocol's images: (x, y) = the first n of the test split (test_x: (N, 1, 32, 32) in [-1, 1],
+    test_y: (N,)), whatever any model predicts on them; a clear error when n does not fit the split."""
+    if not 0 < n <= len(test_x):
+        raise ValueError(f"n_samples must lie in 1..{len(test_x):,} (the test split), got {n}")
+    return test_x[:n], test_y[:n]
+
+
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval (in percent) for k successes out of n trials."""
     if n <= 0:

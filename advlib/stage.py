@@ -1,7 +1,8 @@
 """One way into a stage: what every attack stage notebook (and the workflow's PGD jobs) calls first.
 
 - :func:`attack_set`: the prologue of the attack stages: the standard model's checkpoint, the test split only,
-  and the first ``n_samples`` correctly classified test images.
+  and ``n_samples`` test images chosen by one of two protocols (:data:`PROTOCOLS`): the first correctly classified
+  ones (the original report's, for the FGSM figures) or the first ones unfiltered (for robust accuracy).
 - :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m advlib.stage pgd`` job; it
   fills the stage cache (:mod:`advlib.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
 - :func:`seed_record`: one seed's numbers for the seed study (07_seed_study), the workflow's
@@ -29,7 +30,7 @@ from advlib.attacks import fgsm_sweep, predict
 from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json
-from advlib.metrics import accuracy, pgd_rows, select_correct, sweep_metrics
+from advlib.metrics import accuracy, first_test_images, pgd_rows, select_correct, sweep_metrics
 from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
 from advlib.recipe import ROBUST_MODEL, STANDARD_MODEL
 from advlib.results import plain, require_file
@@ -51,10 +52,20 @@ def parameters(namespace: dict, stage: str) -> dict:
 # The attack stages' prologue
 
 
+# The two ways of choosing a stage's images (``attack_set(select=...)``):
+# - "correct": the first n test images the standard model classifies correctly, the original report's protocol,
+#   kept for its FGSM figures (1-9) and the slider;
+# - "first": the first n test images, unfiltered, AutoAttack's and RobustBench's protocol: a clean mistake counts
+#   as a failure. Every robust-accuracy number (stage 5's curves, AutoAttack, the sanity checks, the robust seeds)
+#   uses it, so that it compares with published numbers and no model picks another's images.
+PROTOCOLS = {"correct": "the first {n:,} correctly classified test images of the standard model",
+             "first": "the first {n:,} test images, unfiltered (clean mistakes count as failures)"}
+
+
 @dataclass
 class AttackSet:
-    """What an attack stage works on. x: (n, 1, 32, 32) in [-1, 1], y: (n,): the first n correctly classified test
-    images of ``model``; test_x, test_y: the whole test split; idx: x's positions in it."""
+    """What an attack stage works on. x: (n, 1, 32, 32) in [-1, 1], y: (n,): the images ``select`` chose (see
+    PROTOCOLS); test_x, test_y: the whole test split; idx: x's positions in it."""
 
     checkpoint: Checkpoint
     model: torch.nn.Module
@@ -63,21 +74,33 @@ class AttackSet:
     test_x: torch.Tensor
     test_y: torch.Tensor
     idx: torch.Tensor
+    select: str = "correct"
+
+    @property
+    def protocol(self) -> str:
+        """The images in words, for a table's header: "the first 1,000 test images, unfiltered (...)"."""
+        return PROTOCOLS[self.select].format(n=len(self.x))
 
     def __repr__(self) -> str:
-        return (f"AttackSet({len(self.x):,} correctly classified test images of {len(self.test_x):,}, "
-                f"model seed {self.checkpoint.train_config.get('seed')})")
+        seed = self.checkpoint.train_config.get("seed")
+        return f"AttackSet({self.protocol} of {len(self.test_x):,}, standard model seed {seed})"
 
 
 def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str | os.PathLike = "../data", *,
-               n_samples: int = 1000, device: str = "cpu") -> AttackSet:
-    """Load the standard model (``artifact_dir/model.pt``, from 01_train) and the test split only, and pick the
-    first ``n_samples`` correctly classified test images, as the original report did."""
+               n_samples: int = 1000, device: str = "cpu", select: str = "correct") -> AttackSet:
+    """Load the standard model (``artifact_dir/model.pt``, from 01_train) and the test split only, and pick
+    ``n_samples`` test images: with ``select="correct"`` the first ones the standard model classifies correctly, as
+    the original report did; with ``select="first"`` the first ones, unfiltered (see PROTOCOLS)."""
+    if select not in PROTOCOLS:
+        raise ValueError(f"select must be one of {sorted(PROTOCOLS)} (see advlib.stage.PROTOCOLS), got {select!r}")
     ckpt = load_checkpoint(require_file(Path(artifact_dir) / STANDARD_MODEL, "01_train.ipynb"), device=device)
     data = load_mnist(data_dir, splits=("test",))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    idx = select_correct(ckpt.model, test_x, test_y, n_samples)
-    return AttackSet(ckpt, ckpt.model, test_x[idx], test_y[idx], test_x, test_y, idx)
+    if select == "correct":
+        idx = select_correct(ckpt.model, test_x, test_y, n_samples)
+    else:
+        idx = torch.arange(len(first_test_images(test_x, test_y, n_samples)[1]), device=test_x.device)
+    return AttackSet(ckpt, ckpt.model, test_x[idx], test_y[idx], test_x, test_y, idx, select)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,13 +111,14 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
               params: dict, part: int = 0, parts: int = 1) -> list[dict]:
     """05_defense's PGD curve of one model, through the stage cache (:mod:`advlib.cache`), where the notebook's
     :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at the
-    eps of ``params["eps_grid"]`` (normalized units) on the attack set of ``params["n_samples"]`` images, with
+    eps of ``params["eps_grid"]`` (normalized units) on the first ``params["n_samples"]`` test images (unfiltered), with
     05_defense's pgd_steps, seed and device. ``part`` k of ``parts`` n takes every n-th eps from the k-th
     (eps_grid[k::n]): each eps is computed on its own, so the parts run in parallel and give the numbers of one
     whole curve. Returns one :func:`advlib.metrics.rate` row per eps of the part."""
     if not 0 <= part < parts:
         raise ValueError(f"part must lie in 0..{parts - 1}, got {part}")
-    s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"])
+    s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"],
+                   select="first")
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
     return pgd_rows(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
