@@ -38,7 +38,7 @@ seeds: data  ## the seed study (SEEDS=0-9 by default), one job per seed in paral
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
 robust: data  ## AutoAttack, sanity checks, the 0.3 px capacity study (hours on 2 cores), then the report again
-	$(SMK) robustness $(if $(CONFIG),--config $(CONFIG))
+	$(SMK) robustness capacity $(if $(CONFIG),--config $(CONFIG))
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
 dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no cluster)
@@ -69,8 +69,13 @@ bench: data  ## speed and memory benchmarks: benchmarks/results.json and results
 	"$(PY)" -m pip install --quiet -e ".[bench]"
 	"$(PY)" -m benchmarks $(ARGS)
 
-lab: data  ## JupyterLab on the executed narrative (run it to make the slider live)
-	"$(VENV)/bin/jupyter" lab report/06_report.ipynb
+# make lab: JupyterLab on copies of the executed notebooks in the scratch run folder build/scratch/ (git-ignored),
+# beside the models of the last `make report` and a copy of figures/ (advlib.pipeline.scratch_run). It opens the
+# narrative: Run All makes the slider live; nothing done there (JupyterLab saves as it goes) changes report/ or
+# figures/. `make report` publishes.
+lab: data  ## JupyterLab on a copy of the executed narrative in build/scratch/ (Run All makes the slider live)
+	"$(PY)" -m advlib.pipeline scratch report/*.ipynb
+	"$(VENV)/bin/jupyter" lab build/scratch/report/06_report.ipynb
 
 clean-build:
 	rm -rf build test-artifacts .snakemake

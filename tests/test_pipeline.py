@@ -168,6 +168,106 @@ def test_publish_refuses_an_unfinished_run(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# A notebook run by hand (JupyterLab, make lab) works in the scratch run folder build/scratch/
+
+
+def _repository(root: Path) -> Path:
+    """A minimal checkout after `make report`: Snakefile, notebooks/, published figures/ and report/, the run's
+    models and stage cache in build/run/artifacts/."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "Snakefile").write_text("")
+    (root / "data").mkdir()
+    (root / "figures" / "seed_study").mkdir(parents=True)
+    (root / "figures" / "metrics.json").write_text('{"published": 1}')
+    (root / "figures" / "seed_study" / "seed_0.json").write_text("{}")
+    (root / "report").mkdir()
+    (root / "report" / "06_report.ipynb").write_text("published notebook")
+    (root / "build" / "run" / "artifacts" / "cache").mkdir(parents=True)
+    (root / "build" / "run" / "artifacts" / "model.pt").write_bytes(b"the run's model")
+    return root
+
+
+def test_run_dirs_leaves_a_run_folders_paths_alone(tmp_path, monkeypatch):
+    """The workflow (build/run/report), nbval (test-artifacts/nbval/report), the scratch folder itself: the
+    notebooks' relative defaults are right there and come back unchanged."""
+    repo = _repository(tmp_path / "repo")
+    for folder in (repo / "build" / "run" / "report", tmp_path / "elsewhere" / "report",
+                   repo / "build" / "scratch" / "report"):
+        folder.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(folder)
+        assert pipeline.run_dirs("../data", "../artifacts", "../figures") == ("../data", "../artifacts", "../figures")
+    assert not (tmp_path / "elsewhere" / "build").exists()
+
+
+@pytest.mark.parametrize("folder", ["notebooks", "report"])
+def test_a_hand_run_finds_the_models_and_writes_only_into_the_scratch_folder(tmp_path, monkeypatch, folder):
+    from advlib.io import atomic_write_bytes
+
+    repo = _repository(tmp_path / "a repo")
+    published = tree_digest(repo / "figures", repo / "report") | tree_digest(repo / "build" / "run")
+    monkeypatch.chdir(repo / folder)
+    data, artifacts, figures, seeds = pipeline.run_dirs("../data", "../artifacts", "../figures",
+                                                        "../figures/seed_study")
+    assert (data, artifacts, figures, seeds) == ("../build/scratch/data", "../build/scratch/artifacts",
+                                                 "../build/scratch/figures", "../build/scratch/figures/seed_study")
+    assert Path(data).resolve() == (repo / "data").resolve()
+    assert (Path(artifacts) / "model.pt").read_bytes() == b"the run's model"  # make report's model
+    assert (Path(artifacts) / "cache").resolve() == (repo / "build" / "run" / "artifacts" / "cache").resolve()
+    assert json.loads((Path(figures) / "metrics.json").read_text()) == {"published": 1}
+    assert (Path(seeds) / "seed_0.json").is_file()
+    # what a hand run writes: figures, metrics.json, and a model trained with other parameters (written as
+    # checkpoints are: a new file renamed over the path)
+    atomic_write_bytes(Path(figures) / "metrics.json", b'{"hand run": 1}')
+    atomic_write_bytes(Path(figures) / "graph1_accuracy_bar_chart.png", b"png")
+    atomic_write_bytes(Path(artifacts) / "model.pt", b"a hand-trained model")
+    assert tree_digest(repo / "figures", repo / "report") | tree_digest(repo / "build" / "run") == published
+    # the next hand run keeps them ...
+    assert pipeline.run_dirs("../artifacts", "../figures") == (artifacts, figures)
+    assert (Path(figures) / "metrics.json").read_text() == '{"hand run": 1}'
+    assert (Path(artifacts) / "model.pt").read_bytes() == b"a hand-trained model"
+    # ... until make report publishes newer ones
+    later = (Path(figures) / "metrics.json").stat().st_mtime + 10
+    for path in (repo / "figures" / "metrics.json", repo / "build" / "run" / "artifacts" / "model.pt"):
+        path.write_bytes(path.read_bytes())
+        os.utime(path, (later, later))
+    pipeline.run_dirs("../artifacts", "../figures")
+    assert (Path(figures) / "metrics.json").read_text() == '{"published": 1}'
+    assert (Path(artifacts) / "model.pt").read_bytes() == b"the run's model"
+    # an absolute path elsewhere stays as it is
+    assert pipeline.run_dirs(str(tmp_path), "../figures") == (str(tmp_path), figures)
+
+
+def test_make_lab_opens_a_copy_of_the_narrative_in_the_scratch_folder(tmp_path, monkeypatch, capsys):
+    repo = _repository(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    assert pipeline.main(["scratch", "report/06_report.ipynb"]) == 0
+    assert "1 executed notebook(s) in build/scratch/report/" in capsys.readouterr().out
+    copy = repo / "build" / "scratch" / "report" / "06_report.ipynb"
+    assert copy.read_text() == "published notebook" and not copy.is_symlink()
+    assert (repo / "build" / "scratch" / "artifacts" / "model.pt").is_symlink()
+    makefile = (ROOT / "Makefile").read_text()
+    lab = makefile[makefile.index("\nlab:"):].split("\n\n")[0]
+    assert "advlib.pipeline scratch" in lab and "jupyter\" lab build/scratch/report/06_report.ipynb" in lab, lab
+
+
+@pytest.mark.parametrize("stage", pipeline.STAGES)
+def test_every_notebook_run_by_hand_takes_its_folders_in_the_scratch_folder(stage, tmp_path, monkeypatch):
+    """The parameters cell of each source notebook, run in the repository's notebooks/: every folder it declares
+    lies in build/scratch/."""
+    repo = _repository(tmp_path / "repo")
+    monkeypatch.chdir(repo / "notebooks")
+    cell = next(c for c in nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    namespace = {}
+    exec(compile(cell.source, f"{stage} parameters", "exec"), namespace)
+    folders = {k: v for k, v in namespace.items() if k.endswith("_dir")}
+    assert folders and set(folders) == {k for k in pipeline.declared_parameters(ROOT / "notebooks" / f"{stage}.ipynb")
+                                        if k.endswith("_dir")}
+    outside = {k: v for k, v in folders.items() if not v.startswith("../build/scratch/")}
+    assert not outside, f"{stage} run by hand would use {outside} (outside build/scratch/)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Overrides are checked before anything runs
 
 
@@ -333,14 +433,17 @@ def test_seed_study_fans_out_one_training_per_seed(repo_copy):
 
 
 def test_robustness_evaluation_fans_out_in_autoattack_batches(repo_copy):
-    """make robust: AutoAttack in jobs of 250 images (AutoAttack's batch) per model and eps, one training job per
-    capacity-study width, one sanity-check job, one publish."""
-    jobs = planned_jobs(repo_copy, "robustness", "--config", "aa_samples=500", "aa_eps=[0.3]", "aa_grid_eps=[0.1]",
-                        "aa_grid_samples=100", "tm_widths=[1,2]", "tm_samples=100")
-    # standard and robust: eps 0.3 on 500 images = 2 parts each, eps 0.1 on 100 = 1 part each; 1 part per width
-    assert jobs["autoattack_part"] == 2 * 2 + 2 * 1 + 2, jobs
-    assert jobs["autoattack_merge"] == 2 * 2 + 2, jobs
-    assert jobs["threat_model"] == 2 and jobs["sanity_checks"] == 1 and jobs["publish_robustness"] == 1, jobs
+    """make robust: AutoAttack in jobs of 250 images (AutoAttack's batch) per model and eps, one sanity-check job,
+    one publish; the capacity study (its own target, which make robust runs too): one training job per width."""
+    config = ("--config", "aa_samples=500", "aa_eps=[0.3]", "aa_grid_eps=[0.1]", "aa_grid_samples=100",
+              "tm_widths=[1,2]", "tm_samples=100")
+    jobs = planned_jobs(repo_copy, "robustness", *config)
+    # standard and robust: eps 0.3 on 500 images = 2 parts each, eps 0.1 on 100 = 1 part each
+    assert jobs["autoattack_part"] == 2 * 2 + 2 * 1 and jobs["autoattack_merge"] == 2 * 2, jobs
+    assert jobs["sanity_checks"] == 1 and jobs["publish_robustness"] == 1 and "threat_model" not in jobs, jobs
+    jobs = planned_jobs(repo_copy, "capacity", *config)
+    assert jobs["threat_model"] == 2 and jobs["autoattack_part"] == 2 and jobs["publish_capacity"] == 1, jobs
+    assert "sanity_checks" not in jobs, jobs
 
 
 def test_a_failed_stage_publishes_nothing(repo_copy):

@@ -1,29 +1,34 @@
-"""End-to-end test of the ε slider (issue 7): a real JupyterLab, a real kernel, a real Chromium.
+"""End-to-end test of the ε slider, the README's way (issue 7; "Checks that can fail", item 9): a real `make report`,
+a real `make lab`, a real kernel, a real Chromium, and no parameter given to the notebook by the test.
 
-What it does:
+What it does, as a newcomer following the README does:
 
-1. builds a small world in a temporary directory (see ``TARGET`` below): either the narrative notebook
-   ``notebooks/06_report.ipynb`` on the outputs of the ``small_pipeline`` fixture (tests/conftest.py), or a small
-   generated notebook on a checkpoint trained here in seconds; either way the parameters are injected with
-   papermill (``prepare_only=True``), so that JupyterLab, not papermill, runs the notebook;
-2. starts JupyterLab from this Python environment on 127.0.0.1 (random free port, random token, isolated
-   config/runtime/settings/workspace dirs, no news or update checks) and waits for ``/api/status``;
-3. drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded browser) with Playwright: opens the
-   notebook, runs all cells, waits for the slider, moves it with the keyboard (ArrowRight = one step of 0.005,
-   PageUp = 5 steps, Home/End = 0 / max, as noUiSlider in ipywidgets 8 does) and after every move compares the
-   displayed ε, accuracy, ASR, predicted labels and captions with values computed here, independently of
-   EpsExplorer, with ``advlib.attacks.fgsm`` + ``advlib.attacks.predict``;
-4. saves a screenshot of the widget after every move, the browser console log and the server log under
+1. ``make report`` with small parameters in a copy of the repository (the session fixture ``repo_copy`` of
+   tests/conftest.py, shared with tests/test_pipeline.py): the models stay in ``build/run/artifacts/``, the executed
+   notebooks are published into ``report/``;
+2. ``make lab`` there, without arguments. The test's own settings reach JupyterLab as a user's would, through a
+   Jupyter config file (isolated ``JUPYTER_CONFIG_DIR``: 127.0.0.1, a free port, a random token, no news or update
+   checks, ``window.jupyterapp`` exposed) whose "web browser" only writes down the address ``make lab`` opens;
+3. drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded browser) with Playwright to that address, so
+   it opens the notebook ``make lab`` opens, exactly as ``make lab`` left it (the test checks it is the published
+   ``report/06_report.ipynb``, byte for byte); runs all cells, waits for the slider, moves it with the keyboard
+   (ArrowRight = one step of 0.005, PageUp = 5 steps, Home/End = 0 / max, as noUiSlider in ipywidgets 8 does) and
+   after every move compares the displayed ε, accuracy, ASR, predicted labels and captions with values computed
+   here, independently of EpsExplorer, with ``advlib.attacks.fgsm`` + ``advlib.attacks.predict`` on the model
+   ``make report`` trained;
+4. saves the notebook from JupyterLab, as its autosave would, and checks that the published ``report/`` and
+   ``figures/`` did not change: a hand run works in the scratch run folder ``build/scratch/``;
+5. saves a screenshot of the widget after every move, the browser console log and the server log under
    ``test-artifacts/e2e/`` (git-ignored), and on failure a full-page screenshot; every failure message carries
    the console log, page errors, kernel tracebacks and any JupyterLab dialog.
 
 Skipped, with the reason, when ``/usr/bin/chromium`` (apt package ``chromium``) or playwright is missing.
-Run: ``.venv/bin/python -m pytest tests/e2e -m e2e -v`` (add ``-s`` for the timing line). The narrative target pays
-for the ``small_pipeline`` fixture unless the same session already ran it; ``ADVLIB_E2E_NOTEBOOK=generated``
-runs the browser part alone in about a minute.
+Run: ``.venv/bin/python -m pytest tests/e2e/test_slider_browser.py -v`` (add ``-s`` for the timing line); it pays
+for the small ``make report`` of ``repo_copy`` unless the same session already ran it (``make test`` shares it).
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -35,18 +40,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from conftest import tree_digest
+
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "e2e"  # git-ignored (/test-artifacts/)
-NARRATIVE_NOTEBOOK = REPO_ROOT / "notebooks" / "06_report.ipynb"
+PUBLISHED_NARRATIVE = "report/06_report.ipynb"  # what `make lab` shows (a copy of it, in build/scratch/)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,21 +63,8 @@ pytestmark = [
                               "to run the browser test; `playwright install` is not used"),
 ]
 
-# Which notebook the browser runs. The single switch (env ADVLIB_E2E_NOTEBOOK overrides it):
-#   "auto"      -> the narrative notebook notebooks/06_report.ipynb when it exists AND the lead's session
-#                  fixture `small_pipeline` (tests/conftest.py) is available; otherwise "generated".
-#   "narrative" -> the narrative notebook (fails if it or `small_pipeline` is missing).
-#   "generated" -> a small notebook written here (checkpoint -> 100 correct images -> EpsExplorer).
-# "narrative" costs the `small_pipeline` run (all six stages, shared with the pipeline tests of the same session);
-# "generated" needs only a ~100-step training run.
-TARGET = os.environ.get("ADVLIB_E2E_NOTEBOOK", "auto")
-
-# The tiny model of the generated world: ~95 Adam steps, seeded, BatchNorm statistics recomputed afterwards. The
-# test needs correctly classified images and an accuracy that changes with ε, not a good classifier.
-TRAIN_SUBSET, TRAIN_EVAL, TRAIN_BATCH = 1500, 200, 16
-GENERATED_POOL, GENERATED_N, N_SHOW = 500, 100, 8  # select N correct images among the first POOL test images
-
-# Key presses and the ε each must land on (slider starts at 0.15, step 0.005, max 0.3).
+# Key presses and the ε each must land on: the slider starts at the narrative's focus_eps (0.15), steps by its
+# slider_step (0.005), up to 0.3. The test checks that the published notebook has these values; it sets none.
 MOVES = [("ArrowRight", 0.155), ("PageUp", 0.180), ("Home", 0.0), ("End", 0.3), ("ArrowLeft", 0.295)]
 INITIAL_EPS, STEP = 0.15, 0.005
 
@@ -81,16 +76,17 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 # The kernel's torch threads. With JupyterLab, Chromium and the kernel sharing a small (2-core) machine, one
-# thread sets up the explorer ~3x faster than two (oversubscription); the oracle uses the same count.
+# thread sets up the explorer ~3x faster than two (oversubscription); the oracle uses the same count, and so did
+# `make report`'s jobs, so the kernel finds the explorer's precomputation in the stage cache.
 KERNEL_THREADS = 1
-SERVER_START_TIMEOUT = 90  # s until /api/status answers
+SERVER_START_TIMEOUT = 120  # s until /api/status answers (make checks the data first)
 RUN_ALL_TIMEOUT = 240  # s for the notebook to display the slider (kernel start, imports, explorer set-up)
 MOVE_TIMEOUT = 30  # s for one slider move to show up
 ERROR_TEXTS = ("Error displaying widget", "model not found", "Failed to load model class")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The world: checkpoint + notebook in a temporary root dir
+# What the notebook shows: the oracle's inputs
 
 
 @dataclass
@@ -104,118 +100,24 @@ class OracleSpec:
     n_show: int | None  # None: count the caption cells
 
 
-@dataclass
-class World:
-    root: Path  # JupyterLab's root dir
-    notebook: str  # path of the notebook relative to root, e.g. "notebooks/e2e_slider.ipynb"
-    spec: OracleSpec
-    kind: str  # "generated" or "narrative"
-
-
-def _generated_notebook():
-    import nbformat.v4 as nbf
-
-    return nbf.new_notebook(
-        cells=[
-            nbf.new_markdown_cell("# ε slider: end-to-end fixture notebook (written by tests/e2e)"),
-            nbf.new_code_cell(f'data_dir = "../data"\nartifact_dir = "../artifacts"\n'
-                              f"n_pool = {GENERATED_POOL}\nn_images = {GENERATED_N}\nn_show = {N_SHOW}",
-                              metadata={"tags": ["parameters"]}),
-            nbf.new_code_cell(
-                "from pathlib import Path\n"
-                "from advlib.checkpoint import load_checkpoint\n"
-                "from advlib.data import load_mnist\n"
-                "from advlib.explorer import EpsExplorer\n"
-                "from advlib.metrics import select_correct\n\n"
-                'model = load_checkpoint(Path(artifact_dir) / "model.pt").model\n'
-                "mnist = load_mnist(data_dir, fetch=False, train_subset=1)  # only the test split is used\n"
-                "pool_x, pool_y = mnist.test_x[:n_pool], mnist.test_y[:n_pool]\n"
-                "idx = select_correct(model, pool_x, pool_y, n_images)\n"
-                "x, y = pool_x[idx], pool_y[idx]"),
-            nbf.new_code_cell(f"explorer = EpsExplorer(model, x, y, n_show=n_show, eps_step={STEP}, "
-                              f"initial_eps={INITIAL_EPS}, progress=False)\nexplorer"),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-                  "language_info": {"name": "python"}},
-    )
-
-
-def _prepare_notebook(src: Path, dest: Path, parameters: dict) -> None:
-    """Copy src to dest with papermill-injected parameters, unexecuted, without outputs or saved widget state
-    (stale outputs of a saved widget would render 'Error displaying widget' before anything runs)."""
-    import nbformat
-    import papermill
-
-    papermill.execute_notebook(str(src), str(dest), parameters=parameters, prepare_only=True,
-                               kernel_name="python3", language="python", progress_bar=False)
-    nb = nbformat.read(dest, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nb.metadata.pop("widgets", None)
-    nbformat.write(nb, dest)
-
-
-def _train_tiny_checkpoint(path: Path, data_root: Path) -> None:
-    from advlib.checkpoint import save_checkpoint
-    from advlib.data import MNIST, load_mnist
-    from advlib.train import TrainConfig, recalibrate_batchnorm, train
-
-    m = load_mnist(data_root, fetch=False, train_subset=TRAIN_SUBSET)
-    data = MNIST(m.train_u8, m.train_y, m.test_x[:TRAIN_EVAL], m.test_y[:TRAIN_EVAL])
-    config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, seed=0)
-    model, optimizer, history = train(data, config=config, progress=False)
-    recalibrate_batchnorm(model, m.train_x)
-    save_checkpoint(path, model, optimizer, history, config.to_dict(), metadata={"purpose": "tests/e2e"})
-
-
-def _build_generated_world(root: Path, data_root: Path) -> World:
+def _notebook_parameters(path: Path) -> dict:
+    """The literal parameters a notebook runs with: its `parameters` cell, then the cell papermill injected when
+    `make report` ran it (the run's overrides, e.g. the small n_samples)."""
     import nbformat
 
-    (root / "notebooks").mkdir(parents=True)
-    (root / "artifacts").mkdir()
-    checkpoint = root / "artifacts" / "model.pt"
-    _train_tiny_checkpoint(checkpoint, data_root)
-    src = root / "e2e_slider.src.ipynb"
-    nbformat.write(_generated_notebook(), src)
-    _prepare_notebook(src, root / "notebooks" / "e2e_slider.ipynb",
-                      {"data_dir": str(data_root), "artifact_dir": str(root / "artifacts")})
-    src.unlink()
-    return World(root, "notebooks/e2e_slider.ipynb",
-                 OracleSpec(checkpoint, data_root, GENERATED_N, GENERATED_POOL, N_SHOW), "generated")
-
-
-def _build_narrative_world(root: Path, data_root: Path, pipeline: dict) -> World:
-    """notebooks/06_report.ipynb on the outputs of the `small_pipeline` fixture (tests/conftest.py): the
-    parameters the pipeline ran with (e.g. its small n_samples) plus its artifact/figure dirs, and the slider's
-    start and step pinned to what MOVES assumes."""
-    import papermill
-
-    (root / "notebooks").mkdir(parents=True)
-    declared = papermill.inspect_notebook(str(NARRATIVE_NOTEBOOK))  # the names in its `parameters` cell
-    given = {**pipeline.get("parameters", {}), **{k: v for k, v in pipeline.items() if k != "parameters"},
-             "focus_eps": INITIAL_EPS, "slider_step": STEP}
-    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if k in declared}
-    parameters.setdefault("data_dir", str(data_root))
-    if "artifact_dir" not in parameters:
-        pytest.fail(f"small_pipeline gave no artifact_dir for {NARRATIVE_NOTEBOOK.name}: {sorted(pipeline)}")
-    _prepare_notebook(NARRATIVE_NOTEBOOK, root / "notebooks" / NARRATIVE_NOTEBOOK.name, parameters)
-    # 06_report builds its explorer from artifact_dir/model.pt and select_correct(model, test_x, test_y,
-    # n_samples) over the whole test set; n (n_samples) and n_show are read back from the page.
-    checkpoint = Path(parameters["artifact_dir"]) / "model.pt"
-    return World(root, f"notebooks/{NARRATIVE_NOTEBOOK.name}",
-                 OracleSpec(checkpoint, Path(parameters["data_dir"]), None, None, None), "narrative")
-
-
-def _small_pipeline(request) -> dict | None:
-    try:
-        return request.getfixturevalue("small_pipeline")
-    except pytest.FixtureLookupError:
-        return None
+    values = {}
+    nb = nbformat.read(path, as_version=4)
+    for tag in ("parameters", "injected-parameters"):
+        for cell in (c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    with contextlib.suppress(ValueError):
+                        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# JupyterLab
+# JupyterLab, started by `make lab`
 
 
 def _free_port() -> int:
@@ -226,11 +128,13 @@ def _free_port() -> int:
 
 @dataclass
 class LabServer:
-    proc: subprocess.Popen
+    proc: subprocess.Popen  # `make lab`
     url: str  # http://127.0.0.1:PORT
     token: str
-    root: Path
+    root: Path  # the repository copy, where make lab runs
     log: Path
+    opened: Path  # where the stand-in web browser writes the address make lab opens
+    published: dict  # {file: SHA-256} of report/ and figures/ before make lab
 
     def api(self, path: str, method: str = "GET", timeout: float = 5) -> dict:
         req = urllib.request.Request(self.url + path, method=method, headers={"Authorization": f"token {self.token}"})
@@ -238,26 +142,34 @@ class LabServer:
             body = resp.read()
         return json.loads(body) if body else {}
 
+    def file_text(self, path: str) -> str:
+        """A file as the server holds it (path relative to JupyterLab's root dir)."""
+        return self.api(f"/api/contents/{urllib.parse.quote(path)}?type=file&format=text&content=1")["content"]
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no server log)"
 
-    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> str:
+        """Wait for /api/status, then for the address make lab opened in the (stand-in) browser; return it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with code {self.proc.returncode} before answering:\n{self.log_tail()}")
+                pytest.fail(f"`make lab` exited with code {self.proc.returncode} before JupyterLab answered:\n"
+                            f"{self.log_tail()}")
             with contextlib.suppress(OSError, ValueError):
                 self.api("/api/status", timeout=2)
-                return
+                if self.opened.is_file() and self.opened.read_text().strip():
+                    return self.opened.read_text().strip()
             time.sleep(0.25)
-        pytest.fail(f"JupyterLab did not answer {self.url}/api/status within {timeout:.0f} s:\n{self.log_tail()}")
+        pytest.fail(f"`make lab` did not serve {self.url}/api/status and open a browser within {timeout:.0f} s:\n"
+                    f"{self.log_tail()}")
 
     def stop(self) -> None:
-        """Shut down kernels and server (POST /api/shutdown), then kill what is left: the server's process group
-        and any kernel (kernels get their own session, so killpg alone would miss them)."""
+        """Shut down kernels and server (POST /api/shutdown), then kill what is left: make's process group (make,
+        JupyterLab) and any kernel (kernels get their own session, so killpg alone would miss them)."""
         import psutil
 
         children = []
@@ -271,7 +183,7 @@ class LabServer:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, sig)  # the server was started as its own group leader
+                    os.killpg(self.proc.pid, sig)  # make was started as its own group leader
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=5)
         for child in children:
@@ -280,57 +192,51 @@ class LabServer:
 
 
 @pytest.fixture(scope="module")
-def lab_server(tmp_path_factory):
-    """JupyterLab on 127.0.0.1:<free port> with a token, root dir = an empty temp dir that the world fixture
-    fills (started first so that it boots while the checkpoint trains). Always stopped, also on failure."""
+def lab_server(repo_copy, tmp_path_factory):
+    """`make lab`, without arguments, in the repository copy where `make report` (small) has run. Always
+    stopped, also on failure."""
     base = tmp_path_factory.mktemp("e2e")
-    root = base / "root"
-    root.mkdir()
     token = secrets.token_hex(16)
     port = _free_port()
-    venv_bin = str(Path(sys.executable).parent)  # the kernelspec runs `python`: make it this environment's
-    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-           "JUPYTER_CONFIG_DIR": str(base / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(base / "jupyter-runtime"),
-           "JUPYTER_DATA_DIR": str(base / "jupyter-data"), "IPYTHONDIR": str(base / "ipython"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(KERNEL_THREADS), "MKL_NUM_THREADS": str(KERNEL_THREADS)}
+    opened = base / "opened-url"
+    # The test's settings, in the place a user keeps theirs: JupyterLab reads the config dir's files.
+    config_dir = base / "jupyter-config"
+    config_dir.mkdir()
+    config = {
+        "ServerApp": {"ip": "127.0.0.1", "port": port, "port_retries": 0, "allow_root": True,
+                      "terminals_enabled": False,
+                      # the "web browser" make lab starts: it writes down the address it is given (%s)
+                      "browser": f"/bin/sh -c 'echo \"$0\" > \"{opened}\"' %s"},
+        "IdentityProvider": {"token": token},
+        "LabApp": {"expose_app_in_browser": True,  # window.jupyterapp: run commands and read outputs from the test
+                   "news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+                   "extension_manager": "readonly", "workspaces_dir": str(base / "workspaces"),
+                   "user_settings_dir": str(base / "settings")},
+    }
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=1))
     # No "get Jupyter news?" toast over the widget, no update check (both would also ask for the internet).
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--expose-app-in-browser",  # window.jupyterapp: run commands and read cell outputs from the test
-           "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False",
-           f"--LabApp.workspaces_dir={base / 'workspaces'}", f"--LabApp.user_settings_dir={base / 'settings'}"]
-    log = base / "jupyter-server.log"
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+           "JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_RUNTIME_DIR": str(base / "jupyter-runtime"),
+           "JUPYTER_DATA_DIR": str(base / "jupyter-data"), "IPYTHONDIR": str(base / "ipython"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(KERNEL_THREADS), "MKL_NUM_THREADS": str(KERNEL_THREADS)}
+    published = tree_digest(repo_copy / "report", repo_copy / "figures")
+    log = base / "make-lab.log"
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    server = LabServer(proc, f"http://127.0.0.1:{port}", token, root, log)
+        proc = subprocess.Popen(["make", "--no-print-directory", "lab"], cwd=repo_copy, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = LabServer(proc, f"http://127.0.0.1:{port}", token, repo_copy, log, opened, published)
     try:
         yield server
     finally:
         server.stop()
         ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
-            shutil.copyfile(log, ARTIFACT_DIR / "jupyter-server.log")
-
-
-@pytest.fixture(scope="module")
-def world(request, lab_server, data_root) -> World:
-    """The checkpoint and the notebook under test, in the server's root dir (see TARGET)."""
-    target = TARGET
-    if target not in ("auto", "narrative", "generated"):
-        pytest.fail(f"ADVLIB_E2E_NOTEBOOK must be auto, narrative or generated, got {target!r}")
-    pipeline = None
-    if target in ("auto", "narrative") and NARRATIVE_NOTEBOOK.exists():
-        pipeline = _small_pipeline(request)
-    if target == "narrative" and pipeline is None:
-        pytest.fail(f"ADVLIB_E2E_NOTEBOOK=narrative needs {NARRATIVE_NOTEBOOK} and the `small_pipeline` fixture")
-    if pipeline is not None:
-        return _build_narrative_world(lab_server.root, data_root, pipeline)
-    return _build_generated_world(lab_server.root, data_root)
+            shutil.copyfile(log, ARTIFACT_DIR / "make-lab.log")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,7 +337,7 @@ def browser_page(lab_server):
             page.on("console", lambda m: log.add(f"console.{m.type}: {m.text}"))
             page.on("pageerror", lambda e: log.add(f"pageerror: {e}"))
             page.on("requestfailed", lambda r: log.add(f"requestfailed: {r.method} {r.url} ({r.failure})"))
-            page.on("request", lambda r: None if r.url.startswith((lab_server.url, "data:", "blob:"))
+            page.on("request", lambda r: None if r.url.startswith((lab_server.url, "data:", "blob:", "file:"))
                     else log.add(f"non-local request (blocked by host rules): {r.url}"))
             yield page, log
         finally:
@@ -479,6 +385,12 @@ _JS_RUN_ALL = """async (path) => {
   window.jupyterapp.commands.execute('notebook:run-all-cells').then(
     ok => { window.__e2eRunAll = ok === false ? 'stopped (a cell failed)' : 'done'; },
     err => { window.__e2eRunAll = 'rejected: ' + err; });
+}""" % _JS_NOTEBOOK
+
+_JS_SAVE = """async (path) => {
+  const nb = (%s)(path);
+  window.jupyterapp.shell.activateById(nb.id);
+  await window.jupyterapp.commands.execute('docmanager:save');
 }""" % _JS_NOTEBOOK
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -587,32 +499,49 @@ _JS_VIEW = """(box) => ({
 # The test
 
 
-def test_slider_moves_update_numbers_in_jupyterlab(lab_server, world, browser_page):
+def test_slider_moves_update_numbers_in_jupyterlab(lab_server, browser_page):
+    """After `make report`, `make lab` then Run All, as the README says, makes the slider live on the models
+    `make report` trained; saving the notebook leaves the published report as it was."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page, log = browser_page
     t0 = time.monotonic()
-    lab_server.wait_ready()
+    address = lab_server.wait_ready()
+    t_lab = time.monotonic() - t0
     ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACT_DIR.glob("*.png"):
         old.unlink()
-    s = Session(page, log, lab_server, world.notebook)
+    root = lab_server.root
+    published = root / PUBLISHED_NARRATIVE
+    params = _notebook_parameters(published)
+    assert (params.get("focus_eps"), params.get("slider_step")) == (INITIAL_EPS, STEP), (
+        f"the published narrative's slider starts at focus_eps = {params.get('focus_eps')} with slider_step = "
+        f"{params.get('slider_step')}; MOVES assume {INITIAL_EPS} and {STEP}")
 
-    # 1. open the notebook and wait for its kernel
-    page.goto(f"{lab_server.url}/lab/tree/{world.notebook}?token={lab_server.token}", wait_until="domcontentloaded")
+    # 1. open what make lab opened in its browser, and wait for the notebook's kernel
+    page.goto(address, wait_until="domcontentloaded")
     try:
-        page.wait_for_function(f"() => ({_JS_NOTEBOOK})({json.dumps(world.notebook)}) !== null", timeout=60_000)
-        page.wait_for_function(f"() => {{ const nb = ({_JS_NOTEBOOK})({json.dumps(world.notebook)});"
+        page.wait_for_url(re.compile(r".*/lab/tree/.+\.ipynb.*"), timeout=60_000)
+    except PlaywrightTimeout:
+        pytest.fail(f"`make lab` opened {address!r}, which did not lead to a notebook (now at {page.url!r})")
+    notebook = urllib.parse.unquote(urllib.parse.urlparse(page.url).path.split("/lab/tree/", 1)[1])
+    as_published = published.read_text(encoding="utf-8")
+    if lab_server.file_text(notebook) != as_published:
+        pytest.fail(f"`make lab` opened {notebook}, which is not {PUBLISHED_NARRATIVE} as `make report` published it")
+    s = Session(page, log, lab_server, notebook)
+    try:
+        page.wait_for_function(f"() => ({_JS_NOTEBOOK})({json.dumps(notebook)}) !== null", timeout=60_000)
+        page.wait_for_function(f"() => {{ const nb = ({_JS_NOTEBOOK})({json.dumps(notebook)});"
                                "const k = nb.sessionContext.session && nb.sessionContext.session.kernel;"
                                "return k && k.status === 'idle'; }", timeout=60_000)
         opened = True
     except PlaywrightTimeout:
         opened = False
     if not opened:
-        s.fail(f"JupyterLab did not open {world.notebook} with an idle kernel within 60 s")
+        s.fail(f"JupyterLab did not open {notebook} with an idle kernel within 60 s")
 
     # 2. run all cells and wait for the slider (or an error)
-    page.evaluate(_JS_RUN_ALL, world.notebook)
+    page.evaluate(_JS_RUN_ALL, notebook)
     box = page.locator(".jp-OutputArea-output .widget-vbox:has(.advlib-explorer-status)").first
     deadline = time.monotonic() + RUN_ALL_TIMEOUT
     done_at = None
@@ -639,9 +568,12 @@ def test_slider_moves_update_numbers_in_jupyterlab(lab_server, world, browser_pa
     first = _parse_view(page.evaluate(_JS_VIEW, box_el))
     if first["status"] is None:
         s.fail(f"cannot parse the status line: {page.evaluate(_JS_VIEW, box_el)['status']!r}")
-    n_images = world.spec.n_images or int(first["status"][4])
-    n_show = world.spec.n_show or len(first["captions"])
-    oracle = Oracle(world.spec, n_images, n_show)
+    # 06_report builds its explorer from the model make report trained and select_correct(model, test_x, test_y,
+    # n_samples) over the whole test set; n (n_samples) and n_show are read back from the page
+    spec = OracleSpec(root / "build" / "run" / "artifacts" / "model.pt", root / "data", None, None, None)
+    n_images = int(first["status"][4])
+    n_show = len(first["captions"])
+    oracle = Oracle(spec, n_images, n_show)
     expected_all = [oracle(e) for e in [INITIAL_EPS] + [e for _, e in MOVES]]
     distinct = {(e.accuracy, tuple(e.preds)) for e in expected_all}
     assert len(distinct) >= 3, (f"the checkpoint is too flat for a meaningful test: only {len(distinct)} distinct "
@@ -684,5 +616,19 @@ def test_slider_moves_update_numbers_in_jupyterlab(lab_server, world, browser_pa
     page_errors = [line for line in log.lines if "pageerror" in line]
     if page_errors:
         s.fail("uncaught errors in the page:\n" + "\n".join(page_errors))
-    print(f"\n[e2e] notebook={world.notebook} ({world.kind}); slider ready after {t_ready:.1f} s; "
-          f"{len(MOVES)} moves checked; screenshots in {ARTIFACT_DIR}")
+
+    # 5. save, as JupyterLab's autosave would: the notebook make lab opened changes, the published report does not
+    page.evaluate(_JS_SAVE, notebook)
+    try:
+        page.wait_for_function(f"() => ({_JS_NOTEBOOK})({json.dumps(notebook)}).context.model.dirty === false",
+                               timeout=30_000)
+    except PlaywrightTimeout:
+        s.fail(f"JupyterLab did not save {notebook} within 30 s")
+    if lab_server.file_text(notebook) == as_published:
+        pytest.fail(f"saving did not write {notebook}")
+    now = tree_digest(root / "report", root / "figures")
+    changed = sorted(os.path.relpath(k, root) for k in set(lab_server.published) | set(now)
+                     if lab_server.published.get(k) != now.get(k))
+    assert not changed, f"running and saving the notebook `make lab` opened changed the published report: {changed}"
+    print(f"\n[e2e] make lab opened {notebook}: JupyterLab up after {t_lab:.1f} s, slider ready after "
+          f"{t_ready:.1f} s; {len(MOVES)} moves checked; screenshots in {ARTIFACT_DIR}")
