@@ -365,10 +365,17 @@ def autoattack_table(aa: dict, curves: dict | None = None, eps: list[float] | No
             r = next((r for r in aa[m] if abs(r["eps"] - e) < 1e-9), None)
             if r is not None:
                 cells[(e, m, "aa")] = r["accuracy"]
-    sizes = {c["n"] for c in cells.values()}
+    sizes = {c["n"] for (_, _, a), c in cells.items() if a == "aa"}
     if len(sizes) > 1:
         raise ValueError("a table mixes sample sizes " + ", ".join(
-            f"{m} {a} at eps {e:g}: n = {c['n']}" for (e, m, a), c in sorted(cells.items())))
+            f"{m} AutoAttack at eps {e:g}: n = {c['n']}" for (e, m, a), c in sorted(cells.items()) if a == "aa"))
+    note = ""
+    other = sorted({c["n"] for (_, _, a), c in cells.items() if a != "aa"} - sizes)
+    if other and sizes:  # curves of a run on other images (a small run beside the committed results): left out
+        cells = {k: c for k, c in cells.items() if k[2] == "aa" or c["n"] in sizes}
+        note = (f" Stage 5's FGSM and PGD curves of this run are on n = {', '.join(f'{k:,}' for k in other)} "
+                "images, not these: they are left out.")
+    sizes = sizes or {c["n"] for c in cells.values()}
     n = f"n = {sizes.pop():,}" if sizes else "no results"
     headers = ["ε (normalized)", "ε (px)"]
     for m in models:
@@ -381,7 +388,7 @@ def autoattack_table(aa: dict, curves: dict | None = None, eps: list[float] | No
                 c = cells.get((e, m, attack))
                 row.append("—" if c is None else (fmt_rate(c, 1) if attack == "aa" else f"{c['value']:.1f}%"))
         rows.append(row)
-    return f"All on the same {n} images.\n\n" + markdown_table(headers, rows)
+    return f"All on the same {n} images.{note}\n\n" + markdown_table(headers, rows)
 
 
 def per_attack_table(result: dict) -> str:
@@ -502,18 +509,19 @@ def autoattack_summary(rb: dict, curves: dict, pgd_steps: int) -> str:
     def at(model: str, eps: float) -> dict:
         return next(r for r in aa[model] if abs(r["eps"] - eps) < 1e-9)
 
-    def pgd_at(model: str, eps: float) -> str:
+    def pgd_at(model: str, eps: float, n: int) -> str:
         try:
-            return f"{row_at(curves[model]['pgd'], eps)['value']:.1f}%"
+            row = row_at(curves[model]['pgd'], eps)
         except KeyError:
             return "not on stage 5's grid"
+        return f"{row['value']:.1f}%" + (f", on {row['n']:,} other images" if row["n"] != n else " on the same images")
 
     lines = []
     for eps in rb["parameters"]["aa_eps"]:
         r, s = at("robust", eps), at("standard", eps)
         first = ", ".join(f"{p['attack']} {p['broke']}" for p in r["per_attack"] if p["broke"])
         lines.append(f"- **ε = {eps:g} ({eps / 2:g} px)**: the robust model keeps **{fmt_rate(r['accuracy'], 1)}** "
-                     f"under AutoAttack on {r['n']:,} images (PGD-{pgd_steps}: {pgd_at('robust', eps)}); the "
+                     f"under AutoAttack on {r['n']:,} images (PGD-{pgd_steps}: {pgd_at('robust', eps, r['n'])}); the "
                      f"standard model {fmt_rate(s['accuracy'], 1)}. Images broken first, by attack: {first or 'none'}.")
     failed = [k["check"] for k in checks if not k["passed"]]
     zero = next((k.get("zero_at") for k in checks if "zero_at" in k), None)
