@@ -12,9 +12,9 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from advlib import attacks, metrics
 from advlib.attacks import SweepResult, fgsm, pgd, predict
-from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, rate, robust_accuracy, robustness,
-                            roc_auc, roc_curve, seed_spread, select_correct, sweep_metrics, tpr_at_fpr,
-                            wilson_interval)
+from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, first_test_images, rate,
+                            robust_accuracy, robustness, roc_auc, roc_curve, seed_spread, select_correct,
+                            sweep_metrics, tpr_at_fpr, wilson_interval)
 
 Z95 = 1.959963984540054
 
@@ -305,6 +305,30 @@ def test_select_correct(trained_model, test_batch):
     assert select_correct(trained_model, x, y, len(correct)).tolist() == correct
     with pytest.raises(ValueError, match=f"only {len(correct)} images"):
         select_correct(trained_model, x, y, len(correct) + 1)
+
+
+def test_first_test_images_keeps_the_mistakes_and_refuses_what_does_not_fit(trained_model, test_batch):
+    """The unfiltered protocol (robust accuracy): the first n images as they come, clean mistakes included."""
+    x, y = test_batch
+    fx, fy = first_test_images(x, y, 100)
+    assert torch.equal(fx, x[:100]) and torch.equal(fy, y[:100])
+    assert (predict(trained_model, fx)[0] != fy).any()  # a mistake of the model stays in the set
+    for bad in (0, len(x) + 1):
+        with pytest.raises(ValueError, match="n_samples must lie in 1"):
+            first_test_images(x, y, bad)
+
+
+def test_attack_set_names_its_protocol_and_refuses_an_unknown_one(tmp_path, trained_model, data_root):
+    from advlib.checkpoint import save_checkpoint
+    from advlib.stage import attack_set
+
+    save_checkpoint(tmp_path / "model.pt", trained_model)
+    first = attack_set(tmp_path, data_root, n_samples=200, select="first")
+    correct = attack_set(tmp_path, data_root, n_samples=200)
+    assert first.idx.tolist() == list(range(200)) and "unfiltered" in repr(first)
+    assert (predict(trained_model, correct.x)[0] == correct.y).all() and "correctly classified" in repr(correct)
+    with pytest.raises(ValueError, match="select must be one of"):
+        attack_set(tmp_path, data_root, n_samples=10, select="correct_ones")
 
 
 def test_select_correct_stops_early_with_the_same_choice(trained_model, test_batch, monkeypatch):
