@@ -349,6 +349,21 @@ def test_plain_model_passes_every_check(trained_model, test_batch):
     assert s["restarts"]["starts"][0] == {k: v for k, v in s["pgd"].items() if k != "steps"}
 
 
+def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model, test_batch):
+    """The independent attack must itself be an attack: on the same images it leaves no more than PGD-20 does
+    (within the tolerance), far less than clean, and never counts a clean mistake as robust."""
+    x, y = test_batch[0][:128], test_batch[1][:128]
+    eps = 0.1
+    clean = predict(trained_model, x)[0] == y
+    kept = robust_eval.margin_pgd(trained_model, x, y, eps, steps=20, restarts=2, seed=0)
+    pgd_ok = clean & (predict(trained_model, pgd(trained_model, x, y, eps, steps=20, seed=0))[0] == y)
+    assert kept.dtype == torch.bool and kept.shape == (128,)
+    assert not (kept & ~clean).any()
+    acc = lambda flags: 100.0 * flags.float().mean().item()  # noqa: E731
+    assert acc(kept) <= acc(pgd_ok) + robust_eval.tolerance(128), (acc(kept), acc(pgd_ok))
+    assert acc(kept) < acc(clean) - 20, (acc(kept), acc(clean))
+
+
 @pytest.fixture(scope="module")
 def robust_retrained():
     """The robust model `make test` trains with the full recipe (test-artifacts/run): PGD's steps matter only on a
