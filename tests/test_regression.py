@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from advlib import attacks
 from advlib.metrics import sweep_metrics
 from advlib.results import (BAND_K, band_text, load_metrics, outside_fgsm_oracle, outside_robust_band,
-                            outside_seed_band, recalibrated_band, robust_bands, seed_band)
+                            outside_seed_band, recalibrated_band, robust_bands, seed_band, too_wide)
 from advlib.stage import attack_set, recalibrated_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,6 +213,7 @@ def robust_numbers(model: torch.nn.Module, spread: dict, n_samples: int = N_IMAG
 
 def robust_summary(numbers: dict, spread: dict) -> str:
     return "; ".join(f"{label} {numbers[key]['value']:.2f}% (n = {numbers[key]['n']:,}), band {band_text(band)}"
+                     + (" (too wide to judge: not a check)" if too_wide(band) else "")
                      for key, (label, band) in robust_bands(spread).items())
 
 
@@ -254,7 +255,9 @@ def test_the_robust_band_catches_a_model_without_adversarial_training(robust_spr
     flagged = outside_robust_band(numbers, robust_spread)
     print(flagged)
     summary = robust_summary(numbers, robust_spread)
-    assert any("PGD-" in v for v in flagged) and any("APGD" in v for v in flagged), summary
+    assert any("PGD-" in v for v in flagged), summary
+    aa_label, aa_band = robust_bands(robust_spread)["aa"]
+    assert too_wide(aa_band) or any("APGD" in v for v in flagged), summary
 
 
 def test_outside_robust_band_flags_what_lies_outside():
@@ -265,3 +268,6 @@ def test_outside_robust_band_flags_what_lies_outside():
     flagged = outside_robust_band({**inside, "pgd": {"value": 0.5}, "aa": {"value": 70.0}}, spread)
     assert len(flagged) == 2 and "PGD-20" in flagged[0] and "APGD" in flagged[1]
     assert "[80.55, 89.45]% (width 8.90 pp)" in flagged[0]  # 85 ± 6 × 1.4826 × 0.5
+    wide = {**spread, "aa": {"values": [60.0, 70.0, 80.0, 90.0, 78.0]}}  # 78 ± 6 × 1.4826 × 8: wider than 50 pp
+    assert too_wide(robust_bands(wide)["aa"][1])
+    assert [v for v in outside_robust_band({**inside, "aa": {"value": 5.0}}, wide) if "APGD" in v] == []
