@@ -384,8 +384,8 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
                   "are masked)",
          "numbers": f"Square {pct(sq)}, APGD-CE {pct(ap)} (first {sq_n} images)",
          "passed": _not_below(sq, ap, tolerance(sq_n)), "tolerance": tolerance(sq_n)},
-        {"check": f"FGSM >= PGD-{pgd_['steps']} >= AutoAttack, each within {tol:.1f} pp of the next (a far lower "
-                  "AutoAttack: PGD has not converged)",
+        {"check": f"FGSM >= PGD-{pgd_['steps']} >= AutoAttack: FGSM not below PGD by > {tol:.1f} pp, AutoAttack within "
+                  f"±{tol:.1f} pp of PGD (far lower: PGD has not converged, or gradients are masked)",
          "numbers": f"FGSM {pct(s['fgsm'])}, PGD-{pgd_['steps']} {pct(pgd_)}, AutoAttack {pct(aa)}",
          "passed": _not_below(s["fgsm"], pgd_, tol) and abs(pgd_["value"] - aa["value"]) <= tol + 1e-9,
          "tolerance": tol},
