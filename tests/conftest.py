@@ -7,6 +7,7 @@ on ``copy.deepcopy(...)`` of it, never on the fixture itself.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import subprocess
 import sys
@@ -41,6 +42,18 @@ def pytest_xdist_make_scheduler(config, log):
             return super()._split_scope(nodeid)
 
     return WorkflowScope(config, log)
+
+
+class LogRecords(logging.Handler):
+    """Keeps the messages of the log records it receives (the official AutoAttack driver's log, in the tests that
+    compare with it)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 # One intra-op thread: the suite runs on small shared machines, where OpenMP threads competing with other

@@ -32,6 +32,7 @@ from advlib.attacks import predict, to_pixel_eps
 from advlib.model import fold_batchnorm
 from advlib.pipeline import AA_BATCH
 from advlib.robust_eval import AA_ATTACKS
+from conftest import LogRecords
 
 AA_IMAGES = 400  # the first 400 test images; ~350 are classified correctly, so APGD-CE runs on two batches
 # tried in order, the first where the hand-over is exercised is used (normalized units: 0.1, 0.075, 0.125 px); at
@@ -150,15 +151,6 @@ def batches_of(calls, attack: str) -> list[list[int]]:
 # Ours and the official driver on 400 images
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def official_run(model, x01: torch.Tensor, y: torch.Tensor, eps: float, spy: BatchSpy) -> dict:
     """The official driver (pyautoattack's run_standard_evaluation, its batch size 250) on (x01 in [0, 1], y) at
     eps (normalized units), seed 0: its robust flags, the robust accuracy after each attack and the size of each
@@ -166,7 +158,7 @@ def official_run(model, x01: torch.Tensor, y: torch.Tensor, eps: float, spy: Bat
     from pyautoattack import AutoAttack
 
     logger = logging.getLogger("auto-attack")
-    handler, level = _Records(), logger.level
+    handler, level = LogRecords(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:

@@ -23,6 +23,7 @@ from advlib.attacks import input_gradient, pgd, predict, to_pixel_eps
 from advlib.metrics import rate
 from advlib.robust_eval import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
                                 seed_metrics)
+from conftest import LogRecords
 
 Z95 = 1.959963984540054
 
@@ -72,15 +73,6 @@ def aa_window(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> slice:
                          "the shared trained model is unlike any this test was written for")
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def aa_pair(trained_model, mnist):
     """robust_eval.autoattack and the official driver (pyautoattack's run_standard_evaluation) on the same 16
@@ -94,7 +86,7 @@ def aa_pair(trained_model, mnist):
     ours = autoattack(trained_model, x, y, AA_EPS, seed=0, progress=False)
 
     logger = logging.getLogger("auto-attack")
-    handler, level = _Records(), logger.level
+    handler, level = LogRecords(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
