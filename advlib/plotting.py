@@ -573,13 +573,14 @@ def plot_sample_predictions(x: Any, y: Any, pred: Any, ncols: int = 8) -> Figure
 
 
 @_styled
-def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]]) -> Figure:
+def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], images: str = "") -> Figure:
     """Figure 10 (graph10): accuracy under attack vs eps for a standard and an adversarially trained model.
 
     Args:
         curves: {model: {attack: [{"eps", "value", "ci_low", "ci_high"}, ...]}}, e.g. models "standard" and
             "robust", attacks "fgsm" and "pgd"; eps normalized, values accuracy in percent with a 95% Wilson
             interval. Colour = model, line style and marker = attack.
+        images: which images the curves are on, for the title (e.g. "the first 1,000 test images, unfiltered").
     """
     if not curves:
         raise ValueError("curves is empty: pass {model: {attack: [rate dicts with eps]}}")
@@ -599,7 +600,8 @@ def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]
     label_eps_axis(ax)
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title("Figure 10: does adversarial training help? Accuracy under FGSM and PGD")
+    ax.set_title("Figure 10: does adversarial training help? Accuracy under FGSM and PGD"
+                 + (f"\non {images}" if images else ""))
     _legend_band(ax, loc="lower left")
     return fig
 

@@ -303,6 +303,12 @@ def test_rows_without_intervals_are_refused():
         P.plot_asr_bars([])
 
 
+def test_defense_robustness_names_its_images_in_the_title():
+    fig = P.plot_defense_robustness(make_curves(), images="the first 1,000 test images, unfiltered")
+    assert fig.axes[0].get_title().endswith("\non the first 1,000 test images, unfiltered")
+    assert "\n" not in P.plot_defense_robustness(make_curves()).axes[0].get_title()
+
+
 def test_defense_robustness_colour_is_model_linestyle_is_attack():
     curves = make_curves()
     fig = P.plot_defense_robustness(curves)
