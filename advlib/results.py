@@ -536,9 +536,9 @@ def autoattack_summary(rb: dict, curves: dict, pgd_steps: int) -> str:
     failed = [k["check"] for k in checks if not k["passed"]]
     zero = next((k.get("zero_at") for k in checks if "zero_at" in k), None)
     sn, mp = rb["sanity"]["numbers"], rb["sanity"]["numbers"].get("margin_pgd")
-    tol = next((k["tolerance"] for k in checks if k["check"].startswith("FGSM >=")), 0.0)
+    tol = next((k["tolerance"] for k in checks if k.get("key") == "order"), 0.0)
     gap = sn["pgd"]["value"] - at("robust", rb["sanity"]["eps"])["accuracy"]["value"]
-    confirmed = all(k["passed"] for k in checks if "independent attack" in k["check"])
+    confirmed = all(k["passed"] for k in checks if k.get("key") == "independent")
     why = (f" PGD-{sn['pgd']['steps']} from one start leaves {gap:.1f} pp more than AutoAttack at "
            f"ε = {rb['sanity']['eps']:g}: on its own it overstates this model's robustness, so the number to report is "
            "AutoAttack's" + (", which the independent attack confirms" if mp and confirmed else "") + "."

@@ -26,6 +26,7 @@ The command line (``python -m advlib.robust_eval autoattack|sanity|merge ...``) 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -253,8 +254,6 @@ def tolerance(n: int) -> float:
 
 
 def _digest(t: torch.Tensor) -> str:
-    import hashlib
-
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -347,13 +346,14 @@ def _not_below(a: dict, b: dict, tol: float) -> bool:
 
 
 def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
-    """Carlini et al.'s sanity checks as rows {check, numbers, passed, tolerance} from :func:`sanity_attacks`'
+    """Carlini et al.'s sanity checks as rows {key, check, numbers, passed, tolerance} from :func:`sanity_attacks`'
     result ``s`` and the AutoAttack accuracy ``aa`` (a rate dict) at the same eps on the same images.
 
     What the checks are for: evidence that the reported number has converged. More steps, more restarts, and a
     stronger or different attack must not lower accuracy by more than :func:`tolerance` (derived from the number
     of images each row compares); nor may a weaker attack (FGSM, transfer, gradient-free Square) be stronger by
-    more than that, the signature of masked gradients."""
+    more than that, the signature of masked gradients. Keys: steps, restarts, zero, transfer, square, order,
+    independent."""
     def pct(r: dict) -> str:
         return f"{r['value']:.1f}%"
 
@@ -364,32 +364,39 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
     sq, ap = s["square_vs_apgd"]["square"]["accuracy"], s["square_vs_apgd"]["apgd-ce"]["accuracy"]
     mp = s["margin_pgd"]
     rows = [
-        {"check": f"more PGD steps agree (PGD-{more['steps']} within ±{tol:.1f} pp of PGD-{pgd_['steps']})",
+        {"key": "steps",
+         "check": f"more PGD steps agree (PGD-{more['steps']} within ±{tol:.1f} pp of PGD-{pgd_['steps']})",
          "numbers": f"PGD-{pgd_['steps']} {pct(pgd_)}, PGD-{more['steps']} {pct(more)}",
          "passed": abs(more["value"] - pgd_["value"]) <= tol + 1e-9, "tolerance": tol},
-        {"check": f"more random restarts agree (worst of {rs['restarts']} independent starts at most {tol:.1f} pp "
+        {"key": "restarts",
+         "check": f"more random restarts agree (worst of {rs['restarts']} independent starts at most {tol:.1f} pp "
                   "below one start)",
          "numbers": "starts " + ", ".join(pct(r) for r in rs["starts"]) + f"; worst case {pct(rs['worst'])}; "
                     f"{rs['distinct']} of {rs['restarts']} starts distinct",
          "passed": _not_below(rs["worst"], rs["starts"][0], tol) and rs["distinct"] == rs["restarts"] > 1,
          "tolerance": tol},
-        {"check": f"accuracy falls to <= {near_zero:g}% as eps grows",
+        {"key": "zero",
+         "check": f"accuracy falls to <= {near_zero:g}% as eps grows",
          "numbers": ", ".join(f"{r['eps']:g}: {pct(r)}" for r in sweep)
          + (f"; reached at eps {zero_at:g} ({to_pixel_eps(zero_at):g} px)" if zero_at is not None else "; not reached"),
          "passed": zero_at is not None, "zero_at": zero_at},
-        {"check": f"a transfer attack (from the standard model) is not stronger than white-box (by > {tol:.1f} pp)",
+        {"key": "transfer",
+         "check": f"a transfer attack (from the standard model) is not stronger than white-box (by > {tol:.1f} pp)",
          "numbers": f"transfer {pct(s['transfer'])}, white-box PGD-{pgd_['steps']} {pct(pgd_)}",
          "passed": _not_below(s["transfer"], pgd_, tol), "tolerance": tol},
-        {"check": f"gradient-free Square is not stronger than APGD-CE (by > {tolerance(sq_n):.1f} pp: else gradients "
+        {"key": "square",
+         "check": f"gradient-free Square is not stronger than APGD-CE (by > {tolerance(sq_n):.1f} pp: else gradients "
                   "are masked)",
          "numbers": f"Square {pct(sq)}, APGD-CE {pct(ap)} (first {sq_n} images)",
          "passed": _not_below(sq, ap, tolerance(sq_n)), "tolerance": tolerance(sq_n)},
-        {"check": f"FGSM >= PGD-{pgd_['steps']} >= AutoAttack: FGSM not below PGD by > {tol:.1f} pp, AutoAttack within "
+        {"key": "order",
+         "check": f"FGSM >= PGD-{pgd_['steps']} >= AutoAttack: FGSM not below PGD by > {tol:.1f} pp, AutoAttack within "
                   f"±{tol:.1f} pp of PGD (far lower: PGD has not converged, or gradients are masked)",
          "numbers": f"FGSM {pct(s['fgsm'])}, PGD-{pgd_['steps']} {pct(pgd_)}, AutoAttack {pct(aa)}",
          "passed": _not_below(s["fgsm"], pgd_, tol) and abs(pgd_["value"] - aa["value"]) <= tol + 1e-9,
          "tolerance": tol},
-        {"check": f"an independent attack (margin-loss PGD-{mp['steps']} x {mp['restarts']}, this project's own code) "
+        {"key": "independent",
+         "check": f"an independent attack (margin-loss PGD-{mp['steps']} x {mp['restarts']}, this project's own code) "
                   f"is at most {tol:.1f} pp below AutoAttack",
          "numbers": f"margin PGD {pct(mp)}, AutoAttack {pct(aa)}",
          "passed": _not_below(mp, aa, tol), "tolerance": tol},

@@ -99,7 +99,8 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
     if select == "correct":
         idx = select_correct(ckpt.model, test_x, test_y, n_samples)
     else:
-        idx = torch.arange(len(first_test_images(test_x, test_y, n_samples)[1]), device=test_x.device)
+        first_test_images(test_x, test_y, n_samples)  # refuses an n that does not fit the split
+        idx = torch.arange(n_samples, device=test_x.device)
     return AttackSet(ckpt, ckpt.model, test_x[idx], test_y[idx], test_x, test_y, idx, select)
 
 

@@ -56,6 +56,18 @@ class LogRecords(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def assert_per_attack_matches_the_log(ours: dict, after: dict) -> None:
+    """advlib.robust_eval.autoattack's per-attack counts ``ours`` give the robust accuracy the official driver logs
+    after each attack (``after``: {attack: percent}, two decimals) for the standard attacks, in their order."""
+    from advlib.robust_eval import AA_ATTACKS
+
+    assert list(after) == list(AA_ATTACKS), f"the official log gave {after}"
+    remaining = ours["clean"]
+    for row in ours["per_attack"]:
+        remaining -= row["broke"]
+        assert after[row["attack"]] == pytest.approx(100.0 * remaining / ours["n"], abs=0.006), row
+
+
 # One intra-op thread: the suite runs on small shared machines, where OpenMP threads competing with other
 # processes made training 4x slower than one thread; it also makes results independent of the core count.
 torch.set_num_threads(1)
