@@ -47,7 +47,7 @@ dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no clus
 # make test: the unit, workflow and browser tests, then nbval over copies of the executed notebooks, on two pytest
 # workers (tests/conftest.py says how the tests are shared between them).
 # nbval re-executes them against models trained once, here, by the workflow's own training jobs: the notebooks load
-# them instead of training again, and find 05_defense's PGD curves in the stage cache (advlib/cache.py), filled by
+# them instead of training again, and find 05_defense's PGD curves in the stage cache (study/cache.py), filled by
 # the workflow's own PGD jobs. It compares only the outputs that are the same on every machine (cells tagged
 # nbval-check-output; --nbval-lax); the numbers have their own tests. The test jobs run two at a time, one torch
 # thread each, as the report's (OMP_NUM_THREADS=2 make test: one job at a time, two threads, other float rounding).
@@ -70,11 +70,11 @@ bench: data  ## speed and memory benchmarks: benchmarks/results.json and results
 	"$(PY)" -m benchmarks $(ARGS)
 
 # make lab: JupyterLab on copies of the executed notebooks in the scratch run folder build/scratch/ (git-ignored),
-# beside the models of the last `make report` and a copy of figures/ (advlib.pipeline.scratch_run). It opens the
+# beside the models of the last `make report` and a copy of figures/ (study.workflow.scratch_run). It opens the
 # narrative: Run All makes the slider live; nothing done there (JupyterLab saves as it goes) changes report/ or
 # figures/. `make report` publishes.
 lab: data  ## JupyterLab on a copy of the executed narrative in build/scratch/ (Run All makes the slider live)
-	"$(PY)" -m advlib.pipeline scratch report/*.ipynb
+	"$(PY)" -m study.workflow scratch report/*.ipynb
 	"$(VENV)/bin/jupyter" lab build/scratch/report/06_report.ipynb
 
 clean-build:

@@ -12,12 +12,12 @@
 #
 # Every job works in a run directory laid out like the repository (data/, artifacts/, figures/, report/), so the
 # notebooks' relative default paths hold everywhere. The two models are trained by their own jobs (same function as
-# the notebooks call, advlib.recipe.train_or_load), so changing a plot or the narrative never retrains a model; stage
-# 5's PGD curves are jobs too (rule pgd_curve), whose results the notebook finds in the stage cache (advlib/cache.py).
+# the notebooks call, study.models.train_or_load), so changing a plot or the narrative never retrains a model; stage
+# 5's PGD curves are jobs too (rule pgd_curve), whose results the notebook finds in the stage cache (study/cache.py).
 import json
 from pathlib import Path
 
-from advlib.pipeline import (AA_BATCH, STAGES, ConfigError, parse_seeds, plot_code_digest,
+from study.workflow import (AA_BATCH, STAGES, ConfigError, parse_seeds, plot_code_digest,
     resolve_config, skip_iri_format_checker)
 
 skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
@@ -33,19 +33,19 @@ DATA = str(Path("data").resolve())
 PY = sys.executable
 # what a notebook job runs: every module but the README generator and the HTML export, which no notebook imports,
 # and the plotting module, of which each notebook depends only on the part it reaches (rule notebook's `plots`)
-CODE = sorted(str(p) for p in Path("advlib").glob("*.py") if p.stem not in ("readme", "html_report", "plotting"))
-TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint", "recipe")]
+CODE = sorted(str(p) for d in ("advlib", "study") for p in Path(d).glob("*.py") if p.stem not in ("readme", "html_report", "plotting"))
+TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint")] + ["study/models.py"]
 ROBUST_TRAIN_CODE = TRAIN_CODE + ["advlib/attacks.py"]
 REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
-EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "advlib/robust_eval.py"]
+EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "study/sanity.py"]
 
 # 05_defense's PGD curves, in PGD_PARTS jobs per model (part k: eps_grid[k::PGD_PARTS]): they run beside the
 # training and the other stages (the robust model's on both cores once it is trained), and fill the stage cache
-# (advlib.cache) where the notebook finds them
+# (study.cache) where the notebook finds them
 PGD_PARTS = 2
 PGD_CURVES = [f"artifacts/pgd/{m}_part{k}.json" for m in ("model", "robust_model") for k in range(PGD_PARTS)]
-PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "cache", "checkpoint", "data", "recipe", "stage")]
+PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "checkpoint", "data")] + [f"study/{m}.py" for m in ("cache", "models", "jobs")]
 
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
 NEEDS = {
@@ -136,7 +136,7 @@ rule model:
     params: p=lambda w: run_params(w, "01_train", STANDARD_KEYS)
     threads: THREADS
     resources: mem_mb=2000, runtime=30
-    shell: "{PY:q} -m advlib.recipe standard --out {output:q} --data-dir {input.data:q} --threads {threads} "
+    shell: "{PY:q} -m study.models standard --out {output:q} --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 
 
@@ -147,7 +147,7 @@ rule robust_model:
     params: p=lambda w: run_params(w, "05_defense", ROBUST_KEYS)
     threads: THREADS
     resources: mem_mb=2000, runtime=60
-    shell: "{PY:q} -m advlib.recipe robust --out {output:q} --data-dir {input.data:q} --threads {threads} "
+    shell: "{PY:q} -m study.models robust --out {output:q} --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
 
 
@@ -160,7 +160,7 @@ rule pgd_curve:
     wildcard_constraints: model="model|robust_model", part=r"\d+"
     threads: THREADS
     resources: mem_mb=1500, runtime=20
-    shell: "{PY:q} -m advlib.stage pgd --model {wildcards.model}.pt --part {wildcards.part} --parts {PGD_PARTS} "
+    shell: "{PY:q} -m study.jobs pgd --model {wildcards.model}.pt --part {wildcards.part} --parts {PGD_PARTS} "
            "--out {output:q} "
            "--artifact-dir {wildcards.run:q}/artifacts --data-dir {input.data:q} --threads {threads} "
            "--params {params.p:q}"
@@ -189,41 +189,41 @@ rule notebook:
         data=ancient("{run}/data"),
         needs=lambda w: [f"{w.run}/{n}" for n in NEEDS[w.stage]],
     output: "{run}/report/{stage}.ipynb"
-    # plots: the digest of the plotting code this notebook reaches (advlib.pipeline.plot_code_digest); Snakemake
+    # plots: the digest of the plotting code this notebook reaches (study.workflow.plot_code_digest); Snakemake
     # re-runs a job whose params changed, so editing one figure re-runs only the stages that draw it
     params: p=lambda w: run_params(w, w.stage), plots=lambda w: plot_code_digest(f"notebooks/{w.stage}.ipynb")
     wildcard_constraints: stage="|".join(STAGES)
     threads: THREADS
     resources: mem_mb=2000, runtime=30
-    shell: "OMP_NUM_THREADS={threads} {PY:q} -m advlib.pipeline notebook {input.source:q} {output:q} "
+    shell: "OMP_NUM_THREADS={threads} {PY:q} -m study.workflow notebook {input.source:q} {output:q} "
            "--params {params.p:q}"
 
 
 rule html:
     """The narrative as one self-contained page; its eps slider works without a kernel."""
-    input: "{run}/report/06_report.ipynb", "advlib/html_report.py", "advlib/explorer.py"
+    input: "{run}/report/06_report.ipynb", "study/html_report.py", "advlib/explorer.py"
     output: "{run}/report/index.html"
-    shell: "{PY:q} -m advlib.html_report {input[0]:q} {output:q}"
+    shell: "{PY:q} -m study.html_report {input[0]:q} {output:q}"
 
 
 rule publish:
     """All or nothing: runs only when every job above succeeded."""
     input: REPORT
     output: touch(f"{RUN}/.published")
-    shell: "{PY:q} -m advlib.pipeline publish {RUN:q}"
+    shell: "{PY:q} -m study.workflow publish {RUN:q}"
 
 
 rule seed_result:
     """One seed's numbers for the seed study: 01_train's test accuracy and 02_sweep's FGSM sweep of the seed's
-    model, by the calls the notebooks make (advlib.stage.seed_record), without their figures."""
-    input: PGD_CODE + ["advlib/results.py"], model="build/seeds/seed_{seed}/artifacts/model.pt",
+    model, by the calls the notebooks make (study.jobs.seed_record), without their figures."""
+    input: PGD_CODE + ["study/results.py"], model="build/seeds/seed_{seed}/artifacts/model.pt",
            data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/seed_{seed}.json"
     params: train=lambda w: json.dumps({k: seed_params("01_train", w.seed)[k] for k in STANDARD_KEYS}),
             sweep=lambda w: json.dumps({k: PARAMS["02_sweep"][k] for k in ("n_samples", "eps_grid", "device")})
     threads: THREADS
     resources: mem_mb=1500, runtime=10
-    shell: "{PY:q} -m advlib.stage seed --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
+    shell: "{PY:q} -m study.jobs seed --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
            "--data-dir {input.data:q} --threads {threads} --params {params.sweep:q} --train-params {params.train:q} "
            "--out {output:q}"
 
@@ -245,7 +245,7 @@ rule seed_robust:
     params: p=lambda w: seed_robust_params(w.seed)
     threads: THREADS
     resources: mem_mb=2000, runtime=60
-    shell: "{PY:q} -m advlib.robust_eval seed --model {input.model:q} --params {params.p:q} "
+    shell: "{PY:q} -m study.sanity seed --model {input.model:q} --params {params.p:q} "
            "--data-dir {input.data:q} --threads {threads} --out {output:q}"
 
 
@@ -253,14 +253,14 @@ rule publish_seeds:
     """Every seed's metrics into figures/seed_study/, together, once all of them have finished."""
     input: expand("build/seeds/seed_{seed}.json", seed=SEEDS)
     output: touch("figures/seed_study/.published")
-    shell: "{PY:q} -m advlib.pipeline publish-files figures/seed_study --replace 'seed_*.json' {input:q}"
+    shell: "{PY:q} -m study.workflow publish-files figures/seed_study --replace 'seed_*.json' {input:q}"
 
 
 rule publish_robust_seeds:
     """Every seed's robust-model numbers into figures/seed_study/robust_<k>.json, together."""
     input: expand("build/seeds/robust_{seed}.json", seed=SEEDS)
     output: touch("figures/seed_study/.published_robust")
-    shell: "{PY:q} -m advlib.pipeline publish-files figures/seed_study --replace 'robust_*.json' {input:q}"
+    shell: "{PY:q} -m study.workflow publish-files figures/seed_study --replace 'robust_*.json' {input:q}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ rule threat_model:
     params: p=lambda w: json.dumps({k: ROBUST[k] for k in THREAT_KEYS}, sort_keys=True)
     threads: THREADS
     resources: mem_mb=2000, runtime=240
-    shell: "{PY:q} -m advlib.recipe threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
+    shell: "{PY:q} -m study.models threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
            "--threads {threads} --params {params.p:q}"
 
 
@@ -316,7 +316,7 @@ rule autoattack_part:
     params: p=json.dumps({k: ROBUST[k] for k in AA_KEYS}, sort_keys=True), stop=lambda w: min(int(w.start) + AA_BATCH, aa_images(w.model, w.eps))
     threads: THREADS
     resources: mem_mb=2000, runtime=120
-    shell: "{PY:q} -m advlib.robust_eval autoattack --model {input.model:q} --eps {wildcards.eps} "
+    shell: "{PY:q} -m study.sanity autoattack --model {input.model:q} --eps {wildcards.eps} "
            "--start {wildcards.start} --stop {params.stop} --params {params.p:q} --data-dir {input.data:q} "
            "--threads {threads} --out {output:q}"
 
@@ -324,7 +324,7 @@ rule autoattack_part:
 rule autoattack_merge:
     input: lambda w: aa_parts(w.run, w.model, w.eps)
     output: "{run}/robustness/autoattack_{model}_eps{eps}.json"
-    shell: "{PY:q} -m advlib.robust_eval merge {input:q} --out {output:q}"
+    shell: "{PY:q} -m study.sanity merge {input:q} --out {output:q}"
 
 
 rule sanity_checks:
@@ -334,7 +334,7 @@ rule sanity_checks:
     params: p=json.dumps({k: ROBUST[k] for k in SANITY_KEYS}, sort_keys=True)
     threads: THREADS
     resources: mem_mb=2000, runtime=120
-    shell: "{PY:q} -m advlib.robust_eval sanity --model {input.model:q} --source {input.source:q} "
+    shell: "{PY:q} -m study.sanity sanity --model {input.model:q} --source {input.source:q} "
            "--params {params.p:q} --data-dir {input.data:q} --threads {threads} --out {output:q}"
 
 
@@ -342,11 +342,11 @@ rule publish_robustness:
     """All or nothing, as the report: the results replace the earlier ones of both models together."""
     input: aa_results(), f"{RUN}/robustness/sanity.json"
     output: touch("figures/robustness/.published")
-    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace 'autoattack_[rs]*.json' {input:q}"
+    shell: "{PY:q} -m study.workflow publish-files figures/robustness --replace 'autoattack_[rs]*.json' {input:q}"
 
 
 rule publish_capacity:
     """The capacity study's results replace the earlier ones together."""
     input: capacity_results()
     output: touch("figures/robustness/.published_capacity")
-    shell: "{PY:q} -m advlib.pipeline publish-files figures/robustness --replace 'autoattack_threat_*.json' {input:q}"
+    shell: "{PY:q} -m study.workflow publish-files figures/robustness --replace 'autoattack_threat_*.json' {input:q}"

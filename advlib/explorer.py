@@ -12,7 +12,7 @@ only); :meth:`EpsExplorer.state` then gives everything a view shows at one eps. 
 
 ``display(explorer)`` in a notebook shows the live widget in JupyterLab and saves the standalone fragment and the
 picture in the same output, so that an HTML export (nbconvert falls back to text/html when no widget state is
-saved, see :mod:`advlib.html_report`) shows a working slider. The perturbation's colour scale is the one of every
+saved, see :mod:`study.html_report`) shows a working slider. The perturbation's colour scale is the one of every
 figure (:data:`advlib.plotting.PERTURBATION_LIMIT`), stated under the images.
 
 eps is in normalized units (images in [-1, 1]); every view also gives [0, 1] pixel units.
@@ -31,7 +31,7 @@ from torch import nn
 
 from advlib import plotting
 from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction, to_pixel_eps
-from advlib.cache import Cache
+from advlib.metrics import direct_call
 
 
 def _grid(eps_max: float, eps_step: float) -> list[float]:
@@ -70,14 +70,14 @@ class EpsExplorer:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
                  eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True,
-                 cache: Cache | None = None):
+                 cache=None):
         check_batch(x, y)
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
         self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
-        pre = (cache or Cache(None))(precompute, model, x, y, self.eps_grid, progress=progress)
+        pre = (cache or direct_call)(precompute, model, x, y, self.eps_grid, progress=progress)
         self.direction = pre["direction"]  # (N, 1, 32, 32): the only gradient ever computed
         self.accuracy_curve = pre["accuracy_curve"]  # (E,) percent
         self.clean_preds = pre["clean_preds"][:n_show]

@@ -8,14 +8,19 @@ where clean mistakes count as failures.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from advlib.attacks import NUM_CLASSES, SweepResult, fgsm_sweep, pgd, predict, to_pixel_eps
-from advlib.cache import Cache
+
+
+def direct_call(func: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)``: the default ``cache`` of the functions that take one. A cache is any callable
+    with this signature that may return a stored result instead (the study passes its stage cache)."""
+    return func(*args, **kwargs)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -126,15 +131,15 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 def pgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-             pgd_steps: int = 20, seed: int = 0, cache: Cache | None = None) -> list[dict]:
-    """:func:`pgd_accuracy` at every eps of eps_grid, through ``cache`` when given (an :class:`advlib.cache.Cache`:
-    a re-run finds the numbers computed before): one ``{"eps": eps, **rate(k, N)}`` row per eps."""
-    cache = cache or Cache(None)
+             pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> list[dict]:
+    """:func:`pgd_accuracy` at every eps of eps_grid, through ``cache`` when given (a callable such as
+    :func:`direct_call`; the study passes its stage cache, where a re-run finds the numbers computed before): one ``{"eps": eps, **rate(k, N)}`` row per eps."""
+    cache = cache or direct_call
     return [{"eps": eps, **cache(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)} for eps in eps_grid]
 
 
 def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-               pgd_steps: int = 20, seed: int = 0, cache: Cache | None = None) -> dict[str, list[dict]]:
+               pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> dict[str, list[dict]]:
     """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (normalized units), on all of x.
 
     x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. An image counts as a success only if it is classified

@@ -716,7 +716,7 @@ def plot_capacity(rows: Sequence[Mapping], *, target_robust: float = 80.0, targe
     """Figure 13 (graph13): adversarial training at the standard threat model against model size.
 
     Args:
-        rows: :func:`advlib.results.capacity_rows`: per width ``parameters``, ``clean_test_accuracy`` (percent),
+        rows: :func:`study.results.capacity_rows`: per width ``parameters``, ``clean_test_accuracy`` (percent),
             ``autoattack`` (rate dict: AutoAttack accuracy with its 95% Wilson interval) and ``eps`` (normalized).
         target_robust, target_clean: the issue's targets, drawn as dashed lines.
         reference: optional {"parameters", "autoattack", "label"}: a published model for scale (Wong et al. 2020's

@@ -27,8 +27,8 @@ import torch
 from advlib.checkpoint import save_checkpoint
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json, atomic_write_bytes
-from advlib.recipe import STANDARD_MODEL
-from advlib.stage import attack_set
+from study.models import STANDARD_MODEL
+from study.jobs import attack_set
 from advlib.train import TrainConfig, train
 
 from benchmarks import efficiency, memory, report, slider_speed, sweep_speed, train_speed, workflow

@@ -17,8 +17,8 @@ from pathlib import Path
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json
 from advlib.parallel import train_data_parallel
-from advlib.pipeline import parse_seeds
-from advlib.stage import BN_CALIBRATION_IMAGES
+from study.workflow import parse_seeds
+from study.jobs import BN_CALIBRATION_IMAGES
 from advlib.train import TrainConfig, evaluate, recalibrate_batchnorm
 
 from benchmarks.common import ROOT, loadavg

@@ -33,7 +33,7 @@ from advlib.data import MNIST
 from advlib.metrics import accuracy, wilson_interval
 from advlib.model import SmallResNet
 from advlib.parallel import Exchange, exchanged_numel, train_data_parallel
-from advlib.stage import BN_CALIBRATION_IMAGES
+from study.jobs import BN_CALIBRATION_IMAGES
 from advlib.train import TrainConfig, recalibrate_batchnorm, train
 
 from benchmarks.common import Settings, loadavg, per_second, summarize, time_interleaved

@@ -77,11 +77,11 @@ def jobs(watched: Watched) -> dict:
         cmd = procs[pid]["cmd"]
         if not cmd or cmd.split()[0].endswith("sh"):  # snakemake's bash -c wrapper holds the same words
             return None
-        if m := re.search(r"-m advlib\.pipeline notebook \S*?(\w+)\.ipynb", cmd):
+        if m := re.search(r"-m study\.workflow notebook \S*?(\w+)\.ipynb", cmd):
             return m.group(1)
-        if m := re.search(r"-m advlib\.stage pgd --model (\w+)\.pt(?: --part (\d+))?", cmd):
+        if m := re.search(r"-m study\.jobs pgd --model (\w+)\.pt(?: --part (\d+))?", cmd):
             return f"PGD curve of {m.group(1)}.pt" + (f", part {m.group(2)}" if m.group(2) else "")
-        if m := re.search(r"-m advlib\.recipe (\w+)", cmd):
+        if m := re.search(r"-m study\.models (\w+)", cmd):
             return f"train {m.group(1)} model"
         return None
 

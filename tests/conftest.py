@@ -57,9 +57,9 @@ class LogRecords(logging.Handler):
 
 
 def assert_per_attack_matches_the_log(ours: dict, after: dict) -> None:
-    """advlib.robust_eval.autoattack's per-attack counts ``ours`` give the robust accuracy the official driver logs
+    """study.sanity.autoattack's per-attack counts ``ours`` give the robust accuracy the official driver logs
     after each attack (``after``: {attack: percent}, two decimals) for the standard attacks, in their order."""
-    from advlib.robust_eval import AA_ATTACKS
+    from study.sanity import AA_ATTACKS
 
     assert list(after) == list(AA_ATTACKS), f"the official log gave {after}"
     remaining = ours["clean"]
@@ -183,7 +183,7 @@ SMALL_PIPELINE_PARAMETERS = {
     "pgd_steps": 3,
 }
 # what a clone holds that the workflow reads (data/ and .venv/ are linked, not copied)
-REPO_PATHS = ["Makefile", "Snakefile", "pyproject.toml", "README.md", "advlib", "notebooks", "figures", "report",
+REPO_PATHS = ["Makefile", "Snakefile", "pyproject.toml", "README.md", "advlib", "study", "notebooks", "figures", "report",
               "profiles", "benchmarks/results.md"]
 
 

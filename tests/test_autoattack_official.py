@@ -27,11 +27,11 @@ import pytest
 import torch
 from torch import nn
 
-from advlib import robust_eval
+from study import sanity as robust_eval
 from advlib.attacks import predict, to_pixel_eps
 from advlib.model import fold_batchnorm
-from advlib.pipeline import AA_BATCH
-from advlib.robust_eval import AA_ATTACKS
+from study.workflow import AA_BATCH
+from study.sanity import AA_ATTACKS
 from conftest import LogRecords, assert_per_attack_matches_the_log
 
 AA_IMAGES = 400  # the first 400 test images; ~350 are classified correctly, so APGD-CE runs on two batches

@@ -119,17 +119,17 @@ def test_workflow_jobs_are_read_from_the_process_tree():
     py = "/venv/bin/python"
     procs = {  # snakemake -> bash -c wrapper -> papermill process -> kernel; and a training job
         1: {"ppid": 0, "cmd": f"{py} -m snakemake --cores 2 run", "peak_rss_mb": 150, "first_s": 0, "last_s": 60},
-        2: {"ppid": 1, "cmd": f"/bin/bash -c OMP_NUM_THREADS=1 {py} -m advlib.pipeline notebook "
+        2: {"ppid": 1, "cmd": f"/bin/bash -c OMP_NUM_THREADS=1 {py} -m study.workflow notebook "
                               "notebooks/02_sweep.ipynb build/bench/report/02_sweep.ipynb", "peak_rss_mb": 4,
             "first_s": 10, "last_s": 30},
-        3: {"ppid": 2, "cmd": f"{py} -m advlib.pipeline notebook notebooks/02_sweep.ipynb "
+        3: {"ppid": 2, "cmd": f"{py} -m study.workflow notebook notebooks/02_sweep.ipynb "
                               "build/bench/report/02_sweep.ipynb --params {}", "peak_rss_mb": 90,
             "first_s": 10.2, "last_s": 29.8},
         4: {"ppid": 3, "cmd": f"{py} -m ipykernel_launcher -f /tmp/kernel.json", "peak_rss_mb": 700,
             "first_s": 11, "last_s": 29},
-        5: {"ppid": 1, "cmd": f"{py} -m advlib.recipe robust --out build/bench/artifacts/robust_model.pt",
+        5: {"ppid": 1, "cmd": f"{py} -m study.models robust --out build/bench/artifacts/robust_model.pt",
             "peak_rss_mb": 500, "first_s": 0.2, "last_s": 40.2},
-        6: {"ppid": 5, "cmd": f"{py} -m advlib.recipe robust --out build/bench/artifacts/robust_model.pt",
+        6: {"ppid": 5, "cmd": f"{py} -m study.models robust --out build/bench/artifacts/robust_model.pt",
             "peak_rss_mb": 300, "first_s": 20.0, "last_s": 20.0},  # its fork, seen once before it ran a helper
     }
     found = jobs(Watched(0, "", "", 60.0, 1000.0, procs))

@@ -1,4 +1,4 @@
-"""advlib.cache: a result is found again only for exactly the same inputs, and caching changes no number."""
+"""study.cache: a result is found again only for exactly the same inputs, and caching changes no number."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import advlib.attacks as attacks
-from advlib import cache as cache_module
-from advlib.cache import Cache, model_digest, tensor_digest
+from study import cache as cache_module
+from study.cache import Cache, model_digest, tensor_digest
 from advlib.explorer import EpsExplorer
 from advlib.metrics import pgd_accuracy, robustness
 

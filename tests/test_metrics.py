@@ -320,7 +320,7 @@ def test_first_test_images_keeps_the_mistakes_and_refuses_what_does_not_fit(trai
 
 def test_attack_set_names_its_protocol_and_refuses_an_unknown_one(tmp_path, trained_model, data_root):
     from advlib.checkpoint import save_checkpoint
-    from advlib.stage import attack_set
+    from study.jobs import attack_set
 
     save_checkpoint(tmp_path / "model.pt", trained_model)
     first = attack_set(tmp_path, data_root, n_samples=200, select="first")

@@ -16,8 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from advlib import pipeline, readme
-from advlib.results import ORIGINAL_REPORT, load_metrics
+from study import readme
+from study import workflow as pipeline
+from study.results import ORIGINAL_REPORT, load_metrics
 from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +248,7 @@ def test_make_lab_opens_a_copy_of_the_narrative_in_the_scratch_folder(tmp_path, 
     assert (repo / "build" / "scratch" / "artifacts" / "model.pt").is_symlink()
     makefile = (ROOT / "Makefile").read_text()
     lab = makefile[makefile.index("\nlab:"):].split("\n\n")[0]
-    assert "advlib.pipeline scratch" in lab and "jupyter\" lab build/scratch/report/06_report.ipynb" in lab, lab
+    assert "study.workflow scratch" in lab and "jupyter\" lab build/scratch/report/06_report.ipynb" in lab, lab
 
 
 @pytest.mark.parametrize("stage", pipeline.STAGES)
@@ -309,7 +310,7 @@ def test_parse_seeds_rejects_nonsense(bad):
         pipeline.parse_seeds(bad)
 
 
-# the parameters that advlib.recipe's config builders read from a stage's recorded parameters
+# the parameters that study.models's config builders read from a stage's recorded parameters
 CONFIG_READS = {"standard_config": {"seed", "device", "epochs", "batch_size", "lr"},
                 "robust_config": {"seed", "device", "epochs", "batch_size", "lr", "adv_mode", "adv_eps"}}
 
@@ -366,7 +367,7 @@ def test_rerun_is_incremental(repo_copy):
     assert planned_jobs(repo_copy, "report", *config) == {}, "a finished run has nothing left to do"
     plot = repo_copy / "advlib" / "plotting.py"
     narrative = repo_copy / "notebooks" / "06_report.ipynb"
-    stage = repo_copy / "advlib" / "stage.py"
+    stage = repo_copy / "study" / "jobs.py"
     plot_text, narrative_text, stage_text = plot.read_text(), narrative.read_text(), stage.read_text()
     try:
         plot.write_text(plot_text + "\n# a comment in the plotting code\n")  # nothing a notebook runs
@@ -468,13 +469,13 @@ def test_make_seeds_runs_and_publishes_every_seed(repo_copy):
     seed0 = load_metrics(repo_copy / "figures" / "seed_study" / "seed_0.json")
     assert seed0["training"]["test_accuracy"] == metrics["training"]["test_accuracy"]
     assert seed0["sweep"]["rows"] == metrics["sweep"]["rows"]
-    # a seed run computes what the seed study reads (advlib.stage.seed_record), not the stages' figures
+    # a seed run computes what the seed study reads (study.jobs.seed_record), not the stages' figures
     assert "full_test_set" not in seed0["sweep"]
     assert not (repo_copy / "build" / "seeds" / "seed_0" / "report").exists()
 
 
 def test_seed_job_asks_for_the_training_parameters(capsys, tmp_path):
-    from advlib.stage import main
+    from study.jobs import main
 
     with pytest.raises(SystemExit):
         main(["seed", "--out", str(tmp_path / "seed.json"), "--params", "{}", "--artifact-dir", str(tmp_path)])
@@ -523,7 +524,7 @@ def test_source_notebooks_only_call(path):
 
 
 def test_the_stage_prologue_exists_once():
-    """Attack stages get their model and images from advlib.stage.attack_set, never by hand."""
+    """Attack stages get their model and images from study.jobs.attack_set, never by hand."""
     for stage in ("02_sweep", "03_confidence", "04_visual_grid", "05_defense"):
         source = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4).cells)
         assert "attack_set(" in source and "select_correct" not in source and "load_checkpoint" not in source
@@ -553,7 +554,7 @@ def test_readme_tables_are_generated_from_the_committed_metrics():
         pytest.skip("no committed figures/metrics.json yet (run make report)")
     text = (ROOT / "README.md").read_text()
     expected = readme.render(text, load_metrics(metrics_path), readme.bench_markdown(ROOT))
-    assert text == expected, "README's generated blocks are stale: run `python -m advlib.readme`"
+    assert text == expected, "README's generated blocks are stale: run `python -m study.readme`"
 
 
 def test_readme_takes_only_the_targets_table_from_the_benchmarks():

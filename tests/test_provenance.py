@@ -1,4 +1,4 @@
-"""advlib.provenance: the installed pyautoattack against the official fra31/auto-attack at OFFICIAL_COMMIT.
+"""study.provenance: the installed pyautoattack against the official fra31/auto-attack at OFFICIAL_COMMIT.
 
 The first group is the one that can fail: a different pyautoattack (another version, a patched copy) changes a
 digest of an attack module or a setting of the standard version. The second group checks what normalize_source
@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from advlib.provenance import (OFFICIAL, OFFICIAL_COMMIT, check_pyautoattack, main, normalize_source,
+from study.provenance import (OFFICIAL, OFFICIAL_COMMIT, check_pyautoattack, main, normalize_source,
                                source_digest, standard_settings_differences)
 
 EPS = 0.25  # not AutoAttack's default eps (.3), so that eps not reaching an attack shows

@@ -7,7 +7,7 @@ numbers are checked, by checks that hold for any honest seed's model on any mach
   Paired on one model, it needs no seed spread: FGSM at twice its eps, or with its sign flipped, moves hundreds of
   images.
 - the test accuracy with BatchNorm's statistics recomputed, against the seeds' band (median ± 6 scaled MADs,
-  advlib.results.seed_band): narrow (width about 1.5 pp); a model trained on a fifteenth of the recipe falls below.
+  study.results.seed_band): narrow (width about 1.5 pp); a model trained on a fifteenth of the recipe falls below.
 - the robust model's clean, PGD and AutoAttack accuracy against the robust seeds' bands: a model whose adversarial
   training did not happen (PGD accuracy near 0) falls tens of points below them.
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from advlib import attacks
 from advlib.metrics import sweep_metrics
-from advlib.results import (BAND_K, band_text, load_metrics, outside_fgsm_oracle, outside_robust_band,
+from study.results import (BAND_K, band_text, load_metrics, outside_fgsm_oracle, outside_robust_band,
                             outside_seed_band, recalibrated_band, robust_bands, seed_band, too_wide)
-from advlib.stage import attack_set, recalibrated_accuracy
+from study.jobs import attack_set, recalibrated_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_RUN = ROOT / "test-artifacts" / "run"
@@ -138,7 +138,7 @@ def test_outside_fgsm_oracle_flags_what_differs():
 
 def rerun_recalibrated_accuracy(artifact_dir: Path) -> float:
     """Clean test accuracy of the model in artifact_dir with BatchNorm's statistics recomputed, as the seed study
-    records it (advlib.stage.recalibrated_accuracy on the same training images)."""
+    records it (study.jobs.recalibrated_accuracy on the same training images)."""
     s = attack_set(artifact_dir, ROOT / "data", n_samples=1)
     return recalibrated_accuracy(s.model, ROOT / "data", s.test_x, s.test_y)
 
@@ -200,9 +200,9 @@ def robust_numbers(model: torch.nn.Module, spread: dict, n_samples: int = N_IMAG
     images, unfiltered, as the robust seeds are evaluated (AutoAttack on aa_samples images when given). With
     artifact_dir, its PGD number goes through that run's stage cache, where `make test`'s own PGD jobs (05_defense's
     curves, same images, eps and steps) left it."""
-    from advlib.cache import stage_cache
+    from study.cache import stage_cache
     from advlib.data import load_mnist
-    from advlib.robust_eval import seed_metrics
+    from study.sanity import seed_metrics
 
     test = load_mnist(ROOT / "data", splits=("test",))
     x, y = test.test_x[:n_samples], test.test_y[:n_samples]

@@ -1,4 +1,4 @@
-"""advlib.robust_eval: AutoAttack against the official driver, the merge of parts, Carlini et al.'s checklist on
+"""study.sanity: AutoAttack against the official driver, the merge of parts, Carlini et al.'s checklist on
 synthetic numbers, gradient masking caught by the sanity checks, seed_metrics and model_digest.
 
 Cost: the official-driver comparison runs the full standard AutoAttack twice on 16 images (~20 s each on a busy
@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from advlib import robust_eval
+from study import sanity as robust_eval
 from advlib.attacks import input_gradient, pgd, predict, to_pixel_eps
 from advlib.metrics import rate
-from advlib.robust_eval import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
+from study.sanity import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
                                 seed_metrics)
 from conftest import LogRecords, assert_per_attack_matches_the_log
 
@@ -427,7 +427,7 @@ def test_seed_metrics_rates_and_the_autoattack_subset(trained_model, test_batch,
 def test_seed_metrics_finds_its_pgd_number_in_the_cache(trained_model, test_batch, tmp_path):
     """With a cache, seed_metrics' PGD number is pgd_accuracy's entry (the one the workflow's PGD jobs write for
     05_defense's curve), found instead of computed again."""
-    from advlib.cache import Cache
+    from study.cache import Cache
     from advlib.metrics import pgd_accuracy
 
     x, y = test_batch[0][:32], test_batch[1][:32]

@@ -288,9 +288,9 @@ def test_recalibrate_batchnorm_sets_recomputed_statistics_and_leaves_weights(unt
 
 
 def test_recalibrated_accuracy_measures_a_recalibrated_copy_and_leaves_the_model(trained_model, mnist, data_root):
-    """advlib.stage.recalibrated_accuracy (the seed study's "BatchNorm statistics recomputed" number): the accuracy
+    """study.jobs.recalibrated_accuracy (the seed study's "BatchNorm statistics recomputed" number): the accuracy
     of a copy whose statistics are recomputed on the first training images; the model keeps its own."""
-    from advlib.stage import recalibrated_accuracy
+    from study.jobs import recalibrated_accuracy
 
     model = copy.deepcopy(trained_model)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import advlib.train as train_module
 from advlib.model import ResNetConfig, SmallResNet, count_parameters, widened
-from advlib.recipe import threat_config
+from study.models import threat_config
 from advlib.train import TrainConfig, step_schedule, train
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from advlib.results import load_metrics
+from study.results import load_metrics
 from conftest import copy_repo, run_make, tree_digest
 
 

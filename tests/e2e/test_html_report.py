@@ -10,7 +10,7 @@ Debian's Chromium with every network request blocked, the slider moved by keyboa
 3. saves screenshots at 1280x800 and 390x844 under ``test-artifacts/html_report/`` (git-ignored);
 4. corrupts one precomputed accuracy and checks that the comparison catches it (the test can fail);
 5. exports a notebook holding the explorer's display output (with saved widget state, as papermill leaves it) with
-   :func:`advlib.html_report.export_html` and checks the page: hidden sources, no prompts, embedded figures, a
+   :func:`study.html_report.export_html` and checks the page: hidden sources, no prompts, embedded figures, a
    working slider offline; an unexecuted notebook is refused;
 6. if ``report/index.html`` exists (``make report`` writes it), opens it the same way and checks its slider.
 
@@ -28,7 +28,7 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 
 from advlib import explorer as E  # noqa: E402
-from advlib import html_report  # noqa: E402
+from study import html_report  # noqa: E402
 from advlib.metrics import select_correct  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

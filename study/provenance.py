@@ -8,7 +8,7 @@ importing them (no torch import here).
 How the comparison works. Each module's source goes through :func:`normalize_source`, which removes what a
 repackaging may legitimately change, and the result is hashed (:func:`source_digest`). ``OFFICIAL`` holds the
 digests of the official files at one commit, ``OFFICIAL_COMMIT`` of ``OFFICIAL_REPO``; :func:`check_pyautoattack`
-recomputes the digests of the installed files and compares. Run ``python -m advlib.provenance`` for the table; it
+recomputes the digests of the installed files and compares. Run ``python -m study.provenance`` for the table; it
 exits 1 when any module differs.
 
 What :func:`normalize_source` removes, precisely (everything else, docstrings included, is kept):

@@ -4,7 +4,7 @@ The README carries generated blocks between markers, e.g.::
 
     <!-- results:start -->  ... generated ...  <!-- results:end -->
 
-``python -m advlib.readme`` rewrites them; the report command runs it last, and a test checks that the committed
+``python -m study.readme`` rewrites them; the report command runs it last, and a test checks that the committed
 README matches what the committed metrics produce, so no number in it is typed by hand.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
-from advlib.results import comparison_table, load_metrics
+from study.results import comparison_table, load_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def results_block(metrics: dict) -> str:
                      "running averages lag their weights, which the recipe (Adam at lr 0.01) moves quickly.")
     rb = metrics.get("robustness")
     if rb:
-        from advlib.results import checklist_table
+        from study.results import checklist_table
         sn = rb["sanity"]["numbers"]["n"]
         note += (" AutoAttack: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square), `make robust`; its sanity "
                  f"checks (Carlini et al. 2019) on the robust model at ε = {rb['sanity']['eps']:g}, on the first "

@@ -1,6 +1,6 @@
 """The executed narrative notebook as one self-contained HTML page: every figure embedded, readable offline.
 
-``python -m advlib.html_report NOTEBOOK OUT`` (or :func:`export_html`) converts an executed notebook with nbconvert's
+``python -m study.html_report NOTEBOOK OUT`` (or :func:`export_html`) converts an executed notebook with nbconvert's
 JupyterLab template and:
 - hides the source of cells tagged ``remove-input`` (nbconvert's TagRemovePreprocessor; ``remove-cell`` and
   ``remove-output`` work too) and every In/Out prompt, so the page reads like a report;
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
-from advlib.pipeline import skip_iri_format_checker
+from study.workflow import skip_iri_format_checker
 
 MAX_BYTES = 5 * 1024 * 1024  # a page to e-mail or commit, not a data dump
 HIDE_INPUT_TAG = "remove-input"
@@ -114,7 +114,7 @@ def export_html(notebook: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m advlib.html_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study.html_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", type=Path, help="the executed notebook, e.g. report/06_report.ipynb")
     parser.add_argument("out", type=Path, help="the page to write, e.g. report/index.html")
     args = parser.parse_args(argv)

@@ -1,12 +1,12 @@
 """The study's models: their training recipes and the one function that trains a model once, then loads it.
 
 - :func:`train_or_load`: the model a training configuration describes, trained once and then loaded. The workflow
-  trains each model in its own job (``python -m advlib.recipe standard|robust|threat ...``); the notebooks call the
+  trains each model in its own job (``python -m study.models standard|robust|threat ...``); the notebooks call the
   same function and find the checkpoint already there, so a notebook re-run never retrains a model.
 - :func:`standard_config`, :func:`robust_config`, :func:`threat_config`: a :class:`~advlib.train.TrainConfig` from
   a stage's parameters (01_train's, 05_defense's, 08_robustness's).
 
-Its own module, apart from the attack stages' prologue (:mod:`advlib.stage`): the workflow retrains a model when the
+Its own module, apart from the attack stages' prologue (:mod:`study.jobs`): the workflow retrains a model when the
 code that trains it changes (this module, train, model, data, checkpoint), and only then.
 """
 from __future__ import annotations

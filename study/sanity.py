@@ -1,7 +1,7 @@
 """The robustness evaluation the field expects: AutoAttack, a second APGD, and Carlini et al.'s sanity checks.
 
 - :func:`autoattack`: the standard AutoAttack ensemble (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square, the
-  official code as packaged by ``pyautoattack``, see :mod:`advlib.provenance`) with its fixed hyperparameters, run
+  official code as packaged by ``pyautoattack``, see :mod:`study.provenance`) with its fixed hyperparameters, run
   attack after attack on the images still classified correctly, in the official driver's batches of 250
   survivors, as its ``run_standard_evaluation`` does (a test checks the two agree image by image), but recording
   which attack broke each image first.
@@ -14,14 +14,14 @@
   AutoAttack, the independent attack against AutoAttack), each with its numbers, its :func:`tolerance` and a
   verdict.
 
-The images: the first n test images, unfiltered (``advlib.stage.attack_set(select="first")``), as AutoAttack and
+The images: the first n test images, unfiltered (``study.jobs.attack_set(select="first")``), as AutoAttack and
 RobustBench count; a clean mistake counts as a failure.
 
 Units. advlib's images live in [-1, 1] and every eps here is in those normalized units (0.3 normalized = 0.15 in
 [0, 1] pixel units); AutoAttack and torchattacks work on [0, 1] pixels, so :class:`PixelInput` wraps the model
 and eps is converted with :func:`advlib.attacks.to_pixel_eps` at that boundary only.
 
-The command line (``python -m advlib.robust_eval autoattack|sanity|merge ...``) is what the workflow's jobs run.
+The command line (``python -m study.sanity autoattack|sanity|merge ...``) is what the workflow's jobs run.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 from advlib.attacks import check_batch, check_eps, fgsm, pgd, predict, to_pixel_eps
-from advlib.cache import Cache, model_digest
+from study.cache import Cache, model_digest
 from advlib.io import atomic_write_json
 from advlib.metrics import first_test_images, pgd_accuracy, rate
 from advlib.model import fold_batchnorm
-from advlib.pipeline import AA_BATCH
+from study.workflow import AA_BATCH
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
 
@@ -330,7 +330,7 @@ def seed_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     cost about 3 s per robust image on one core; in the committed evaluation FAB-T and Square break no image that
     APGD-CE and APGD-T left (see the per-attack table), so these two are what AutoAttack's number rests on.
     The PGD number is :func:`advlib.metrics.pgd_accuracy`'s (05_defense's curve at this eps), through ``cache``
-    when given (an :class:`advlib.cache.Cache`: a regression test finds the workflow's own PGD job's result)."""
+    when given (an :class:`study.cache.Cache`: a regression test finds the workflow's own PGD job's result)."""
     ok = _correct(model, x, y)
     k = min(aa_samples, len(y))
     pgd_rate = (cache or Cache(None))(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)

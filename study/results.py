@@ -183,7 +183,7 @@ def recalibrated_band(seed_study: dict, k: float = BAND_K) -> tuple[float, float
 
 def outside_seed_band(recalibrated_accuracy: float, seed_study: dict, k: float = BAND_K) -> list[str]:
     """[] when a re-trained standard model's test accuracy with BatchNorm's statistics recomputed
-    (:func:`advlib.stage.recalibrated_accuracy`) lies inside the committed seeds' band (:func:`recalibrated_band`),
+    (:func:`study.jobs.recalibrated_accuracy`) lies inside the committed seeds' band (:func:`recalibrated_band`),
     else one line with the value, the band's bounds and its width.
 
     That accuracy measures the weights alone and is narrow over the seeds (98.3 to 99.0%); the eval-mode accuracy is
@@ -401,7 +401,7 @@ def per_attack_table(result: dict) -> str:
 
 
 def checklist_table(rows: list[dict]) -> str:
-    """Markdown of :func:`advlib.robust_eval.checklist` rows (each check names its tolerance)."""
+    """Markdown of :func:`study.sanity.checklist` rows (each check names its tolerance)."""
     return markdown_table(["check (Carlini et al. 2019)", "numbers", "verdict"],
                           [[r["check"], r["numbers"], "passed" if r["passed"] else "**FAILED**"] for r in rows])
 
@@ -497,7 +497,7 @@ def too_wide(band: tuple[float, float]) -> bool:
 
 
 def outside_robust_band(numbers: dict, spread: dict, k: float = BAND_K) -> list[str]:
-    """The robust-model numbers of a re-run (:func:`advlib.robust_eval.seed_metrics`) outside the committed robust
+    """The robust-model numbers of a re-run (:func:`study.sanity.seed_metrics`) outside the committed robust
     seeds' bands (:func:`robust_bands`), one line each with the value, the band's bounds and its width ([] if
     none). A band wider than MAX_BAND_WIDTH is no check and judges nothing (AutoAttack on 100 images, whose seeds
     spread over tens of points: :func:`too_wide`). What the bands catch: a model whose adversarial training did not

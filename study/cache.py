@@ -3,7 +3,7 @@
 A stage notebook re-runs whenever anything it imports changes, a plot included. Its costly computations (PGD
 curves, the full-test-set sweep, the slider's precomputation) go through a :class:`Cache`, so a re-run after a
 change to a plot or to the narrative finds their results instead of computing them again; the workflow's PGD jobs
-(``python -m advlib.stage pgd``) fill the same cache in parallel, before the notebook runs.
+(``python -m study.jobs pgd``) fill the same cache in parallel, before the notebook runs.
 
 A result is found only when it was computed from exactly the same inputs:
 
@@ -33,7 +33,7 @@ from advlib.io import atomic_torch_save
 # the modules whose code decides a cached number (the cached functions and what they call); the others load data
 # (whose tensors are keyed by content), train, arrange or show numbers
 COMPUTE_MODULES = ("attacks", "explorer", "metrics", "model", "train")
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1] / "advlib"
 UNKEYED = ("progress",)  # keyword arguments that only show work (a progress bar), never change a result
 
 

@@ -3,15 +3,15 @@
 - :func:`attack_set`: the prologue of the attack stages: the standard model's checkpoint, the test split only,
   and ``n_samples`` test images chosen by one of two protocols (:data:`PROTOCOLS`): the first correctly classified
   ones (the original report's, for the FGSM figures) or the first ones unfiltered (for robust accuracy).
-- :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m advlib.stage pgd`` job; it
-  fills the stage cache (:mod:`advlib.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
+- :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m study.jobs pgd`` job; it
+  fills the stage cache (:mod:`study.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
 - :func:`seed_record`: one seed's numbers for the seed study (07_seed_study), the workflow's
-  ``python -m advlib.stage seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures,
+  ``python -m study.jobs seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures,
   plus the test accuracy with BatchNorm's statistics recomputed (:func:`recalibrated_accuracy`).
 - :func:`parameters`: the values a stage actually ran with (its notebook's defaults plus what papermill
   injected), for its metrics record.
 
-The models themselves come from :mod:`advlib.recipe` (trained by the workflow's own jobs, loaded by the notebooks).
+The models themselves come from :mod:`study.models` (trained by the workflow's own jobs, loaded by the notebooks).
 """
 from __future__ import annotations
 
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from advlib.cache import stage_cache
+from study.cache import stage_cache
 from advlib.attacks import fgsm_sweep, predict
 from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
 from advlib.data import load_mnist
 from advlib.io import atomic_write_json
 from advlib.metrics import accuracy, first_test_images, pgd_rows, select_correct, sweep_metrics
-from advlib.pipeline import NOTEBOOK_DIR, declared_parameters
-from advlib.recipe import ROBUST_MODEL, STANDARD_MODEL
-from advlib.results import plain, require_file
+from study.workflow import NOTEBOOK_DIR, declared_parameters
+from study.models import ROBUST_MODEL, STANDARD_MODEL
+from study.results import plain, require_file
 from advlib.train import recalibrate_batchnorm
 
 # the training images BatchNorm's statistics are recomputed on (the first of the training split), for every model alike
@@ -92,7 +92,7 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
     ``n_samples`` test images: with ``select="correct"`` the first ones the standard model classifies correctly, as
     the original report did; with ``select="first"`` the first ones, unfiltered (see PROTOCOLS)."""
     if select not in PROTOCOLS:
-        raise ValueError(f"select must be one of {sorted(PROTOCOLS)} (see advlib.stage.PROTOCOLS), got {select!r}")
+        raise ValueError(f"select must be one of {sorted(PROTOCOLS)} (see study.jobs.PROTOCOLS), got {select!r}")
     ckpt = load_checkpoint(require_file(Path(artifact_dir) / STANDARD_MODEL, "01_train.ipynb"), device=device)
     data = load_mnist(data_dir, splits=("test",))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
@@ -110,7 +110,7 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 
 def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
               params: dict, part: int = 0, parts: int = 1) -> list[dict]:
-    """05_defense's PGD curve of one model, through the stage cache (:mod:`advlib.cache`), where the notebook's
+    """05_defense's PGD curve of one model, through the stage cache (:mod:`study.cache`), where the notebook's
     :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at the
     eps of ``params["eps_grid"]`` (normalized units) on the first ``params["n_samples"]`` test images (unfiltered), with
     05_defense's pgd_steps, seed and device. ``part`` k of ``parts`` n takes every n-th eps from the k-th

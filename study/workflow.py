@@ -7,9 +7,9 @@ ever injected. Only when every job has succeeded does :func:`publish` copy the r
 metrics.json into the repository and regenerate the README's tables. A notebook run by hand in the repository's
 notebooks/ or report/ works in the scratch run folder build/scratch/ instead (:func:`run_dirs`), never in figures/.
 
-    python -m advlib.pipeline notebook notebooks/02_sweep.ipynb build/run/report/02_sweep.ipynb --params '{...}'
-    python -m advlib.pipeline publish build/run
-    python -m advlib.pipeline scratch report/06_report.ipynb    # make lab
+    python -m study.workflow notebook notebooks/02_sweep.ipynb build/run/report/02_sweep.ipynb --params '{...}'
+    python -m study.workflow publish build/run
+    python -m study.workflow scratch report/06_report.ipynb    # make lab
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ REPORT_NOTEBOOK = "06_report"
 # settings of the workflow itself (not notebook parameters), with their defaults
 WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}
 # AutoAttack's default batch: its attacks reseed per batch, so results depend on the grouping; the workflow cuts
-# AutoAttack into jobs of this many images (advlib.robust_eval, rule autoattack_part). Here, not in robust_eval, so
+# AutoAttack into jobs of this many images (study.sanity, rule autoattack_part). Here, not in robust_eval, so
 # that reading the Snakefile does not import torch.
 AA_BATCH = 250
 
@@ -249,7 +249,7 @@ def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[
     ``root`` (report/, figures/), then regenerate the README's tables. Every file is first copied next to its
     target under a temporary name and only then renamed into place, so an error while copying leaves the
     committed report as it was. Returns the published paths."""
-    from advlib import readme
+    from study import readme
 
     run_dir, root = Path(run_dir), Path(root)
     pairs = [(p, root / "report" / p.name) for p in sorted((run_dir / "report").glob("*.ipynb"))
