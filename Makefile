@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	"$(PY)" -m pip install --quiet --upgrade pip
 	# torch first, pinned: pip takes these two from this machine's disk; an unpinned torch would download GBs
 	"$(PY)" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	"$(PY)" -m pip install --quiet -e ".[test]"
+	# the library, every extra the study uses and the tests' tools (pyproject.toml's study and test extras)
+	"$(PY)" -m pip install --quiet -e ".[study,test]"
 	touch "$(STAMP)"
 
 data: $(STAMP)  ## fetch and verify MNIST into data/ (no-op when already there)
@@ -70,7 +71,7 @@ bench: data  ## speed and memory benchmarks: benchmarks/results.json and results
 	"$(PY)" -m benchmarks $(ARGS)
 
 # make lab: JupyterLab on copies of the executed notebooks in the scratch run folder build/scratch/ (git-ignored),
-# beside the models of the last `make report` and a copy of figures/ (study.workflow.scratch_run). It opens the
+# beside the models of the last `make report` and a copy of figures/ (study.scratch.scratch_run). It opens the
 # narrative: Run All makes the slider live; nothing done there (JupyterLab saves as it goes) changes report/ or
 # figures/. `make report` publishes.
 lab: data  ## JupyterLab on a copy of the executed narrative in build/scratch/ (Run All makes the slider live)

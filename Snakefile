@@ -17,8 +17,8 @@
 import json
 from pathlib import Path
 
-from study.workflow import (AA_BATCH, STAGES, ConfigError, parse_seeds, plot_code_digest,
-    resolve_config, skip_iri_format_checker)
+from study.sources import code_files, figure_digest, notebook_code
+from study.workflow import AA_BATCH, STAGES, ConfigError, parse_seeds, resolve_config, skip_iri_format_checker
 
 skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
 try:
@@ -31,21 +31,19 @@ RUN = SETTINGS["run_dir"].rstrip("/")
 THREADS = int(SETTINGS["threads_per_job"])
 DATA = str(Path("data").resolve())
 PY = sys.executable
-# what a notebook job runs: every module but the README generator and the HTML export, which no notebook imports,
-# and the plotting module, of which each notebook depends only on the part it reaches (rule notebook's `plots`)
-CODE = sorted(str(p) for d in ("advlib", "study") for p in Path(d).glob("*.py") if p.stem not in ("readme", "html_report", "plotting"))
-TRAIN_CODE = [f"advlib/{m}.py" for m in ("data", "model", "train", "checkpoint")] + ["study/models.py"]
-ROBUST_TRAIN_CODE = TRAIN_CODE + ["advlib/attacks.py"]
+# The code each job runs, derived from the imports of the module its command runs (study.sources): a new module
+# that an attack imports becomes an input of every job that reaches the attack, with no list to edit.
+TRAIN_CODE = code_files("study.models")  # python -m study.models: both models, the capacity study's
 REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
-EVAL_CODE = ROBUST_TRAIN_CODE + ["advlib/metrics.py", "study/sanity.py"]
+EVAL_CODE = code_files("study.sanity")  # python -m study.sanity: AutoAttack, the sanity checks, the seeds' numbers
 
 # 05_defense's PGD curves, in PGD_PARTS jobs per model (part k: eps_grid[k::PGD_PARTS]): they run beside the
 # training and the other stages (the robust model's on both cores once it is trained), and fill the stage cache
 # (study.cache) where the notebook finds them
 PGD_PARTS = 2
 PGD_CURVES = [f"artifacts/pgd/{m}_part{k}.json" for m in ("model", "robust_model") for k in range(PGD_PARTS)]
-PGD_CODE = [f"advlib/{m}.py" for m in ("attacks", "metrics", "model", "checkpoint", "data")] + [f"study/{m}.py" for m in ("cache", "models", "jobs")]
+PGD_CODE = code_files("study.jobs")  # python -m study.jobs: the PGD curves, a seed's numbers
 
 # a stage notebook's inputs besides its source and the code: the models it loads, the stages it reads
 NEEDS = {
@@ -142,7 +140,7 @@ rule model:
 
 rule robust_model:
     """The adversarially trained model: independent of the standard model, so both train at the same time."""
-    input: ROBUST_TRAIN_CODE, data=ancient("{run}/data")
+    input: TRAIN_CODE, data=ancient("{run}/data")
     output: "{run}/artifacts/robust_model.pt"
     params: p=lambda w: run_params(w, "05_defense", ROBUST_KEYS)
     threads: THREADS
@@ -185,13 +183,14 @@ rule notebook:
     """One stage notebook, executed with papermill in the run directory."""
     input:
         source="notebooks/{stage}.ipynb",
-        code=CODE,
+        code=lambda w: notebook_code(f"notebooks/{w.stage}.ipynb")[0],
         data=ancient("{run}/data"),
         needs=lambda w: [f"{w.run}/{n}" for n in NEEDS[w.stage]],
     output: "{run}/report/{stage}.ipynb"
-    # plots: the digest of the plotting code this notebook reaches (study.workflow.plot_code_digest); Snakemake
-    # re-runs a job whose params changed, so editing one figure re-runs only the stages that draw it
-    params: p=lambda w: run_params(w, w.stage), plots=lambda w: plot_code_digest(f"notebooks/{w.stage}.ipynb")
+    # code: the files its imports reach, but the figure modules; plots: the digest of the figure code it reaches,
+    # function by function (study.sources.figure_digest). Snakemake re-runs a job whose params changed, so editing
+    # one figure re-runs only the stages that draw it
+    params: p=lambda w: run_params(w, w.stage), plots=lambda w: figure_digest(f"notebooks/{w.stage}.ipynb")
     wildcard_constraints: stage="|".join(STAGES)
     threads: THREADS
     resources: mem_mb=2000, runtime=30
@@ -201,7 +200,7 @@ rule notebook:
 
 rule html:
     """The narrative as one self-contained page; its eps slider works without a kernel."""
-    input: "{run}/report/06_report.ipynb", "study/html_report.py", "advlib/explorer.py"
+    input: "{run}/report/06_report.ipynb", code_files("study.html_report")
     output: "{run}/report/index.html"
     shell: "{PY:q} -m study.html_report {input[0]:q} {output:q}"
 
@@ -216,7 +215,7 @@ rule publish:
 rule seed_result:
     """One seed's numbers for the seed study: 01_train's test accuracy and 02_sweep's FGSM sweep of the seed's
     model, by the calls the notebooks make (study.jobs.seed_record), without their figures."""
-    input: PGD_CODE + ["study/results.py"], model="build/seeds/seed_{seed}/artifacts/model.pt",
+    input: PGD_CODE, model="build/seeds/seed_{seed}/artifacts/model.pt",
            data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/seed_{seed}.json"
     params: train=lambda w: json.dumps({k: seed_params("01_train", w.seed)[k] for k in STANDARD_KEYS}),
@@ -300,7 +299,7 @@ def capacity_results():
 
 rule threat_model:
     """Adversarial training at the standard threat model (0.3 px) at one channel width (the capacity study)."""
-    input: TRAIN_CODE + ["advlib/attacks.py"], data=ancient("{run}/data")
+    input: TRAIN_CODE, data=ancient("{run}/data")
     output: "{run}/artifacts/threat_model_w{width}.pt"
     params: p=lambda w: json.dumps({k: ROBUST[k] for k in THREAT_KEYS}, sort_keys=True)
     threads: THREADS

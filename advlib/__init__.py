@@ -1,9 +1,41 @@
-"""advlib: a thin library for a reproducible study of FGSM and friends on a small MNIST ResNet.
+"""advlib: gradient attacks (FGSM, its eps sweep, BIM, PGD) on any PyTorch image classifier, the metrics that make
+their numbers judgeable, and the MNIST study's data, model and training.
 
-Modules, one concern each: data (fetch, verify, cache MNIST), model (SmallResNet, BatchNorm folding), train,
-parallel (data-parallel training over processes), checkpoint, attacks (FGSM, sweep, BIM/PGD; eps in normalized
-[-1, 1] units), metrics, plotting, explorer (the eps slider), stage (one way into a stage notebook), results
-(metrics.json and its tables), pipeline (the workflow's steps; the Snakefile runs them), html_report (the
-self-contained page), readme (the README's generated tables).
+The attacks take any ``nn.Module`` returning logits and a float batch (N, C, H, W) inside ``bounds=(low, high)``
+(default (0, 1)); eps is in the units of the inputs, and the number of classes comes from the model's output::
+
+    >>> import advlib
+    >>> x_adv = advlib.fgsm(model, images, labels, eps=8/255, bounds=(0, 1))
+    >>> sweep = advlib.fgsm_sweep(model, images, labels, [0, 2/255, 4/255, 8/255], bounds=(0, 1))
+    >>> x_pgd = advlib.pgd(model, images, labels, eps=8/255, bounds=(0, 1), steps=10, seed=0)
+
+The study's MNIST tensors are normalized to [-1, 1]: attack them with ``bounds=advlib.BOUNDS``. Training is
+``advlib.train.train(data, model_config, TrainConfig(...))``: the function is not re-exported here, where its name
+would hide the module ``advlib.train``.
+
+Modules, one concern each: attacks, metrics, data (fetch, verify, cache MNIST), model (SmallResNet, BatchNorm
+folding), train, parallel (data-parallel training over processes), checkpoint; the optional extras viz (plotting
+primitives, generic figures) and explorer (the eps slider) are imported on their own, never from here. The study
+itself (stages, results, the workflow) lives in the separate package ``study``.
 """
+from advlib.attacks import SweepResult, bim, fgsm, fgsm_sweep, pgd, predict, to_normalized_eps, to_pixel_eps
+from advlib.checkpoint import load_checkpoint, save_checkpoint
+from advlib.data import BOUNDS, MNIST, load_mnist
+from advlib.metrics import (accuracy, confusion_matrix, rate, robust_accuracy, robustness, roc_auc, roc_curve,
+                            wilson_interval)
+from advlib.model import ResNetConfig, SmallResNet
+from advlib.train import TrainConfig
+
 __version__ = "0.1.0"
+
+__all__ = [
+    # attacks
+    "fgsm", "fgsm_sweep", "pgd", "bim", "predict", "SweepResult", "to_pixel_eps", "to_normalized_eps",
+    # metrics
+    "accuracy", "rate", "wilson_interval", "robust_accuracy", "robustness", "confusion_matrix", "roc_curve",
+    "roc_auc",
+    # data
+    "load_mnist", "MNIST", "BOUNDS",
+    # model, training, checkpoints
+    "SmallResNet", "ResNetConfig", "TrainConfig", "save_checkpoint", "load_checkpoint",
+]

@@ -55,6 +55,8 @@ REGISTRY_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab
 
 IMAGE_SIZE = 32  # the original report resizes 28x28 -> 32x32
 MEAN, STD = 0.5, 0.5  # Normalize(0.5, 0.5): pixel p in [0, 1] becomes (p - 0.5) / 0.5 in [-1, 1]
+BOUNDS = (-1.0, 1.0)  # the normalized range of load_mnist's images: pass bounds=BOUNDS to advlib's attacks
+NUM_CLASSES = 10  # MNIST's digits 0..9 (the attacks read the class count from the model's output instead)
 CACHE_VERSION = 1  # bump when the cached transform changes
 SPLITS = ("train", "test")
 TRAIN_SIZE = 60_000  # MNIST's training images

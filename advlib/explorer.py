@@ -4,7 +4,7 @@
 images (one backward pass) and the adversarial accuracy of the whole set at every slider position (forward passes
 only); :meth:`EpsExplorer.state` then gives everything a view shows at one eps. Three views draw a state:
 
-- :func:`static_figure`: a matplotlib picture (:func:`advlib.plotting.plot_explorer`, Figure 5's image grid over the
+- :func:`static_figure`: a matplotlib picture (:func:`advlib.viz.plot_explorer`, Figure 5's image grid over the
   accuracy curve), for saving and for renderers that only show images;
 - :func:`live_widget`: an ipywidgets slider over :func:`panel_html`, for JupyterLab (needs a running kernel);
 - :func:`standalone_html`: one self-contained HTML fragment holding every slider position
@@ -13,9 +13,14 @@ only); :meth:`EpsExplorer.state` then gives everything a view shows at one eps. 
 ``display(explorer)`` in a notebook shows the live widget in JupyterLab and saves the standalone fragment and the
 picture in the same output, so that an HTML export (nbconvert falls back to text/html when no widget state is
 saved, see :mod:`study.html_report`) shows a working slider. The perturbation's colour scale is the one of every
-figure (:data:`advlib.plotting.PERTURBATION_LIMIT`), stated under the images.
+figure (:data:`advlib.viz.PERTURBATION_LIMIT`), stated under the images.
 
-eps is in normalized units (images in [-1, 1]); every view also gives [0, 1] pixel units.
+eps is in normalized units (images in [-1, 1], the study's :data:`advlib.data.BOUNDS`, the default ``bounds``);
+every view also gives [0, 1] pixel units. Images in another range need ``bounds=(low, high)`` (then eps is in their
+units; the views still label eps as the study's normalized units).
+
+The HTML views' style and the standalone page's script are package data beside this module, ``explorer.css`` and
+``explorer.js``, read at import.
 """
 from __future__ import annotations
 
@@ -24,14 +29,29 @@ import hashlib
 import html
 import io
 import json
+from importlib.resources import files
 
 import numpy as np
 import torch
 from torch import nn
 
-from advlib import plotting
+from advlib import viz
 from advlib.attacks import check_batch, fgsm_direction, predict, sweep_direction, to_pixel_eps
+from advlib.data import BOUNDS
 from advlib.metrics import direct_call
+
+
+def _asset(name: str) -> str:
+    """The text of a file shipped beside this module (package data), without its surrounding blank lines."""
+    return files("advlib").joinpath(name).read_text(encoding="utf-8").strip()
+
+
+# The page's style; every selector starts with .advlib-explorer: the page's own styles (nbconvert's, JupyterLab's)
+# must not win.
+_CSS = _asset("explorer.css")
+# The standalone page's script: rewrites the panel's values from data.frames[i]; formats numbers as panel_html
+# does (toFixed = f"{v:.Nf}").
+_SCRIPT = _asset("explorer.js")
 
 
 def _grid(eps_max: float, eps_step: float) -> list[float]:
@@ -40,14 +60,15 @@ def _grid(eps_max: float, eps_step: float) -> list[float]:
 
 
 def precompute(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: list[float], *,
-               progress: bool = False) -> dict:
-    """What the slider needs before it moves: ``direction`` (N, 1, 32, 32), FGSM's sign(grad) (one backward
-    pass); ``accuracy_curve``, the adversarial accuracy in percent of all N images at each eps of eps_grid
-    (normalized units, starting at 0; forward passes only); ``clean_preds``, the N predictions at eps_grid[0]."""
+               bounds: tuple[float, float] = BOUNDS, progress: bool = False) -> dict:
+    """What the slider needs before it moves: ``direction`` (x's shape, (N, 1, 32, 32) for the study), FGSM's
+    sign(grad) (one backward pass); ``accuracy_curve``, the adversarial accuracy in percent of all N images at
+    each eps of eps_grid (normalized units, starting at 0; forward passes only); ``clean_preds``, the N
+    predictions at eps_grid[0]. x lies in bounds (default: the study's normalized [-1, 1])."""
     if not eps_grid or eps_grid[0] != 0:
         raise ValueError(f"eps_grid must start at 0 (the clean predictions), got {eps_grid[:1]}")
-    direction = fgsm_direction(model, x, y)
-    sweep = sweep_direction(model, x, y, direction, eps_grid, progress=progress)
+    direction = fgsm_direction(model, x, y, bounds=bounds)
+    sweep = sweep_direction(model, x, y, direction, eps_grid, bounds=bounds, progress=progress)
     return {"direction": direction,
             "accuracy_curve": (100.0 * (sweep.preds == sweep.labels).float().mean(dim=1)).tolist(),
             "clean_preds": sweep.preds[0].tolist()}
@@ -60,6 +81,8 @@ class EpsExplorer:
         model: trained classifier (put in eval mode while attacked; its mode is restored). Any device.
         x: (N, 1, 32, 32) float in [-1, 1] on the model's device, e.g. the 1,000 correctly classified test images;
             y: (N,) labels.
+        bounds: the range of x, default the study's normalized [-1, 1] (:data:`advlib.data.BOUNDS`); the
+            adversarial images are clipped to it.
         n_show: how many of the first images the views display.
         eps_max, eps_step: slider range and resolution, normalized units.
         initial_eps: where the slider starts.
@@ -70,14 +93,14 @@ class EpsExplorer:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
                  eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True,
-                 cache=None):
-        check_batch(x, y)
+                 cache=None, bounds: tuple[float, float] = BOUNDS):
+        self.bounds = check_batch(x, y, bounds=bounds)
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
         self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
-        pre = (cache or direct_call)(precompute, model, x, y, self.eps_grid, progress=progress)
+        pre = (cache or direct_call)(precompute, model, x, y, self.eps_grid, bounds=self.bounds, progress=progress)
         self.direction = pre["direction"]  # (N, 1, 32, 32): the only gradient ever computed
         self.accuracy_curve = pre["accuracy_curve"]  # (E,) percent
         self.clean_preds = pre["clean_preds"][:n_show]
@@ -93,12 +116,12 @@ class EpsExplorer:
 
         Keys: eps (normalized) and eps_pixel ([0, 1] units); n (images behind the rates); adv_accuracy and asr
         (percent of the n images); for the n_show shown images: labels, clean_preds, preds (ints), confidences
-        (percent, of the predicted class), x and x_adv ((n_show, 1, 32, 32) in [-1, 1], on the CPU).
+        (percent, of the predicted class), x and x_adv ((n_show, 1, 32, 32) in bounds, on the CPU).
         """
         i = self.snap(eps)
         eps = self.eps_grid[i]
         xs = self.x[: self.n_show]
-        x_adv = (xs + eps * self.direction[: self.n_show]).clamp(-1, 1)
+        x_adv = (xs + eps * self.direction[: self.n_show]).clamp(*self.bounds)
         pred, conf = predict(self.model, x_adv)  # the same forward path as the sweep behind accuracy_curve
         acc = self.accuracy_curve[i]
         return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(self.x), "adv_accuracy": acc,
@@ -136,7 +159,7 @@ class EpsExplorer:
 
 def static_figure(explorer: EpsExplorer, state: dict | None = None):
     """A matplotlib Figure of the state (default: the current one): Figure 5's grid over the accuracy curve."""
-    return plotting.plot_explorer(state or explorer.current, explorer.eps_grid, explorer.accuracy_curve)
+    return viz.plot_explorer(state or explorer.current, explorer.eps_grid, explorer.accuracy_curve)
 
 
 def static_png(explorer: EpsExplorer, state: dict | None = None) -> bytes:
@@ -175,42 +198,9 @@ def frame(explorer: EpsExplorer, state: dict) -> dict:
     return {"eps": state["eps"], "eps_pixel": state["eps_pixel"], "adv_accuracy": state["adv_accuracy"],
             "asr": state["asr"], "preds": state["preds"], "confidences": state["confidences"],
             "adversarial": [png_uri(_grey(a)) for a in state["x_adv"]],
-            "perturbation": [png_uri(rgb) for rgb in plotting.perturbation_rgb(delta[:, 0])],
+            "perturbation": [png_uri(rgb) for rgb in viz.perturbation_rgb(delta[:, 0])],
             "marker": _curve_xy(explorer, state["eps"], state["adv_accuracy"])}
 
-
-_CSS = """
-.advlib-explorer{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:14px;
-  line-height:1.45;color:#222;max-width:820px}
-.advlib-explorer .advlib-explorer-slider{display:flex;flex-wrap:wrap;align-items:center;gap:4px 10px;
-  margin:4px 0 6px}
-.advlib-explorer .advlib-explorer-slider[hidden]{display:none}
-.advlib-explorer .advlib-explorer-slider input{flex:1 1 220px;max-width:520px;margin:0;accent-color:#d62728}
-.advlib-explorer .advlib-explorer-readout{font-weight:bold;font-variant-numeric:tabular-nums;min-width:3.2em}
-.advlib-explorer .advlib-explorer-status,.advlib-explorer .advlib-explorer-preds{margin:2px 0}
-.advlib-explorer .advlib-explorer-status b,.advlib-explorer .advlib-explorer-preds{font-variant-numeric:tabular-nums}
-.advlib-explorer .advlib-explorer-preds{color:#555;font-size:13px}
-.advlib-explorer .advlib-explorer-grid{display:flex;flex-wrap:wrap;gap:8px 6px;margin:10px 0 4px}
-.advlib-explorer .advlib-explorer-digit,.advlib-explorer .advlib-explorer-rows{display:flex;flex-direction:column;
-  align-items:center;width:76px}
-.advlib-explorer .advlib-explorer-rows{align-items:flex-end;width:auto;color:#555;font-size:12px;text-align:right}
-.advlib-explorer .advlib-explorer-rows span{height:76px;display:flex;align-items:center}
-.advlib-explorer .advlib-explorer-rows span.advlib-explorer-caprow{height:34px}
-.advlib-explorer .advlib-explorer-digit img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc;
-  display:block;margin:2px 0}
-.advlib-explorer .advlib-explorer-caption{height:34px;font-size:12px;line-height:16px;text-align:center}
-.advlib-explorer .advlib-explorer-rowlegend{display:none;font-size:12px;color:#555}
-@media (max-width:600px){.advlib-explorer .advlib-explorer-rows{display:none}
-  .advlib-explorer .advlib-explorer-rowlegend{display:block}}
-.advlib-explorer .advlib-explorer-caption.advlib-explorer-wrong{color:#d62728;font-weight:bold}
-.advlib-explorer .advlib-explorer-scale{display:flex;flex-wrap:wrap;align-items:center;gap:4px 8px;font-size:12px;
-  color:#555;margin:2px 0 8px}
-.advlib-explorer .advlib-explorer-scale i{display:inline-block;width:120px;height:10px;border:1px solid #ccc}
-.advlib-explorer .advlib-explorer-curve{width:100%;max-width:560px;height:auto;display:block;background:#fff}
-.advlib-explorer .advlib-explorer-legend{font-size:12px;color:#555;margin:0 0 4px}
-"""
-
-# Every selector starts with .advlib-explorer: the page's own styles (nbconvert's, JupyterLab's) must not win.
 
 # the accuracy curve's SVG canvas: width, height and the plot area's margins (left, right, top, bottom)
 _SVG_W, _SVG_H, _SVG_MARGINS = 480, 190, (46, 34, 10, 40)
@@ -240,8 +230,8 @@ def _curve_svg(explorer: EpsExplorer, state: dict) -> str:
             f'aria-label="adversarial accuracy against ε, with the slider position marked" '
             f'xmlns="http://www.w3.org/2000/svg">'
             f'<rect x="{x0}" y="{y100}" width="{x1 - x0:.1f}" height="{y0 - y100:.1f}" fill="none" stroke="#bbb"/>'
-            f'<line x1="{x0}" y1="{yc}" x2="{x1}" y2="{yc}" stroke="{plotting.CLEAN}" stroke-dasharray="4"/>'
-            f'<polyline points="{points}" fill="none" stroke="{plotting.ADV}" stroke-width="2"/>'
+            f'<line x1="{x0}" y1="{yc}" x2="{x1}" y2="{yc}" stroke="{viz.CLEAN}" stroke-dasharray="4"/>'
+            f'<polyline points="{points}" fill="none" stroke="{viz.ADV}" stroke-width="2"/>'
             f'<circle class="advlib-explorer-marker" cx="{mx}" cy="{my}" r="6" fill="black"/>{ticks}{yticks}'
             f'<text x="{(x0 + x1) / 2}" y="{_SVG_H - 6}" text-anchor="middle">ε, normalized '
             f'<tspan fill="#888">([0, 1] pixel units)</tspan></text>'
@@ -277,7 +267,7 @@ def panel_html(explorer: EpsExplorer, state: dict) -> str:
             f'<div class="advlib-explorer-caption{wrong}">true {t} →<br><b>{p}</b> ({c:.0f}%)</div>'
             f'<img class="advlib-explorer-pert" src="{f["perturbation"][j]}" alt="{_alt("perturbation", t, e)}"/>'
             f'</div>')
-    limit = plotting.PERTURBATION_LIMIT
+    limit = viz.PERTURBATION_LIMIT
     return (f'<div class="advlib-explorer-status">ε = <b class="advlib-v-eps">{e:.3f}</b> normalized (= '
             f'<span class="advlib-v-epspx">{state["eps_pixel"]:.4f}</span> in [0, 1] pixel units) · adversarial '
             f'accuracy <b class="advlib-v-acc">{state["adv_accuracy"]:.2f}%</b> · ASR '
@@ -287,17 +277,17 @@ def panel_html(explorer: EpsExplorer, state: dict) -> str:
             f'true → predicted (confidence), perturbation</div>'
             f'<div class="advlib-explorer-grid">{"".join(cards)}</div>'
             f'<div class="advlib-explorer-scale">perturbation colours: <span>−{limit:g}</span>'
-            f'<i style="background:{plotting.perturbation_css_gradient()}"></i><span>+{limit:g}</span>'
-            f'<span>({html.escape(plotting.perturbation_label())}; white = unchanged, red = brighter, '
+            f'<i style="background:{viz.perturbation_css_gradient()}"></i><span>+{limit:g}</span>'
+            f'<span>({html.escape(viz.perturbation_label())}; white = unchanged, red = brighter, '
             f'blue = darker)</span></div>'
-            f'<div class="advlib-explorer-legend"><span style="color:{plotting.ADV}">━ adversarial accuracy of all '
-            f'{state["n"]} images</span> · <span style="color:{plotting.CLEAN}">╌ clean (ε = 0)</span> · '
+            f'<div class="advlib-explorer-legend"><span style="color:{viz.ADV}">━ adversarial accuracy of all '
+            f'{state["n"]} images</span> · <span style="color:{viz.CLEAN}">╌ clean (ε = 0)</span> · '
             f'● slider</div>'
             + _curve_svg(explorer, state))
 
 
 def _live_panel(explorer: EpsExplorer, state: dict) -> str:
-    return f"<style>{_CSS}</style>" + panel_html(explorer, state)
+    return f"<style>\n{_CSS}\n</style>" + panel_html(explorer, state)
 
 
 def live_widget(explorer: EpsExplorer):
@@ -327,45 +317,6 @@ def standalone_data(explorer: EpsExplorer) -> dict:
             "frames": [frame(explorer, explorer.state(e)) for e in explorer.eps_grid]}
 
 
-# Rewrites the panel's values from data.frames[i]; formats numbers as panel_html does (toFixed = f"{v:.Nf}").
-_SCRIPT = """(function () {
-  var root = document.currentScript.parentNode;
-  var data = JSON.parse(root.querySelector("script.advlib-explorer-data").textContent);
-  var input = root.querySelector(".advlib-explorer-slider input");
-  var readout = root.querySelector(".advlib-explorer-readout");
-  function q(sel) { return root.querySelector(sel); }
-  function all(sel) { return root.querySelectorAll(sel); }
-  function show(i) {
-    var f = data.frames[i], e = f.eps.toFixed(3);
-    readout.textContent = e;
-    input.setAttribute("aria-valuetext", "ε = " + e + " normalized");
-    q(".advlib-v-eps").textContent = e;
-    q(".advlib-v-epspx").textContent = f.eps_pixel.toFixed(4);
-    q(".advlib-v-acc").textContent = f.adv_accuracy.toFixed(2) + "%";
-    q(".advlib-v-asr").textContent = f.asr.toFixed(2) + "%";
-    q(".advlib-v-preds").textContent = f.preds.map(function (p, k) {
-      return p + " (" + f.confidences[k].toFixed(0) + "%)"; }).join(" · ");
-    var adv = all("img.advlib-explorer-adv"), pert = all("img.advlib-explorer-pert");
-    var caps = all(".advlib-explorer-caption");
-    f.preds.forEach(function (p, k) {
-      var t = data.labels[k], c = f.confidences[k].toFixed(0);
-      adv[k].src = f.adversarial[k];
-      adv[k].alt = "FGSM image at ε = " + e + ", true " + t + ", predicted " + p + " (" + c + "%)";
-      pert[k].src = f.perturbation[k];
-      pert[k].alt = "perturbation x_adv − x of the digit " + t + " at ε = " + e;
-      caps[k].innerHTML = "true " + t + " →<br><b>" + p + "</b> (" + c + "%)";
-      caps[k].classList.toggle("advlib-explorer-wrong", p !== t);
-    });
-    var m = q(".advlib-explorer-marker");
-    m.setAttribute("cx", f.marker[0]);
-    m.setAttribute("cy", f.marker[1]);
-  }
-  input.addEventListener("input", function () { show(+input.value); });
-  q(".advlib-explorer-slider").hidden = false;
-  show(+input.value);
-})();"""
-
-
 def standalone_html(explorer: EpsExplorer) -> str:
     """One self-contained HTML fragment: a range input over the slider grid (arrow keys move it one step) and the
     panel, driven by :func:`standalone_data` inlined as JSON and a few lines of plain JavaScript. No request leaves
@@ -374,7 +325,7 @@ def standalone_html(explorer: EpsExplorer) -> str:
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes its <script>
     uid = hashlib.sha1(payload.encode()).hexdigest()[:12]  # stable across runs with the same numbers
     last, i = len(explorer.eps_grid) - 1, data["initial"]
-    return (f'<div class="advlib-explorer" id="advlib-explorer-{uid}"><style>{_CSS}</style>'
+    return (f'<div class="advlib-explorer" id="advlib-explorer-{uid}"><style>\n{_CSS}\n</style>'
             f'<label class="advlib-explorer-slider" hidden>ε (normalized) <input type="range" min="0" '
             f'max="{last}" step="1" value="{i}" aria-label="FGSM ε, normalized units, step {explorer.eps_step:g}">'
             f'<output class="advlib-explorer-readout">{explorer.eps_grid[i]:.3f}</output></label>'

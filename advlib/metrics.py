@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from advlib.attacks import NUM_CLASSES, SweepResult, fgsm_sweep, pgd, predict, to_pixel_eps
+from advlib.attacks import DEFAULT_BOUNDS, SweepResult, check_bounds, fgsm_sweep, pgd, predict, to_pixel_eps
+from advlib.data import NUM_CLASSES
 
 
 def direct_call(func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -24,7 +25,7 @@ def direct_call(func: Callable, *args: Any, **kwargs: Any) -> Any:
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Percentage of x (N, 1, 32, 32) in [-1, 1] classified as y (N,) (eval mode, no gradients)."""
+    """Percentage of x (N, C, H, W) classified as y (N,) (eval mode, no gradients)."""
     preds, _ = predict(model, x)
     return 100.0 * (preds == y).float().mean().item()
 
@@ -113,11 +114,12 @@ def robust_accuracy(clean_preds: torch.Tensor, result: SweepResult) -> list[dict
 
 
 def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, pgd_steps: int = 20,
-                 seed: int = 0) -> dict:
-    """Robust accuracy of model under PGD at one eps (normalized units), on all of x: :func:`rate` of the images
+                 seed: int = 0, bounds: Sequence[float] = DEFAULT_BOUNDS) -> dict:
+    """Robust accuracy of model under PGD at one eps (in the units of x), on all of x: :func:`rate` of the images
     classified correctly both clean and under attack.
 
-    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. PGD (``pgd_steps`` steps of 2.5 eps / steps from a random
+    x: (N, C, H, W) in bounds (default (0, 1); the study's normalized MNIST passes advlib.data.BOUNDS);
+    y: (N,) labels. PGD (``pgd_steps`` steps of 2.5 eps / steps from a random
     start fixed by seed) attacks only the images still classified correctly: an image the clean model gets wrong
     already counts as a failure and costs no gradient step, which changes no number (each image's random start
     does not depend on which others are attacked). Each eps is computed on its own, so the eps of a curve can run
@@ -125,24 +127,30 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     """
     ok = predict(model, x)[0] == y
     if eps > 0 and ok.any():
-        x_pgd = pgd(model, x, y, eps, steps=pgd_steps, seed=seed, mask=ok)
+        x_pgd = pgd(model, x, y, eps, bounds=bounds, steps=pgd_steps, seed=seed, mask=ok)
         ok = ok & (predict(model, x_pgd)[0] == y)
     return rate(int(ok.sum()), len(y))
 
 
 def pgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-             pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> list[dict]:
+             pgd_steps: int = 20, seed: int = 0, bounds: Sequence[float] = DEFAULT_BOUNDS,
+             cache: Callable | None = None) -> list[dict]:
     """:func:`pgd_accuracy` at every eps of eps_grid, through ``cache`` when given (a callable such as
-    :func:`direct_call`; the study passes its stage cache, where a re-run finds the numbers computed before): one ``{"eps": eps, **rate(k, N)}`` row per eps."""
+    :func:`direct_call`; the study passes its stage cache, where a re-run finds the numbers computed before): one ``{"eps": eps, **rate(k, N)}`` row per eps.
+    bounds are passed on as a (low, high) tuple of floats, so (-1, 1) and (-1.0, 1.0) find the same entries."""
     cache = cache or direct_call
-    return [{"eps": eps, **cache(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)} for eps in eps_grid]
+    bounds = check_bounds(bounds)
+    return [{"eps": eps, **cache(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed, bounds=bounds)}
+            for eps in eps_grid]
 
 
 def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
-               pgd_steps: int = 20, seed: int = 0, cache: Callable | None = None) -> dict[str, list[dict]]:
-    """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (normalized units), on all of x.
+               pgd_steps: int = 20, seed: int = 0, bounds: Sequence[float] = DEFAULT_BOUNDS,
+               cache: Callable | None = None) -> dict[str, list[dict]]:
+    """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (in the units of x), on all of x.
 
-    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels. An image counts as a success only if it is classified
+    x: (N, C, H, W) in bounds (default (0, 1); the study's normalized MNIST passes advlib.data.BOUNDS);
+    y: (N,) labels. An image counts as a success only if it is classified
     correctly both clean and under attack (as :func:`robust_accuracy`). PGD: :func:`pgd_rows`, through ``cache``
     when given.
 
@@ -150,20 +158,24 @@ def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Seq
         {"fgsm": rows, "pgd": rows}, one row per eps: ``{"eps": eps, **rate(k, N)}``.
     """
     clean_pred, _ = predict(model, x)
-    fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))
-    return {"fgsm": fgsm_rows, "pgd": pgd_rows(model, x, y, eps_grid, pgd_steps=pgd_steps, seed=seed, cache=cache)}
+    fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))
+    return {"fgsm": fgsm_rows, "pgd": pgd_rows(model, x, y, eps_grid, pgd_steps=pgd_steps, seed=seed, bounds=bounds,
+                                               cache=cache)}
 
 
-def robust_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float]) -> dict:
+def robust_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+                          bounds: Sequence[float] = DEFAULT_BOUNDS) -> dict:
     """FGSM over a whole test split (clean mistakes count as failures): ``{"clean_accuracy": percent,
-    "rows": robust_accuracy rows, one per eps}``. x: (N, 1, 32, 32) in [-1, 1]; eps in normalized units."""
+    "rows": robust_accuracy rows, one per eps}``. x: (N, C, H, W) in bounds (default (0, 1); the study's
+    normalized MNIST passes advlib.data.BOUNDS); eps in the units of x."""
     clean_pred, _ = predict(model, x)
     return {"clean_accuracy": 100.0 * float((clean_pred == y).float().mean()),
-            "rows": robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid))}
+            "rows": robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))}
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts; element (i, j) = images of true label i predicted as j."""
+    """(num_classes, num_classes) int64 counts; element (i, j) = images of true label i predicted as j.
+    num_classes defaults to MNIST's 10 (:data:`advlib.data.NUM_CLASSES`); pass it for any other classifier."""
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred must have the same shape, got {tuple(y_true.shape)} and {tuple(y_pred.shape)}")
     for name, labels in (("y_true", y_true), ("y_pred", y_pred)):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlib.attacks import check_eps, eval_mode, input_gradient, pgd, predict
-from advlib.data import MNIST, TRAIN_SIZE, VALIDATION_SIZE, SplitNotLoaded, as_float, batches
+from advlib.data import BOUNDS, MNIST, TRAIN_SIZE, VALIDATION_SIZE, SplitNotLoaded, as_float, batches
 from advlib.model import ResNetConfig, SmallResNet
 
 ADVERSARIAL_MODES = (None, "fgsm_rs", "pgd")
@@ -141,14 +141,14 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config
     if config.adversarial == "fgsm_rs":
         # Wong et al. 2020: uniform start in the eps-ball, one FGSM step of 1.25 eps, projected back.
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
-        x0 = (x + delta).clamp(-1, 1)
+        x0 = (x + delta).clamp(*BOUNDS)
         with eval_mode(model):
-            grad = input_gradient(model, x0, y)
+            grad = input_gradient(model, x0, y, check_labels=False)  # MNIST's labels; no device synchronisation
         x_adv = x0 + 1.25 * eps * grad.sign()
-        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(-1, 1).detach()
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(*BOUNDS).detach()
     if config.adversarial == "pgd":
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=x.device).item())
-        return pgd(model, x, y, eps, steps=config.adv_pgd_steps, random_start=True, seed=seed)
+        return pgd(model, x, y, eps, bounds=BOUNDS, steps=config.adv_pgd_steps, random_start=True, seed=seed)
     return x
 
 
@@ -221,7 +221,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> float:
     """Accuracy in percent under PGD-10 at config.adv_eps (seeded with config.seed) on held-out images x."""
-    return evaluate(model, pgd(model, x, y, config.adv_eps, steps=CHECK_PGD_STEPS, seed=config.seed), y)
+    return evaluate(model, pgd(model, x, y, config.adv_eps, bounds=BOUNDS, steps=CHECK_PGD_STEPS, seed=config.seed),
+                    y)
 
 
 def train(data: MNIST, model_config: ResNetConfig = ResNetConfig(), config: TrainConfig = TrainConfig(),

@@ -39,12 +39,12 @@ def train_job(data_root: str, images: int) -> dict:
 def sweep_job(data_root: str, checkpoint: str, images: int) -> dict:
     from advlib.attacks import fgsm_sweep
     from advlib.checkpoint import load_checkpoint
-    from advlib.data import load_mnist
+    from advlib.data import BOUNDS, load_mnist
 
     data = load_mnist(data_root, splits=("test",), fetch=False)
     model = load_checkpoint(checkpoint).model
     start = time.perf_counter()
-    fgsm_sweep(model, data.test_x[:images], data.test_y[:images], EPS_GRID)
+    fgsm_sweep(model, data.test_x[:images], data.test_y[:images], EPS_GRID, bounds=BOUNDS)
     return {"job": "sweep", "images": images, "eps": len(EPS_GRID), "seconds": time.perf_counter() - start}
 
 

@@ -4,9 +4,9 @@
     (forward, loss.backward() -- which also computes the weights' gradients, as in the tutorial -- perturb,
     classify again);
 (b) the peer library, torchattacks' FGSM, batched but recomputed for each eps. It attacks in [0, 1] pixel units,
-    so it gets eps / 2 and ``set_normalization_used(mean=[0.5], std=[0.5])``; in torchattacks 3.5 that setting
-    means the attack takes *normalized* inputs and returns normalized outputs (it converts to pixels and back
-    inside ``__call__``), so it is given the same [-1, 1] images as the others;
+    so it gets to_pixel_eps(eps) (= eps / 2) and ``set_normalization_used(mean=[0.5], std=[0.5])``; in
+    torchattacks 3.5 that setting means the attack takes *normalized* inputs and returns normalized outputs (it
+    converts to pixels and back inside ``__call__``), so it is given the same [-1, 1] images as the others;
 (c) advlib.attacks.fgsm_sweep: one gradient per image, then one forward pass per eps.
 
 (a) and (b) classify the adversarial images with ``model(x_adv).argmax(1)``; (c) with its own predictions.
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from advlib.attacks import fgsm_sweep, to_pixel_eps
+from advlib.data import BOUNDS
 
 from benchmarks.common import EPS_GRID, Settings, loadavg, time_interleaved
 
@@ -55,7 +56,7 @@ def peer_sweep(model, x, y, eps_list, batch_size: int) -> torch.Tensor:
 
 
 def advlib_sweep(model, x, y, eps_list) -> torch.Tensor:
-    return fgsm_sweep(model, x, y, eps_list).preds
+    return fgsm_sweep(model, x, y, eps_list, bounds=BOUNDS).preds
 
 
 def compare(preds: dict[str, torch.Tensor], labels: torch.Tensor, reference: str = "advlib") -> dict:

@@ -2,7 +2,7 @@
 
 - from scratch: ``snakemake --cores 2 run --config run_dir=build/bench`` after installation (data linked, venv
   installed, no model and no executed notebook yet): what ``make report`` runs, without publishing;
-- incremental: the same command again after changing one figure's function in ``advlib/plotting.py`` (its stage
+- incremental: the same command again after changing one figure's function in ``study/figures.py`` (its stage
   and the narrative re-run, no model retrains), after changing ``notebooks/06_report.ipynb`` (the narrative), and
   after changing the figures' shared style (every stage notebook re-runs);
 - peak memory: each notebook kernel's and each training job's peak resident memory (VmHWM), sampled;
@@ -29,12 +29,12 @@ SEED_STUDY_SEEDS = 10  # the target's seed count
 # Changes Snakemake sees (it compares checksums and params, so a mere touch re-runs nothing): {what: (file, old
 # text, new text, description)}. "plot" and "narrative" are the target's; "style" (every figure) is shown beside.
 CHANGED = {
-    "plot": ("advlib/plotting.py", '"max-softmax confidence (%)"', '"max-softmax confidence, %"',
-             "one figure (Figure 8's axis label in advlib/plotting.py)"),
+    "plot": ("study/figures.py", '"max-softmax confidence (%)"', '"max-softmax confidence, %"',
+             "one figure (Figure 8's axis label in study/figures.py)"),
     "narrative": ("notebooks/06_report.ipynb", "## Objective", "## Objective.",
                   "the narrative (notebooks/06_report.ipynb)"),
-    "style": ("advlib/plotting.py", '"font.size": 11,', '"font.size": 12,',
-              "the shared figure style (advlib/plotting.py's _STYLE: every figure)"),
+    "style": ("advlib/viz.py", '"font.size": 11,', '"font.size": 12,',
+              "the shared figure style (advlib/viz.py's _STYLE: every figure)"),
 }
 
 

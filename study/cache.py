@@ -9,8 +9,10 @@ A result is found only when it was computed from exactly the same inputs:
 
 - the function (module and name) and every argument but ``progress``: a model by the SHA-256 of its weights and buffers, a tensor
   by its dtype, shape and bytes, anything else by its JSON form;
-- the source of every advlib module that computes (:data:`COMPUTE_MODULES`; changing a plot, the narrative or the
-  workflow keeps the cache, changing an attack empties it);
+- the source the function can reach: its own file and every module of advlib and study that file imports, in
+  turn (:func:`study.sources.file_digest`, derived from the imports: a new module an attack imports is part of the
+  key with no list to edit; changing a plot, the narrative or the workflow keeps the cache, changing an attack
+  empties it);
 - the torch version and the number of CPU threads (either can change float rounding).
 
 Entries are ``torch.save`` files of plain values (numbers, strings, lists, dicts, tensors), loaded with
@@ -20,6 +22,7 @@ the folder is always safe.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -29,11 +32,8 @@ import torch
 from torch import nn
 
 from advlib.io import atomic_torch_save
+from study.sources import file_digest
 
-# the modules whose code decides a cached number (the cached functions and what they call); the others load data
-# (whose tensors are keyed by content), train, arrange or show numbers
-COMPUTE_MODULES = ("attacks", "explorer", "metrics", "model", "train")
-_PACKAGE = Path(__file__).resolve().parents[1] / "advlib"
 UNKEYED = ("progress",)  # keyword arguments that only show work (a progress bar), never change a result
 
 
@@ -54,13 +54,9 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def code_digest() -> str:
-    """SHA-256 of the source of :data:`COMPUTE_MODULES`."""
-    h = hashlib.sha256()
-    for name in COMPUTE_MODULES:
-        h.update(name.encode())
-        h.update((_PACKAGE / f"{name}.py").read_bytes())
-    return h.hexdigest()
+def code_digest(fn: Callable) -> str:
+    """SHA-256 of the source fn can reach: its file and the project modules that imports (see study.sources)."""
+    return file_digest(inspect.getsourcefile(fn))
 
 
 def _describe(value: Any) -> Any:
@@ -107,7 +103,7 @@ class Cache:
         """The entry's name: fn's name and the SHA-256 of everything the result depends on."""
         kwargs = {k: v for k, v in kwargs.items() if k not in UNKEYED}
         described = {"fn": f"{fn.__module__}.{fn.__qualname__}", "args": _describe(list(args)),
-                     "kwargs": _describe(kwargs), "code": code_digest(), "torch": torch.__version__,
+                     "kwargs": _describe(kwargs), "code": code_digest(fn), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
         digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
         return f"{fn.__name__}-{digest[:32]}"

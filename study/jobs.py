@@ -28,7 +28,7 @@ import torch
 from study.cache import stage_cache
 from advlib.attacks import fgsm_sweep, predict
 from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
-from advlib.data import load_mnist
+from advlib.data import BOUNDS, load_mnist
 from advlib.io import atomic_write_json
 from advlib.metrics import accuracy, first_test_images, pgd_rows, select_correct, sweep_metrics
 from study.workflow import NOTEBOOK_DIR, declared_parameters
@@ -123,7 +123,7 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
     return pgd_rows(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
-                    seed=params["seed"], cache=stage_cache(artifact_dir))
+                    seed=params["seed"], bounds=BOUNDS, cache=stage_cache(artifact_dir))
 
 
 def recalibrated_accuracy(model: torch.nn.Module, data_dir: str | os.PathLike, test_x: torch.Tensor,
@@ -163,7 +163,7 @@ def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, tr
     """
     s = attack_set(artifact_dir, data_dir, n_samples=sweep_params["n_samples"], device=sweep_params["device"])
     _, clean_conf = predict(s.model, s.x)
-    rows = sweep_metrics(fgsm_sweep(s.model, s.x, s.y, sweep_params["eps_grid"]), clean_conf)
+    rows = sweep_metrics(fgsm_sweep(s.model, s.x, s.y, sweep_params["eps_grid"], bounds=BOUNDS), clean_conf)
     return {
         "training": {"test_accuracy": accuracy(s.model, s.test_x, s.test_y),
                      "recalibrated_test_accuracy": recalibrated_accuracy(s.model, data_dir, s.test_x, s.test_y),

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
-from study.results import comparison_table, load_metrics
+from study.results import load_metrics
+from study.tables import comparison_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def results_block(metrics: dict) -> str:
                      "running averages lag their weights, which the recipe (Adam at lr 0.01) moves quickly.")
     rb = metrics.get("robustness")
     if rb:
-        from study.results import checklist_table
+        from study.tables import checklist_table
         sn = rb["sanity"]["numbers"]["n"]
         note += (" AutoAttack: the standard ensemble (APGD-CE, APGD-T, FAB-T, Square), `make robust`; its sanity "
                  f"checks (Carlini et al. 2019) on the robust model at ε = {rb['sanity']['eps']:g}, on the first "

@@ -38,7 +38,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advlib.attacks import check_batch, check_eps, fgsm, pgd, predict, to_pixel_eps
+from advlib.attacks import (DEFAULT_BOUNDS, _predict, check_batch, check_eps, eval_mode, fgsm, pgd, predict,
+                            to_pixel_eps)
+from advlib.data import BOUNDS
 from study.cache import Cache, model_digest
 from advlib.io import atomic_write_json
 from advlib.metrics import first_test_images, pgd_accuracy, rate
@@ -116,7 +118,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     from pyautoattack import AutoAttack
 
     eps = check_eps(eps)
-    check_batch(x, y)
+    check_batch(x, y, bounds=BOUNDS)
     fast = _fast(model)
     pixel_model = PixelInput(fast)
     aa = AutoAttack(pixel_model, eps=to_pixel_eps(eps), seed=seed, version="standard", device=x.device)
@@ -207,26 +209,37 @@ def square_only(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return out
 
 
-def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 100,
-               restarts: int = 5, seed: int = 0) -> torch.Tensor:
+def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+               bounds: Sequence[float] = DEFAULT_BOUNDS, steps: int = 100, restarts: int = 5,
+               seed: int = 0) -> torch.Tensor:
     """This project's own attack, written independently of AutoAttack and torchattacks to check their number:
     L-inf PGD that maximizes the margin (Carlini & Wagner's loss, the best other logit minus the true one) with a
     cosine-decaying step size (eps / 2 down to eps / 200), from ``restarts`` uniform random starts. An image counts
     as broken as soon as any iterate of any start is misclassified; later starts run only on what is left.
 
-    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels; eps in normalized units. Returns (N,) bool: still correct
-    (clean mistakes count as broken). Every iterate is projected onto the eps-ball and [-1, 1] and checked there.
+    The contract of :mod:`advlib.attacks`: x (N, C, H, W) float inside ``bounds`` (default (0, 1); the study's
+    normalized MNIST passes :data:`advlib.data.BOUNDS`), eps in the units of x (0.3 normalized = 0.15 in [0, 1]
+    pixel units), y (N,) labels checked against the model's output width on the first forward pass; the model
+    runs in eval mode and its mode is restored. Returns (N,) bool: still correct (clean mistakes count as broken).
+    Every iterate is projected onto the eps-ball and [low, high] and checked there.
     """
     eps = check_eps(eps)
-    fast = _fast(model)
-    alive = _correct(fast, x, y)
+    low, high = check_batch(x, y, bounds=bounds)
+    with eval_mode(model):
+        return _margin_pgd(fold_batchnorm(model), x, y, eps, low, high, steps, restarts, seed)
+
+
+def _margin_pgd(fast: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, low: float, high: float, steps: int,
+                restarts: int, seed: int) -> torch.Tensor:
+    """:func:`margin_pgd` on checked input, ``fast`` the eval-mode network."""
+    alive = _predict(fast, x, check=y)[0] == y  # = _correct(fast, x, y), with the labels checked on the way
     gen = torch.Generator().manual_seed(seed)
     for _ in range(restarts):
         idx = alive.nonzero().flatten()
         if len(idx) == 0:
             break
         xs, ys = x[idx], y[idx]
-        xa = (xs + eps * (torch.rand(xs.shape, generator=gen, dtype=xs.dtype).to(xs.device) * 2 - 1)).clamp(-1, 1)
+        xa = (xs + eps * (torch.rand(xs.shape, generator=gen, dtype=xs.dtype).to(xs.device) * 2 - 1)).clamp(low, high)
         still = torch.ones(len(idx), dtype=torch.bool, device=x.device)
         for t in range(steps + 1):
             xa = xa.detach().requires_grad_(True)
@@ -238,9 +251,9 @@ def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
                 break
             grad, = torch.autograd.grad((other - true).sum(), xa)
             step = eps * (0.005 + 0.495 * (1 + math.cos(math.pi * t / steps)) / 2)
-            xa = torch.min(torch.max(xa.detach() + step * grad.sign(), xs - eps), xs + eps).clamp(-1, 1)
-        if (xa - xs).abs().amax() > eps + 1e-6:
-            raise RuntimeError("margin_pgd left the eps-ball: refusing its result")
+            xa = torch.min(torch.max(xa.detach() + step * grad.sign(), xs - eps), xs + eps).clamp(low, high)
+        if (xa - xs).abs().amax() > eps + 1e-6 or xa.min() < low or xa.max() > high:
+            raise RuntimeError("margin_pgd left the eps-ball or the bounds: refusing its result")
         alive[idx] = still
     return alive
 
@@ -289,11 +302,12 @@ def sanity_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             print(f"{name}: {r['value']:.1f}% [{r['ci_low']:.1f}, {r['ci_high']:.1f}]", flush=True)
 
     out = {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": n, "clean": acc(ok)}
-    out["fgsm"] = acc(survives(fgsm(model, x, y, eps)))
+    out["fgsm"] = acc(survives(fgsm(model, x, y, eps, bounds=BOUNDS)))
     log("FGSM", out["fgsm"])
     starts, digests, worst = [], set(), ok.clone()
     for r in range(restarts):
-        x_adv = pgd(model, x, y, eps, steps=steps, seed=seed + r)  # every image: a start is a whole evaluation
+        # every image: a start is a whole evaluation
+        x_adv = pgd(model, x, y, eps, bounds=BOUNDS, steps=steps, seed=seed + r)
         flags = survives(x_adv)
         starts.append(acc(flags))
         digests.add(_digest(x_adv))
@@ -302,17 +316,18 @@ def sanity_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     out["pgd"] = {**starts[0], "steps": steps}
     out["restarts"] = {"starts": starts, "worst": acc(worst), "restarts": restarts, "distinct": len(digests)}
     log(f"PGD-{steps}, worst case over {restarts} starts", out["restarts"]["worst"])
-    out["pgd_more"] = {**acc(survives(pgd(model, x, y, eps, steps=more_steps, seed=seed, mask=ok))),
+    out["pgd_more"] = {**acc(survives(pgd(model, x, y, eps, bounds=BOUNDS, steps=more_steps, seed=seed, mask=ok))),
                        "steps": more_steps}
     log(f"PGD-{more_steps}", out["pgd_more"])
-    out["transfer"] = acc(survives(pgd(source, x, y, eps, steps=steps, seed=seed)))
+    out["transfer"] = acc(survives(pgd(source, x, y, eps, bounds=BOUNDS, steps=steps, seed=seed)))
     log("transfer from the standard model", out["transfer"])
     out["sweep"] = []
     for e in eps_sweep:
-        flags = survives(pgd(model, x, y, e, steps=steps, seed=seed, mask=ok)) if e > 0 else ok
+        flags = survives(pgd(model, x, y, e, bounds=BOUNDS, steps=steps, seed=seed, mask=ok)) if e > 0 else ok
         out["sweep"].append({"eps": e, "eps_pixel": to_pixel_eps(e), **acc(flags)})
         log(f"PGD-{steps} at eps {e:g}", out["sweep"][-1])
-    out["margin_pgd"] = {**acc(margin_pgd(model, x, y, eps, steps=independent_steps, restarts=restarts, seed=seed)),
+    out["margin_pgd"] = {**acc(margin_pgd(model, x, y, eps, bounds=BOUNDS, steps=independent_steps, restarts=restarts,
+                                          seed=seed)),
                          "steps": independent_steps, "restarts": restarts}
     log(f"margin-loss PGD-{independent_steps} x {restarts} (this project's own)", out["margin_pgd"])
     k = min(square_samples, n)
@@ -333,7 +348,7 @@ def seed_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     when given (an :class:`study.cache.Cache`: a regression test finds the workflow's own PGD job's result)."""
     ok = _correct(model, x, y)
     k = min(aa_samples, len(y))
-    pgd_rate = (cache or Cache(None))(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed)
+    pgd_rate = (cache or Cache(None))(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed, bounds=BOUNDS)
     aa = autoattack(model, x[:k], y[:k], eps, seed=seed, attacks=AA_ATTACKS[:2], progress=False)
     return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(y), "clean": rate(int(ok.sum()), len(y)),
             "pgd": pgd_rate, "pgd_steps": pgd_steps,

@@ -5,7 +5,7 @@ like the repository (``data -> the verified MNIST``, ``artifacts/``, ``figures/`
 default relative paths (``../data``, ``../figures``, ``../artifacts``) are right in every run and no machine path is
 ever injected. Only when every job has succeeded does :func:`publish` copy the run's executed notebooks, figures and
 metrics.json into the repository and regenerate the README's tables. A notebook run by hand in the repository's
-notebooks/ or report/ works in the scratch run folder build/scratch/ instead (:func:`run_dirs`), never in figures/.
+notebooks/ or report/ works in the scratch run folder build/scratch/ instead (:func:`study.scratch.run_dirs`), never in figures/.
 
     python -m study.workflow notebook notebooks/02_sweep.ipynb build/run/report/02_sweep.ipynb --params '{...}'
     python -m study.workflow publish build/run
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import re
@@ -71,54 +70,6 @@ def declared_parameters(notebook: str | os.PathLike) -> dict:
                 if isinstance(target, ast.Name):
                     out[target.id] = ast.literal_eval(node.value)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# What a stage notebook's figures depend on
-
-
-PLOTTING = ROOT / "advlib" / "plotting.py"
-_NAME = re.compile(r"[A-Za-z_]\w*")
-
-
-def _definitions(source: str) -> tuple[list[str], dict[str, str]]:
-    """A module's top-level statements that define no function or class (imports, constants, style), as source,
-    and {name: source} of its functions and classes (decorators included)."""
-    lines = source.splitlines(keepends=True)
-    other, defs = [], {}
-    for node in ast.parse(source).body:
-        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        text = "".join(lines[start - 1:node.end_lineno])
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defs[node.name] = text
-        else:
-            other.append(text)
-    return other, defs
-
-
-def plot_code_digest(notebook: str | os.PathLike, plotting: str | os.PathLike = PLOTTING) -> str:
-    """SHA-256 of the part of ``advlib/plotting.py`` that a stage notebook can reach.
-
-    That part is every top-level statement that is not a function (imports, colours, the shared style), and every
-    function named in the notebook's code or in another advlib module (the explorer draws too), with the functions
-    those name in turn. Names are matched as words, so a mention in a comment counts too: the digest may change
-    when nothing the notebook runs did, never the other way round. The workflow re-runs a notebook when this digest
-    changes instead of on any change to plotting.py: editing one figure's function re-runs only the stages that
-    draw it (and the narrative that shows them), while a change to the shared style re-runs them all.
-    """
-    plotting = Path(plotting)
-    other, defs = _definitions(plotting.read_text())
-    used = "\n".join(c["source"] for c in code_cells(notebook))
-    used += "\n".join(m.read_text() for m in sorted(plotting.parent.glob("*.py")) if m.name != plotting.name)
-    todo, reached = set(_NAME.findall(used)) & defs.keys(), set()
-    while todo:
-        name = todo.pop()
-        reached.add(name)
-        todo |= (set(_NAME.findall(defs[name])) & defs.keys()) - reached
-    h = hashlib.sha256()
-    for text in other + [defs[name] for name in sorted(reached)]:
-        h.update(text.encode())
-    return h.hexdigest()
 
 
 class ConfigError(ValueError):
@@ -297,102 +248,6 @@ def publish_files(results: list[str | os.PathLike], folder: str | os.PathLike, r
         os.replace(tmp, dst)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Running a notebook by hand (JupyterLab, make lab)
-
-SCRATCH_DIR = "build/scratch"  # a hand run's run folder (git-ignored, as all of build/)
-
-
-def is_repository(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a checkout of this project (it holds the Snakefile and notebooks/), not a run folder."""
-    return (Path(folder) / "Snakefile").is_file() and (Path(folder) / "notebooks").is_dir()
-
-
-def _newer(src: Path, dst: Path) -> bool:
-    """dst is missing, or a plain file older than src (a link made here always stays: it follows its target)."""
-    if not os.path.lexists(dst):
-        return True
-    return not dst.is_symlink() and dst.is_file() and src.stat().st_mtime > dst.stat().st_mtime
-
-
-def _link(src: Path, dst: Path) -> None:
-    """A relative symbolic link dst -> src, replacing an older plain file (renamed over it: never half-made)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")  # two kernels starting at once make two
-    if os.path.lexists(tmp):
-        tmp.unlink()
-    tmp.symlink_to(os.path.relpath(src, dst.parent))
-    os.replace(tmp, dst)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """src copied to dst with its modification time (so that a later publish counts as newer), atomically."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
-def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLike] = ()) -> Path:
-    """Prepare the scratch run folder ``root/build/scratch`` and return it. It is laid out like the workflow's run
-    folders, so that a notebook finds there what it finds in ``build/run``:
-
-    - ``data`` -> the repository's ``data/``;
-    - ``artifacts/``: a link to each model (and the stage cache) that the last ``make report`` left in
-      ``build/run/artifacts/``. A hand run that trains saves its model here in place of the link (checkpoints are
-      written to a new file and renamed, never through the link): the run's models stay as they are;
-    - ``figures/``: a copy of the published ``figures/`` (metrics.json, the figures, the seed study and the
-      robustness results), which a hand run reads and then overwrites;
-    - ``report/``: a copy of each executed notebook in ``notebooks`` (``make lab`` opens the narrative's).
-
-    A link or a copy is made where it is missing or older than what it comes from: the folder follows each new
-    ``make report`` and keeps, until then, what a hand run wrote. Delete it to start again from the report."""
-    root = Path(root).absolute()
-    scratch, run = root / SCRATCH_DIR, root / WORKFLOW_SETTINGS["run_dir"]
-    for sub in ("artifacts", "figures", "report"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
-    if not os.path.lexists(scratch / "data"):
-        _link(root / "data", scratch / "data")
-    if (run / "artifacts").is_dir():
-        for src in sorted((run / "artifacts").iterdir()):
-            if not src.name.startswith(".") and _newer(src, scratch / "artifacts" / src.name):
-                _link(src, scratch / "artifacts" / src.name)
-    published = root / "figures"
-    for src in sorted(published.rglob("*")) if published.is_dir() else []:
-        dst = scratch / "figures" / src.relative_to(published)
-        if src.is_file() and not src.name.startswith(".") and _newer(src, dst):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _copy(src, dst)
-    for notebook in map(Path, notebooks):
-        src = notebook if notebook.is_absolute() else root / notebook
-        if _newer(src, scratch / "report" / src.name):
-            _copy(src, scratch / "report" / src.name)
-    return scratch
-
-
-def run_dirs(*dirs: str) -> tuple[str, ...]:
-    """The folders a notebook works in, from the relative defaults of its parameters cell (``"../artifacts"``...).
-
-    The workflow runs every notebook in a run folder laid out like the repository (``build/run/report/`` beside
-    ``build/run/artifacts/``...), where those defaults are right: there, and anywhere but the repository, they
-    come back unchanged. A notebook run by hand in the repository's ``notebooks/`` or ``report/`` (JupyterLab
-    starts its kernel in the notebook's folder) would look for models in ``artifacts/``, where there are none
-    (``make report`` keeps them in ``build/run/artifacts/``), and write into the published ``figures/``. There
-    each folder of the repository is taken in the scratch run folder instead (``../figures`` ->
-    ``../build/scratch/figures``), which :func:`scratch_run` prepares. Paths come back relative to the notebook's
-    folder, as they came in. ``make report`` publishes; a hand run never does."""
-    here = Path.cwd()
-    repo = here.parent
-    if not is_repository(repo):
-        return dirs
-    scratch = scratch_run(repo)
-    out = []
-    for d in dirs:
-        path = Path(os.path.normpath(here / d))
-        if path.is_relative_to(repo) and not path.is_relative_to(repo / "build"):
-            path = scratch / path.relative_to(repo)
-        out.append(os.path.relpath(path, here) if not Path(d).is_absolute() else str(path))
-    return tuple(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The workflow's steps (the Snakefile calls these).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -407,11 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     files.add_argument("folder", help="figures/seed_study or figures/robustness")
     files.add_argument("--replace", default="*.json", help="the earlier files these replace (a glob in folder)")
     files.add_argument("results", nargs="+")
-    scratch = sub.add_parser("scratch", help=f"prepare the scratch run folder {SCRATCH_DIR}/ of hand runs (make lab) "
+    scratch = sub.add_parser("scratch", help="prepare the scratch run folder build/scratch/ of hand runs (make lab) "
                              "and copy executed notebooks into its report/")
     scratch.add_argument("notebooks", nargs="*", help="executed notebooks to copy, e.g. report/06_report.ipynb")
     args = parser.parse_args(argv)
     skip_iri_format_checker()
+    from study.scratch import SCRATCH_DIR, scratch_run
+
     if args.command == "notebook":
         run_notebook(args.source, args.output, json.loads(args.params))
     elif args.command == "scratch":

@@ -1,4 +1,5 @@
-"""advlib.attacks: FGSM against an autograd oracle, the eps-ball invariants, and the input contract."""
+"""advlib.attacks on the study's normalized MNIST (bounds=BOUNDS, [-1, 1]): FGSM against an autograd oracle, the
+eps-ball invariants, and the input contract. The contract on other models and shapes: tests/advlib/."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from advlib import attacks
 from advlib.attacks import (CHUNK, SweepResult, bim, eval_mode, fgsm, fgsm_direction, fgsm_sweep, input_gradient, pgd,
                             predict, sweep_direction, to_normalized_eps, to_pixel_eps)
+from advlib.data import BOUNDS
 from advlib.metrics import accuracy
 
 EPS_GRID = [0.0, 0.05, 0.1, 0.2, 0.3]
@@ -49,19 +51,19 @@ def linf(a, b):
 def test_fgsm_matches_autograd_oracle(trained_model, batch64, eps, targeted):
     x, y = batch64
     target = (y + 3) % 10 if targeted else y
-    got = fgsm(trained_model, x, target, eps, targeted=targeted)
+    got = fgsm(trained_model, x, target, eps, targeted=targeted, bounds=BOUNDS)
     assert torch.equal(got, fgsm_oracle(trained_model, x, target, eps, targeted=targeted))
 
 
 def test_fgsm_matches_oracle_untrained(untrained_model, batch64):
     x, y = batch64
-    assert torch.equal(fgsm(untrained_model, x, y, 0.1), fgsm_oracle(untrained_model, x, y, 0.1))
+    assert torch.equal(fgsm(untrained_model, x, y, 0.1, bounds=BOUNDS), fgsm_oracle(untrained_model, x, y, 0.1))
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.01, 0.1, 0.3, 1.0, 2.5])
 def test_fgsm_linf_ball_and_range(trained_model, batch64, eps):
     x, y = batch64
-    x_adv = fgsm(trained_model, x, y, eps)
+    x_adv = fgsm(trained_model, x, y, eps, bounds=BOUNDS)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert linf(x_adv, x) <= eps + 1e-6
     assert x_adv.min().item() >= -1.0 and x_adv.max().item() <= 1.0
@@ -74,24 +76,24 @@ def test_fgsm_linf_ball_and_range(trained_model, batch64, eps):
 def test_fgsm_batched_equals_per_image(trained_model, batch64):
     x, y = batch64
     x, y = x[:24], y[:24]
-    batched = fgsm(trained_model, x, y, 0.2)
-    single = torch.cat([fgsm(trained_model, x[i : i + 1], y[i : i + 1], 0.2) for i in range(len(x))])
+    batched = fgsm(trained_model, x, y, 0.2, bounds=BOUNDS)
+    single = torch.cat([fgsm(trained_model, x[i : i + 1], y[i : i + 1], 0.2, bounds=BOUNDS) for i in range(len(x))])
     assert torch.equal(batched, single)
 
 
 def test_fgsm_eps_zero_changes_nothing(trained_model, batch64):
     x, y = batch64
-    assert torch.equal(fgsm(trained_model, x, y, 0.0), x)
-    assert torch.equal(fgsm(trained_model, x, y, 0), x)
-    assert torch.equal(pgd(trained_model, x, y, 0.0, steps=3, seed=0), x)
-    assert torch.equal(bim(trained_model, x, y, 0.0, steps=3), x)
+    assert torch.equal(fgsm(trained_model, x, y, 0.0, bounds=BOUNDS), x)
+    assert torch.equal(fgsm(trained_model, x, y, 0, bounds=BOUNDS), x)
+    assert torch.equal(pgd(trained_model, x, y, 0.0, steps=3, seed=0, bounds=BOUNDS), x)
+    assert torch.equal(bim(trained_model, x, y, 0.0, steps=3, bounds=BOUNDS), x)
 
 
 def test_fgsm_does_not_change_its_input(trained_model, batch64):
     x, y = batch64
     x_before, y_before = x.clone(), y.clone()
-    fgsm(trained_model, x, y, 0.3)
-    pgd(trained_model, x, y, 0.3, steps=2, seed=0)
+    fgsm(trained_model, x, y, 0.3, bounds=BOUNDS)
+    pgd(trained_model, x, y, 0.3, steps=2, seed=0, bounds=BOUNDS)
     assert torch.equal(x, x_before) and torch.equal(y, y_before)
 
 
@@ -106,14 +108,14 @@ def test_targeted_fgsm_moves_toward_target(trained_model, test_batch):
             return F.cross_entropy(trained_model(images), target, reduction="none")
 
     before = target_loss(x)
-    toward = target_loss(fgsm(trained_model, x, target, eps, targeted=True))
-    away = target_loss(fgsm(trained_model, x, target, eps, targeted=False))
+    toward = target_loss(fgsm(trained_model, x, target, eps, targeted=True, bounds=BOUNDS))
+    away = target_loss(fgsm(trained_model, x, target, eps, targeted=False, bounds=BOUNDS))
     assert toward.mean() < before.mean() < away.mean()
     assert (toward < before).float().mean().item() > 0.9  # per image, almost always
     # and the predictions actually move to the target more often than on clean images
     with torch.no_grad():
         hits = lambda images: (trained_model(images).argmax(1) == target).sum().item()  # noqa: E731
-    assert hits(fgsm(trained_model, x, target, 0.3, targeted=True)) > hits(x)
+    assert hits(fgsm(trained_model, x, target, 0.3, targeted=True, bounds=BOUNDS)) > hits(x)
 
 
 def test_accuracy_does_not_rise_with_eps(trained_model, test_batch):
@@ -121,7 +123,8 @@ def test_accuracy_does_not_rise_with_eps(trained_model, test_batch):
     # overshoot on the briefly trained fixture (accuracy 7.6% at 0.2, 9.0% at 0.3 was seen), a known property of
     # one-step attacks rather than a bug, so monotonicity is asserted on the small-step range.
     x, y = test_batch
-    accs = [accuracy(trained_model, fgsm(trained_model, x, y, eps), y) for eps in (0.0, 0.025, 0.05, 0.075, 0.1)]
+    accs = [accuracy(trained_model, fgsm(trained_model, x, y, eps, bounds=BOUNDS), y)
+            for eps in (0.0, 0.025, 0.05, 0.075, 0.1)]
     assert accs[0] == accuracy(trained_model, x, y)
     assert accs[0] > 80, "the trained fixture should classify most clean images"
     assert all(a >= b for a, b in zip(accs, accs[1:])), accs
@@ -139,14 +142,14 @@ def test_sweep_equals_separate_fgsm_calls(trained_model, test_batch, targeted, c
     x, y = x[:128], y[:128]
     labels = (y + 5) % 10 if targeted else y
     monkeypatch.setattr(attacks, "CHUNK", chunk)
-    result = fgsm_sweep(trained_model, x, labels, EPS_GRID, targeted=targeted)
+    result = fgsm_sweep(trained_model, x, labels, EPS_GRID, targeted=targeted, bounds=BOUNDS)
     monkeypatch.undo()  # the oracle below runs in one chunk
     assert isinstance(result, SweepResult)
     assert result.eps == EPS_GRID
     assert torch.equal(result.labels, labels)
     assert result.preds.shape == result.confidences.shape == (len(EPS_GRID), len(x))
     for i, eps in enumerate(EPS_GRID):
-        preds, confs = predict(trained_model, fgsm(trained_model, x, labels, eps, targeted=targeted))
+        preds, confs = predict(trained_model, fgsm(trained_model, x, labels, eps, targeted=targeted, bounds=BOUNDS))
         # exact: each image's gradient is its own (summed loss, eval-mode BatchNorm), whatever the batching
         assert torch.equal(result.preds[i], preds), eps
         assert torch.equal(result.confidences[i], confs), eps
@@ -159,9 +162,9 @@ def test_fgsm_direction_is_the_gradient_sign(trained_model, batch64, targeted, m
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(m(xr), y), xr)
     expected = -g.sign() if targeted else g.sign()
-    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted), expected)
+    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted, bounds=BOUNDS), expected)
     monkeypatch.setattr(attacks, "CHUNK", 10)  # several chunks give the same result
-    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted), expected)
+    assert torch.equal(fgsm_direction(trained_model, x, y, targeted=targeted, bounds=BOUNDS), expected)
 
 
 def test_sweep_direction_equals_clamped_steps(trained_model, batch64, monkeypatch):
@@ -169,7 +172,7 @@ def test_sweep_direction_equals_clamped_steps(trained_model, batch64, monkeypatc
     x, y = batch64
     d = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).sign()
     monkeypatch.setattr(attacks, "CHUNK", 24)
-    result = sweep_direction(trained_model, x, y, d, [0.0, 0.2, 0.6])
+    result = sweep_direction(trained_model, x, y, d, [0.0, 0.2, 0.6], bounds=BOUNDS)
     monkeypatch.undo()
     for i, eps in enumerate([0.0, 0.2, 0.6]):
         preds, confs = predict(trained_model, (x + eps * d).clamp(-1, 1))
@@ -190,12 +193,12 @@ def test_sweep_direction_rejects_bad_input(untrained_model, batch64, case):
     else:
         d = d[:3]
     with pytest.raises(ValueError):
-        sweep_direction(untrained_model, x, y, d, [0.1])
+        sweep_direction(untrained_model, x, y, d, [0.1], bounds=BOUNDS)
 
 
 def test_sweep_at_eps_zero_is_clean_prediction(trained_model, test_batch):
     x, y = test_batch
-    result = fgsm_sweep(trained_model, x[:100], y[:100], [0.0])
+    result = fgsm_sweep(trained_model, x[:100], y[:100], [0.0], bounds=BOUNDS)
     preds, confs = predict(trained_model, x[:100])
     assert torch.equal(result.preds[0], preds) and torch.allclose(result.confidences[0], confs)
     assert ((confs >= 0.1) & (confs <= 1)).all()  # max softmax of 10 classes
@@ -203,7 +206,7 @@ def test_sweep_at_eps_zero_is_clean_prediction(trained_model, test_batch):
 
 def test_sweep_rejects_empty_eps_list(trained_model, batch64):
     with pytest.raises(ValueError, match="empty"):
-        fgsm_sweep(trained_model, *batch64, [])
+        fgsm_sweep(trained_model, *batch64, [], bounds=BOUNDS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,10 +215,10 @@ def test_sweep_rejects_empty_eps_list(trained_model, batch64):
 
 def _attacks():
     return {
-        "fgsm": lambda m, x, y: fgsm(m, x, y, 0.1),
-        "sweep": lambda m, x, y: fgsm_sweep(m, x, y, [0.1, 0.2]),
-        "pgd": lambda m, x, y: pgd(m, x, y, 0.1, steps=2, seed=0),
-        "bim": lambda m, x, y: bim(m, x, y, 0.1, steps=2),
+        "fgsm": lambda m, x, y: fgsm(m, x, y, 0.1, bounds=BOUNDS),
+        "sweep": lambda m, x, y: fgsm_sweep(m, x, y, [0.1, 0.2], bounds=BOUNDS),
+        "pgd": lambda m, x, y: pgd(m, x, y, 0.1, steps=2, seed=0, bounds=BOUNDS),
+        "bim": lambda m, x, y: bim(m, x, y, 0.1, steps=2, bounds=BOUNDS),
         "predict": lambda m, x, y: predict(m, x),
     }
 
@@ -285,8 +288,8 @@ def test_batchnorm_control(model_copy, batch64):
 def test_attack_independent_of_batch_companions(trained_model, batch64):
     # eval-mode BatchNorm: an image's adversarial example does not depend on the other images in its batch
     x, y = batch64
-    a = fgsm(trained_model, x[:8], y[:8], 0.2)
-    b = fgsm(trained_model, torch.cat([x[:8], x[32:64]]), torch.cat([y[:8], y[32:64]]), 0.2)[:8]
+    a = fgsm(trained_model, x[:8], y[:8], 0.2, bounds=BOUNDS)
+    b = fgsm(trained_model, torch.cat([x[:8], x[32:64]]), torch.cat([y[:8], y[32:64]]), 0.2, bounds=BOUNDS)[:8]
     assert torch.equal(a, b)
 
 
@@ -320,13 +323,13 @@ def _bad_inputs(x, y):
         "eps bool": (x, y, True, "number"),
         "x integer": ((x * 100).long(), y, 0.1, "float"),
         "x not a tensor": (x.numpy(), y, 0.1, "float tensor"),
-        "x 28px": (x[:, :, :28, :28], y, 0.1, "shape"),
-        "x no channel": (x[:, 0], y, 0.1, "shape"),
-        "x pixel range": ((x + 1) * 127.5, y, 0.1, r"\[-1, 1\]"),
-        "x slightly out": (x * 1.01, y, 0.1, r"\[-1, 1\]"),
+        "x no channel": (x[:, 0], y, 0.1, "4-D"),
+        "x 5-D": (x[:, None], y, 0.1, "4-D"),
+        "x pixel range": ((x + 1) * 127.5, y, 0.1, r"outside bounds=\(-1, 1\)"),
+        "x slightly out": (x * 1.01, y, 0.1, r"outside bounds=\(-1, 1\)"),
         "x nan": (torch.where(torch.arange(x.numel()).reshape(x.shape) == 5, float("nan"), x), y, 0.1, "NaN"),
-        "y too short": (x, y[:-1], 0.1, "shape"),
-        "y 2d": (x, y[:, None], 0.1, "shape"),
+        "y too short": (x, y[:-1], 0.1, "4 images but y has 3 labels"),
+        "y 2d": (x, y[:, None], 0.1, "1-D"),
         "y too big": (x, torch.where(torch.arange(len(y)) == 3, 10, y), 0.1, "0..9"),
         "y negative": (x, torch.where(torch.arange(len(y)) == 3, -1, y), 0.1, "0..9"),
         "y float": (x, y.float(), 0.1, "integer"),
@@ -337,11 +340,11 @@ def _bad_inputs(x, y):
 
 BAD = list(_bad_inputs(torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)))
 ATTACKS = {
-    "fgsm": lambda m, x, y, eps: fgsm(m, x, y, eps),
-    "fgsm targeted": lambda m, x, y, eps: fgsm(m, x, y, eps, targeted=True),
-    "sweep": lambda m, x, y, eps: fgsm_sweep(m, x, y, [0.1, eps]),
-    "pgd": lambda m, x, y, eps: pgd(m, x, y, eps, steps=2, seed=0),
-    "bim": lambda m, x, y, eps: bim(m, x, y, eps, steps=2),
+    "fgsm": lambda m, x, y, eps: fgsm(m, x, y, eps, bounds=BOUNDS),
+    "fgsm targeted": lambda m, x, y, eps: fgsm(m, x, y, eps, targeted=True, bounds=BOUNDS),
+    "sweep": lambda m, x, y, eps: fgsm_sweep(m, x, y, [0.1, eps], bounds=BOUNDS),
+    "pgd": lambda m, x, y, eps: pgd(m, x, y, eps, steps=2, seed=0, bounds=BOUNDS),
+    "bim": lambda m, x, y, eps: bim(m, x, y, eps, steps=2, bounds=BOUNDS),
 }
 
 
@@ -360,21 +363,22 @@ def test_good_input_variants_accepted(untrained_model, batch64):
     x, y = batch64
     x, y = x[:4], y[:4]
     for eps in (0, 0.1, torch.tensor(0.1), 1):
-        fgsm(untrained_model, x, y, eps)
-    fgsm(untrained_model, x, y.int(), 0.1)  # int32 labels
-    fgsm(untrained_model, x[:1], y[:1], 0.1)  # a single image
+        fgsm(untrained_model, x, y, eps, bounds=BOUNDS)
+    fgsm(untrained_model, x, y.int(), 0.1, bounds=BOUNDS)  # int32 labels
+    fgsm(untrained_model, x[:1], y[:1], 0.1, bounds=BOUNDS)  # a single image
 
 
 @pytest.mark.parametrize("eps", [np.float32(0.1), np.int64(0)], ids=["float32", "int64"])
 def test_numpy_scalar_eps_accepted(untrained_model, batch64, eps):
     x, y = batch64
-    assert torch.equal(fgsm(untrained_model, x[:2], y[:2], eps), fgsm(untrained_model, x[:2], y[:2], float(eps)))
+    assert torch.equal(fgsm(untrained_model, x[:2], y[:2], eps, bounds=BOUNDS),
+                       fgsm(untrained_model, x[:2], y[:2], float(eps), bounds=BOUNDS))
 
 
 def test_tensor_eps_must_be_a_number(untrained_model, batch64):
     x, y = batch64
     with pytest.raises(ValueError, match="finite"):
-        fgsm(untrained_model, x[:2], y[:2], torch.tensor(math.nan))
+        fgsm(untrained_model, x[:2], y[:2], torch.tensor(math.nan), bounds=BOUNDS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -386,13 +390,13 @@ def test_tensor_eps_must_be_a_number(untrained_model, batch64):
 def test_iterative_ball_and_range(trained_model, batch64, eps, kind):
     x, y = batch64
     if kind == "pgd":
-        x_adv = pgd(trained_model, x, y, eps, steps=5, seed=1)
+        x_adv = pgd(trained_model, x, y, eps, steps=5, seed=1, bounds=BOUNDS)
     elif kind == "pgd big step":  # steps far larger than eps must still be projected back
-        x_adv = pgd(trained_model, x, y, eps, steps=3, step_size=4 * eps, seed=1)
+        x_adv = pgd(trained_model, x, y, eps, steps=3, step_size=4 * eps, seed=1, bounds=BOUNDS)
     elif kind == "pgd targeted":
-        x_adv = pgd(trained_model, x, (y + 1) % 10, eps, steps=3, seed=1, targeted=True)
+        x_adv = pgd(trained_model, x, (y + 1) % 10, eps, steps=3, seed=1, targeted=True, bounds=BOUNDS)
     else:
-        x_adv = bim(trained_model, x, y, eps, steps=4)
+        x_adv = bim(trained_model, x, y, eps, steps=4, bounds=BOUNDS)
     assert x_adv.shape == x.shape
     assert linf(x_adv, x) <= eps + 1e-6
     assert x_adv.min().item() >= -1.0 and x_adv.max().item() <= 1.0
@@ -402,7 +406,7 @@ def test_iterative_ball_and_range(trained_model, batch64, eps, kind):
 def test_random_start_alone_stays_in_ball(trained_model, batch64):
     # with a zero step the result is the random start itself: inside the ball and the range, and not x
     x, y = batch64
-    x_adv = pgd(trained_model, x, y, 0.3, steps=1, step_size=0.0, seed=0)
+    x_adv = pgd(trained_model, x, y, 0.3, steps=1, step_size=0.0, seed=0, bounds=BOUNDS)
     assert linf(x_adv, x) <= 0.3 + 1e-6
     assert x_adv.min().item() >= -1 and x_adv.max().item() <= 1
     assert not torch.equal(x_adv, x)
@@ -413,51 +417,53 @@ def test_pgd_at_least_as_strong_as_fgsm(trained_model, test_batch):
     x, y = x[:256], y[:256]
     eps = 0.2
     acc_clean = accuracy(trained_model, x, y)
-    acc_fgsm = accuracy(trained_model, fgsm(trained_model, x, y, eps), y)
-    acc_pgd = accuracy(trained_model, pgd(trained_model, x, y, eps, steps=20, seed=0), y)
+    acc_fgsm = accuracy(trained_model, fgsm(trained_model, x, y, eps, bounds=BOUNDS), y)
+    acc_pgd = accuracy(trained_model, pgd(trained_model, x, y, eps, steps=20, seed=0, bounds=BOUNDS), y)
     assert acc_pgd <= acc_fgsm < acc_clean, (acc_pgd, acc_fgsm, acc_clean)
 
 
 def test_one_step_bim_is_fgsm(trained_model, batch64):
     x, y = batch64
     for eps in (0.05, 0.3):
-        assert torch.equal(bim(trained_model, x, y, eps, steps=1), fgsm(trained_model, x, y, eps))
-        assert torch.equal(pgd(trained_model, x, y, eps, steps=1, step_size=eps, random_start=False),
-                           fgsm(trained_model, x, y, eps))
+        assert torch.equal(bim(trained_model, x, y, eps, steps=1, bounds=BOUNDS),
+                           fgsm(trained_model, x, y, eps, bounds=BOUNDS))
+        assert torch.equal(pgd(trained_model, x, y, eps, steps=1, step_size=eps, random_start=False, bounds=BOUNDS),
+                           fgsm(trained_model, x, y, eps, bounds=BOUNDS))
         t = (y + 2) % 10
-        assert torch.equal(bim(trained_model, x, t, eps, steps=1, targeted=True),
-                           fgsm(trained_model, x, t, eps, targeted=True))
+        assert torch.equal(bim(trained_model, x, t, eps, steps=1, targeted=True, bounds=BOUNDS),
+                           fgsm(trained_model, x, t, eps, targeted=True, bounds=BOUNDS))
 
 
 def test_pgd_seed_repeatable_and_private(trained_model, batch64):
     x, y = batch64
     torch.manual_seed(0)
     global_state = torch.get_rng_state()
-    a = pgd(trained_model, x, y, 0.3, steps=2, seed=123)
+    a = pgd(trained_model, x, y, 0.3, steps=2, seed=123, bounds=BOUNDS)
     assert torch.equal(torch.get_rng_state(), global_state)  # a seeded run leaves the global RNG alone
-    b = pgd(trained_model, x, y, 0.3, steps=2, seed=123)
-    c = pgd(trained_model, x, y, 0.3, steps=2, seed=124)
+    b = pgd(trained_model, x, y, 0.3, steps=2, seed=123, bounds=BOUNDS)
+    c = pgd(trained_model, x, y, 0.3, steps=2, seed=124, bounds=BOUNDS)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
 
 def test_bim_deterministic(trained_model, batch64):
     x, y = batch64
-    assert torch.equal(bim(trained_model, x, y, 0.2, steps=3), bim(trained_model, x, y, 0.2, steps=3))
+    assert torch.equal(bim(trained_model, x, y, 0.2, steps=3, bounds=BOUNDS),
+                       bim(trained_model, x, y, 0.2, steps=3, bounds=BOUNDS))
 
 
 @pytest.mark.parametrize("steps", [0, -1, 2.0, True, None])
 def test_steps_must_be_positive_int(trained_model, batch64, steps):
     x, y = batch64
     with pytest.raises(ValueError, match="steps"):
-        pgd(trained_model, x, y, 0.1, steps=steps)
+        pgd(trained_model, x, y, 0.1, steps=steps, bounds=BOUNDS)
     with pytest.raises(ValueError, match="steps"):
-        bim(trained_model, x, y, 0.1, steps=steps)
+        bim(trained_model, x, y, 0.1, steps=steps, bounds=BOUNDS)
 
 
 def test_negative_step_size_rejected(trained_model, batch64):
     with pytest.raises(ValueError, match="step_size"):
-        pgd(trained_model, *batch64, 0.1, steps=2, step_size=-0.01)
+        pgd(trained_model, *batch64, 0.1, steps=2, step_size=-0.01, bounds=BOUNDS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -481,12 +487,13 @@ def test_input_gradient_is_per_image(trained_model, batch64):
 def test_pgd_mask_equals_attacking_everything(trained_model, batch64):
     x, y = batch64
     mask = torch.arange(len(x)) % 3 != 0
-    full = pgd(trained_model, x, y, 0.2, steps=3, seed=7)
-    part = pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=mask)
+    full = pgd(trained_model, x, y, 0.2, steps=3, seed=7, bounds=BOUNDS)
+    part = pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=mask, bounds=BOUNDS)
     assert torch.equal(part[mask], full[mask])  # same random start, same steps
     assert torch.equal(part[~mask], x[~mask])  # the others are left alone
-    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=torch.zeros(len(x), dtype=torch.bool)), x)
-    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=torch.ones(len(x), dtype=torch.bool)), full)
+    none, every = torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.bool)
+    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=none, bounds=BOUNDS), x)
+    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=7, mask=every, bounds=BOUNDS), full)
 
 
 def test_pgd_mask_spends_no_steps_on_the_others(model_copy, batch64):
@@ -494,7 +501,7 @@ def test_pgd_mask_spends_no_steps_on_the_others(model_copy, batch64):
     mask = torch.arange(len(x)) < 10
     seen = []
     model_copy.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
-    pgd(model_copy, x, y, 0.2, steps=4, seed=0, mask=mask)
+    pgd(model_copy, x, y, 0.2, steps=4, seed=0, mask=mask, bounds=BOUNDS)
     assert seen == [10] * 4
 
 
@@ -502,4 +509,4 @@ def test_pgd_mask_spends_no_steps_on_the_others(model_copy, batch64):
                          ids=["too short", "float", "list"])
 def test_pgd_rejects_bad_mask(untrained_model, batch64, mask):
     with pytest.raises(ValueError, match="mask must be a bool tensor of shape \\(64,\\)"):
-        pgd(untrained_model, *batch64, 0.1, steps=1, seed=0, mask=mask)
+        pgd(untrained_model, *batch64, 0.1, steps=1, seed=0, mask=mask, bounds=BOUNDS)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
 
 import advlib.attacks as attacks
+from advlib.data import BOUNDS
 from study import cache as cache_module
 from study.cache import Cache, model_digest, tensor_digest
 from advlib.explorer import EpsExplorer
@@ -54,16 +56,24 @@ def test_any_changed_input_computes_again(tmp_path, untrained_model, test_batch,
     elif change == "argument":
         factor = 2.0000001
     elif change == "code":
-        monkeypatch.setattr(cache_module, "code_digest", lambda: "another version of advlib")
+        monkeypatch.setattr(cache_module, "code_digest", lambda fn: "another version of advlib")
     elif change == "threads":
         monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     cache(_scaled_sum, model, x, factor)
     assert len(calls) == 2 and cache.misses == 2
 
 
-def test_code_digest_covers_the_attacks_not_the_plots():
-    assert "attacks" in cache_module.COMPUTE_MODULES and "metrics" in cache_module.COMPUTE_MODULES
-    assert "plotting" not in cache_module.COMPUTE_MODULES and "results" not in cache_module.COMPUTE_MODULES
+def test_code_digest_covers_what_the_function_reaches(tmp_path, monkeypatch):
+    """The key of a PGD number covers the attacks' source, not a figure's or the results tables' (a new module is
+    covered too: tests/study/test_sources.py)."""
+    from advlib.metrics import pgd_accuracy
+    from study import sources
+
+    files = [p.relative_to(sources.ROOT).as_posix()
+             for p in sources.reached_modules(*sources.imports_of(inspect.getsourcefile(pgd_accuracy))).values()]
+    assert "advlib/attacks.py" in files and "advlib/model.py" in files
+    assert not any(f.startswith("study/") or "plot" in f or "viz" in f for f in files), files
+
 
 
 def test_digests_follow_content(untrained_model):
@@ -97,20 +107,20 @@ def _bad_result():
 def test_robustness_through_the_cache_changes_no_number(tmp_path, trained_model, test_batch):
     x, y = test_batch[0][:64], test_batch[1][:64]
     grid = [0.0, 0.1, 0.3]
-    plain = robustness(trained_model, x, y, grid, pgd_steps=3, seed=1)
+    plain = robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, bounds=BOUNDS)
     cache = Cache(tmp_path)
-    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache) == plain
-    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache) == plain
+    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
+    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
     assert cache.hits == len(grid)
     # one eps computed on its own (a workflow job) is the curve's point
-    assert {"eps": 0.3, **pgd_accuracy(trained_model, x, y, 0.3, pgd_steps=3, seed=1)} == plain["pgd"][2]
+    assert {"eps": 0.3, **pgd_accuracy(trained_model, x, y, 0.3, pgd_steps=3, seed=1, bounds=BOUNDS)} == plain["pgd"][2]
 
 
 def test_pgd_chunking_changes_no_number(trained_model, test_batch, monkeypatch):
     x, y = test_batch[0][:300], test_batch[1][:300]
-    whole = attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5)
+    whole = attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS)
     monkeypatch.setattr(attacks, "CHUNK", 64)  # 300 images: 5 chunks of 60
-    assert torch.equal(attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5), whole)
+    assert torch.equal(attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS), whole)
 
 
 def test_explorer_through_the_cache_is_the_same(tmp_path, trained_model, test_batch):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from advlib.attacks import fgsm, fgsm_direction, fgsm_sweep, pgd, predict, sweep_direction
-from advlib.data import MNIST
+from advlib.data import BOUNDS, MNIST
 from advlib.metrics import (accuracy, confusion_matrix, robust_accuracy, robustness, roc_auc, roc_curve,
                             select_correct, sweep_metrics)
 from advlib.train import TrainConfig, train
@@ -63,27 +63,27 @@ def test_predict(cpu, gpu):
 def test_fgsm(cpu, gpu, targeted):
     (model_c, x_c, y_c), (model_g, x_g, y_g) = cpu, gpu
     labels_c, labels_g = ((y_c + 1) % 10, (y_g + 1) % 10) if targeted else (y_c, y_g)
-    adv_c = fgsm(model_c, x_c, labels_c, 0.2, targeted=targeted)
-    adv_g = fgsm(model_g, x_g, labels_g, 0.2, targeted=targeted)
+    adv_c = fgsm(model_c, x_c, labels_c, 0.2, targeted=targeted, bounds=BOUNDS)
+    adv_g = fgsm(model_g, x_g, labels_g, 0.2, targeted=targeted, bounds=BOUNDS)
     assert adv_g.device.type == "cuda"
     assert (adv_g - x_g).abs().max().item() <= 0.2 + 1e-6 and adv_g.abs().max().item() <= 1
     assert agreement(adv_g, adv_c) >= 0.99  # pixels: only near-zero gradients may take the other sign
     assert agreement(predict(model_g, adv_g)[0], predict(model_c, adv_c)[0]) >= MIN_AGREEMENT
-    direction = fgsm_direction(model_g, x_g, labels_g, targeted=targeted)
-    assert agreement(direction, fgsm_direction(model_c, x_c, labels_c, targeted=targeted)) >= 0.99
+    direction = fgsm_direction(model_g, x_g, labels_g, targeted=targeted, bounds=BOUNDS)
+    assert agreement(direction, fgsm_direction(model_c, x_c, labels_c, targeted=targeted, bounds=BOUNDS)) >= 0.99
 
 
 def test_sweep(cpu, gpu):
     (model_c, x_c, y_c), (model_g, x_g, y_g) = cpu, gpu
-    result_c = fgsm_sweep(model_c, x_c, y_c, EPS_GRID)
-    result_g = fgsm_sweep(model_g, x_g, y_g, EPS_GRID)
+    result_c = fgsm_sweep(model_c, x_c, y_c, EPS_GRID, bounds=BOUNDS)
+    result_g = fgsm_sweep(model_g, x_g, y_g, EPS_GRID, bounds=BOUNDS)
     assert result_g.preds.device.type == "cuda"
     for i in range(len(EPS_GRID)):
         assert agreement(result_g.preds[i], result_c.preds[i]) >= MIN_AGREEMENT, EPS_GRID[i]
     # any direction, the same on both devices
     d = torch.randn(x_c.shape, generator=torch.Generator().manual_seed(0)).sign()
-    swept_c = sweep_direction(model_c, x_c, y_c, d, EPS_GRID)
-    swept_g = sweep_direction(model_g, x_g, y_g, d.cuda(), EPS_GRID)
+    swept_c = sweep_direction(model_c, x_c, y_c, d, EPS_GRID, bounds=BOUNDS)
+    swept_g = sweep_direction(model_g, x_g, y_g, d.cuda(), EPS_GRID, bounds=BOUNDS)
     assert agreement(swept_g.preds, swept_c.preds) >= MIN_AGREEMENT
     assert torch.allclose(swept_g.confidences.cpu(), swept_c.confidences, atol=1e-3)
     # the summaries take CUDA results as they are
@@ -97,14 +97,14 @@ def test_sweep(cpu, gpu):
 def test_pgd(cpu, gpu):
     (model_c, x_c, y_c), (model_g, x_g, y_g) = cpu, gpu
     mask = torch.arange(len(y_c)) % 2 == 0
-    adv_c = pgd(model_c, x_c, y_c, 0.1, steps=5, seed=3, mask=mask)
-    adv_g = pgd(model_g, x_g, y_g, 0.1, steps=5, seed=3, mask=mask.cuda())
+    adv_c = pgd(model_c, x_c, y_c, 0.1, steps=5, seed=3, mask=mask, bounds=BOUNDS)
+    adv_g = pgd(model_g, x_g, y_g, 0.1, steps=5, seed=3, mask=mask.cuda(), bounds=BOUNDS)
     assert adv_g.device.type == "cuda"
     assert (adv_g - x_g).abs().max().item() <= 0.1 + 1e-6 and adv_g.abs().max().item() <= 1
     assert torch.equal(adv_g[~mask.cuda()], x_g[~mask.cuda()])
     # the random start comes from a CPU generator: the same on both devices
-    start_c = pgd(model_c, x_c, y_c, 0.1, steps=1, step_size=0.0, seed=3)
-    start_g = pgd(model_g, x_g, y_g, 0.1, steps=1, step_size=0.0, seed=3)
+    start_c = pgd(model_c, x_c, y_c, 0.1, steps=1, step_size=0.0, seed=3, bounds=BOUNDS)
+    start_g = pgd(model_g, x_g, y_g, 0.1, steps=1, step_size=0.0, seed=3, bounds=BOUNDS)
     assert torch.allclose(start_g.cpu(), start_c, atol=1e-6)
     correct_c = predict(model_c, adv_c)[0] == y_c
     correct_g = predict(model_g, adv_g)[0] == y_g
@@ -112,8 +112,8 @@ def test_pgd(cpu, gpu):
 
 
 def test_robustness(cpu, gpu):
-    got_c = robustness(*cpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0)
-    got_g = robustness(*gpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0)
+    got_c = robustness(*cpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
+    got_g = robustness(*gpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
     for attack in ("fgsm", "pgd"):
         for row_g, row_c in zip(got_g[attack], got_c[attack]):
             assert row_g["eps"] == row_c["eps"] and row_g["n"] == row_c["n"]
@@ -123,7 +123,7 @@ def test_robustness(cpu, gpu):
 def test_roc_and_confusion_matrix(cpu, gpu):
     (model_c, x_c, y_c), (model_g, x_g, y_g) = cpu, gpu
     clean = predict(model_g, x_g)[1]
-    adversarial = predict(model_g, fgsm(model_g, x_g, y_g, 0.1))[1]
+    adversarial = predict(model_g, fgsm(model_g, x_g, y_g, 0.1, bounds=BOUNDS))[1]
     fpr_g, tpr_g = roc_curve(clean, adversarial)
     fpr_c, tpr_c = roc_curve(clean.cpu(), adversarial.cpu())
     assert torch.equal(fpr_g.cpu(), fpr_c) and torch.equal(tpr_g.cpu(), tpr_c)

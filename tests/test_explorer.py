@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from advlib import plotting as P
+from advlib import viz
 from advlib.attacks import fgsm, predict
+from advlib.data import BOUNDS
 from advlib.explorer import (EpsExplorer, frame, panel_html, standalone_data, standalone_html, static_figure,
                              static_png)
 
@@ -41,7 +42,7 @@ def grey(x: torch.Tensor) -> np.ndarray:
 def test_state_equals_fgsm_oracle(explorer, eps):
     x, y = explorer.x, explorer.y
     state = explorer.state(eps)
-    x_adv = fgsm(explorer.model, x, y, eps)
+    x_adv = fgsm(explorer.model, x, y, eps, bounds=BOUNDS)
     preds, confs = predict(explorer.model, x_adv)
     assert state["eps"] == pytest.approx(eps)
     assert state["eps_pixel"] == pytest.approx(eps / 2)
@@ -71,7 +72,7 @@ def test_standalone_data_equals_state_at_every_position(explorer):
             assert f[key] == s[key], f"{key} at eps {eps}"
         for k in range(N_SHOW):  # the pictures are the state's images, decoded back
             assert np.array_equal(decode(f["adversarial"][k]), grey(s["x_adv"][k]))
-            assert np.array_equal(decode(f["perturbation"][k]), P.perturbation_rgb((s["x_adv"] - s["x"])[k, 0]))
+            assert np.array_equal(decode(f["perturbation"][k]), viz.perturbation_rgb((s["x_adv"] - s["x"])[k, 0]))
     assert json.loads(json.dumps(data)) == data  # plain JSON: what the page embeds
 
 
@@ -114,15 +115,15 @@ def test_one_perturbation_scale_in_every_view(explorer):
     show different colours."""
     s = explorer.state(0.05)
     delta = (s["x_adv"] - s["x"]).numpy()
-    limit = P.PERTURBATION_LIMIT
+    limit = viz.PERTURBATION_LIMIT
     norm = np.clip(delta / limit, -1, 1) * 0.5 + 0.5  # the oracle: the diverging map over [-limit, limit]
-    want = np.round(255 * P.mpl.colormaps[P.PERTURBATION_CMAP](norm)[..., :3]).astype(int)  # (K, 1, H, W, 3)
+    want = np.round(255 * viz.mpl.colormaps[viz.PERTURBATION_CMAP](norm)[..., :3]).astype(int)  # (K, 1, H, W, 3)
 
     def tiles(fig):
         images = [ax.images[0] for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
         return [np.round(255 * im.to_rgba(im.get_array())[..., :3]).astype(int) for im in images[-N_SHOW:]]
 
-    figure5 = P.plot_image_grid(s["x"], s["x_adv"], s["labels"], s["clean_preds"], s["preds"], s["eps"])
+    figure5 = viz.plot_image_grid(s["x"], s["x_adv"], s["labels"], s["clean_preds"], s["preds"], s["eps"])
     views = {"Figure 5": tiles(figure5), "static picture": tiles(static_figure(explorer, s)),
              "live and standalone HTML": [decode(u).astype(int) for u in frame(explorer, s)["perturbation"]]}
     for name, got in views.items():
@@ -139,3 +140,31 @@ def test_bad_arguments(trained_model, test_batch):
         EpsExplorer(trained_model, x[:10], y[:10], n_show=11, progress=False)
     with pytest.raises(ValueError, match="range"):
         EpsExplorer(trained_model, x[:10] * 3, y[:10], progress=False)
+
+
+class _PixelInput(torch.nn.Module):
+    """The study's model seen from [0, 1] pixels: forward(x01) = model(2 * x01 - 1)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.model(x01 * 2 - 1)
+
+
+def test_bounds_keyword(trained_model, test_batch):
+    """Images in another range: bounds=(0, 1), eps in their units; the numbers are fgsm's and predict's with the same
+    bounds. The default stays the study's normalized [-1, 1]."""
+    x, y = test_batch
+    x01, y = (x[:40] + 1) / 2, y[:40]
+    model = _PixelInput(trained_model)
+    explorer = EpsExplorer(model, x01, y, n_show=3, eps_max=0.1, eps_step=0.05, initial_eps=0.05, progress=False,
+                           bounds=(0, 1))
+    for eps in explorer.eps_grid:
+        state = explorer.state(eps)
+        x_adv = fgsm(model, x01, y, eps, bounds=(0, 1))
+        assert torch.equal(state["x_adv"], x_adv[:3])
+        assert state["adv_accuracy"] == pytest.approx(100.0 * (predict(model, x_adv)[0] == y).float().mean().item())
+    with pytest.raises(ValueError, match=r"outside bounds=\(0, 1\)"):
+        EpsExplorer(trained_model, x[:10], y[:10], progress=False, bounds=(0, 1))

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from advlib import attacks, metrics
 from advlib.attacks import SweepResult, fgsm, pgd, predict
+from advlib.data import BOUNDS
 from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, first_test_images, rate,
                             robust_accuracy, robustness, roc_auc, roc_curve, seed_spread, select_correct,
                             sweep_metrics, tpr_at_fpr, wilson_interval)
@@ -416,8 +417,9 @@ def robustness_oracle(model, x, y, eps_grid, pgd_steps, seed):
     clean_ok = predict(model, x)[0] == y
     rows = {"fgsm": [], "pgd": []}
     for eps in eps_grid:
-        for name, x_adv in (("fgsm", fgsm(model, x, y, eps)),
-                            ("pgd", pgd(model, x, y, eps, steps=pgd_steps, seed=seed) if eps > 0 else x)):
+        for name, x_adv in (("fgsm", fgsm(model, x, y, eps, bounds=BOUNDS)),
+                            ("pgd", pgd(model, x, y, eps, steps=pgd_steps, seed=seed, bounds=BOUNDS) if eps > 0
+                             else x)):
             ok = clean_ok & (predict(model, x_adv)[0] == y)
             rows[name].append({"eps": eps, **rate(int(ok.sum()), len(y))})
     return rows
@@ -428,7 +430,7 @@ def test_robustness_equals_attacking_everything(trained_model, test_batch):
     x, y = x[:128], y[:128]
     assert (predict(trained_model, x)[0] != y).any()  # some clean mistakes: the skipping is exercised
     eps_grid = [0.0, 0.1, 0.3]
-    got = robustness(trained_model, x, y, eps_grid, pgd_steps=3, seed=4)
+    got = robustness(trained_model, x, y, eps_grid, pgd_steps=3, seed=4, bounds=BOUNDS)
     assert got == robustness_oracle(trained_model, x, y, eps_grid, pgd_steps=3, seed=4)
     assert [r["eps"] for r in got["pgd"]] == eps_grid and all(r["n"] == 128 for r in got["pgd"])
     assert all(p["k"] <= f["k"] for p, f in zip(got["pgd"][1:], got["fgsm"][1:]))  # PGD at least as strong here
@@ -442,7 +444,7 @@ def test_robustness_spends_pgd_steps_only_on_correct_images(model_copy, test_bat
     gradient_images = []
     model_copy.register_forward_pre_hook(
         lambda module, inputs: gradient_images.append(len(inputs[0])) if torch.is_grad_enabled() else None)
-    robustness(model_copy, x, y, [0.0, 0.1, 0.2], pgd_steps=2, seed=0)
+    robustness(model_copy, x, y, [0.0, 0.1, 0.2], pgd_steps=2, seed=0, bounds=BOUNDS)
     # FGSM's one gradient pass over all images, then 2 steps at each of the 2 non-zero eps on the correct ones
     assert sum(gradient_images) == len(y) + 2 * 2 * n_correct
 

@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from study import readme
+from study import readme, scratch
 from study import workflow as pipeline
 from study.results import ORIGINAL_REPORT, load_metrics
 from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make, tree_digest
@@ -196,7 +197,7 @@ def test_run_dirs_leaves_a_run_folders_paths_alone(tmp_path, monkeypatch):
                    repo / "build" / "scratch" / "report"):
         folder.mkdir(parents=True, exist_ok=True)
         monkeypatch.chdir(folder)
-        assert pipeline.run_dirs("../data", "../artifacts", "../figures") == ("../data", "../artifacts", "../figures")
+        assert scratch.run_dirs("../data", "../artifacts", "../figures") == ("../data", "../artifacts", "../figures")
     assert not (tmp_path / "elsewhere" / "build").exists()
 
 
@@ -207,7 +208,7 @@ def test_a_hand_run_finds_the_models_and_writes_only_into_the_scratch_folder(tmp
     repo = _repository(tmp_path / "a repo")
     published = tree_digest(repo / "figures", repo / "report") | tree_digest(repo / "build" / "run")
     monkeypatch.chdir(repo / folder)
-    data, artifacts, figures, seeds = pipeline.run_dirs("../data", "../artifacts", "../figures",
+    data, artifacts, figures, seeds = scratch.run_dirs("../data", "../artifacts", "../figures",
                                                         "../figures/seed_study")
     assert (data, artifacts, figures, seeds) == ("../build/scratch/data", "../build/scratch/artifacts",
                                                  "../build/scratch/figures", "../build/scratch/figures/seed_study")
@@ -223,7 +224,7 @@ def test_a_hand_run_finds_the_models_and_writes_only_into_the_scratch_folder(tmp
     atomic_write_bytes(Path(artifacts) / "model.pt", b"a hand-trained model")
     assert tree_digest(repo / "figures", repo / "report") | tree_digest(repo / "build" / "run") == published
     # the next hand run keeps them ...
-    assert pipeline.run_dirs("../artifacts", "../figures") == (artifacts, figures)
+    assert scratch.run_dirs("../artifacts", "../figures") == (artifacts, figures)
     assert (Path(figures) / "metrics.json").read_text() == '{"hand run": 1}'
     assert (Path(artifacts) / "model.pt").read_bytes() == b"a hand-trained model"
     # ... until make report publishes newer ones
@@ -231,11 +232,11 @@ def test_a_hand_run_finds_the_models_and_writes_only_into_the_scratch_folder(tmp
     for path in (repo / "figures" / "metrics.json", repo / "build" / "run" / "artifacts" / "model.pt"):
         path.write_bytes(path.read_bytes())
         os.utime(path, (later, later))
-    pipeline.run_dirs("../artifacts", "../figures")
+    scratch.run_dirs("../artifacts", "../figures")
     assert (Path(figures) / "metrics.json").read_text() == '{"published": 1}'
     assert (Path(artifacts) / "model.pt").read_bytes() == b"the run's model"
     # an absolute path elsewhere stays as it is
-    assert pipeline.run_dirs(str(tmp_path), "../figures") == (str(tmp_path), figures)
+    assert scratch.run_dirs(str(tmp_path), "../figures") == (str(tmp_path), figures)
 
 
 def test_make_lab_opens_a_copy_of_the_narrative_in_the_scratch_folder(tmp_path, monkeypatch, capsys):
@@ -365,10 +366,13 @@ def test_rerun_is_incremental(repo_copy):
     re-runs nothing); a model only when its own training inputs change."""
     config = ["--config", *SMALL.split()]
     assert planned_jobs(repo_copy, "report", *config) == {}, "a finished run has nothing left to do"
-    plot = repo_copy / "advlib" / "plotting.py"
+    plot = repo_copy / "study" / "figures.py"  # Figure 8's axis label
+    style = repo_copy / "advlib" / "viz.py"  # the shared figure style
     narrative = repo_copy / "notebooks" / "06_report.ipynb"
     stage = repo_copy / "study" / "jobs.py"
-    plot_text, narrative_text, stage_text = plot.read_text(), narrative.read_text(), stage.read_text()
+    attacks, new_module = repo_copy / "advlib" / "attacks.py", repo_copy / "advlib" / "new_step.py"
+    plot_text, style_text, attacks_text = plot.read_text(), style.read_text(), attacks.read_text()
+    narrative_text, stage_text = narrative.read_text(), stage.read_text()
     try:
         plot.write_text(plot_text + "\n# a comment in the plotting code\n")  # nothing a notebook runs
         assert planned_jobs(repo_copy, "report", *config) == {}
@@ -376,19 +380,32 @@ def test_rerun_is_incremental(repo_copy):
         plot.write_text(plot_text.replace('"max-softmax confidence (%)"', '"max-softmax confidence, %"', 1))
         assert planned_jobs(repo_copy, "report", *config) == {"notebook": 2, "html": 1, "publish": 1, "report": 1}
         # the shared style: every stage, and still no model or PGD curve
-        plot.write_text(plot_text.replace('"font.size": 11,', '"font.size": 12,', 1))
+        plot.write_text(plot_text)
+        style.write_text(style_text.replace('"font.size": 11,', '"font.size": 12,', 1))
         jobs = planned_jobs(repo_copy, "report", *config)
         assert jobs == {"notebook": len(pipeline.STAGES), "html": 1, "publish": 1, "report": 1}, jobs
-        plot.write_text(plot_text)
+        style.write_text(style_text)
         # the attack stages' prologue and the PGD job: the attack jobs re-run, the models do not retrain
         stage.write_text(stage_text + "\n\ndef a_new_helper():\n    return None\n")
         jobs = planned_jobs(repo_copy, "report", *config)
         assert "model" not in jobs and "robust_model" not in jobs and jobs.get("pgd_curve") == 4, jobs
         stage.write_text(stage_text)
+        # a new module that the attacks import: every job reaching the attacks re-runs, with no list edited
+        new_module.write_text("STEP = 1\n")
+        assert planned_jobs(repo_copy, "report", *config) == {}, "a module nothing imports is no input"
+        attacks.write_text(attacks_text.replace("import torch\n", "import torch\n\nimport advlib.new_step  # noqa\n", 1))
+        jobs = planned_jobs(repo_copy, "report", *config)
+        assert jobs.get("model") == 1 and jobs.get("robust_model") == 1 and jobs.get("pgd_curve") == 4, jobs
+        assert jobs.get("notebook", 0) >= 5, jobs  # at least the five stages that attack
+        attacks.write_text(attacks_text)
+        new_module.unlink()
         narrative.write_text(narrative_text.replace("## Objective", "## Objective (edited)"))
         assert planned_jobs(repo_copy, "report", *config) == {"notebook": 1, "html": 1, "publish": 1, "report": 1}
     finally:
         plot.write_text(plot_text)
+        style.write_text(style_text)
+        attacks.write_text(attacks_text)
+        new_module.unlink(missing_ok=True)
         narrative.write_text(narrative_text)
         stage.write_text(stage_text)
     assert planned_jobs(repo_copy, "report", *config) == {}, "restoring the content restores the state"
@@ -396,33 +413,43 @@ def test_rerun_is_incremental(repo_copy):
     assert forced["model"] == 1 and forced["robust_model"] == 1
 
 
-def _plot_digests(plotting: Path) -> dict[str, str]:
-    return {s: pipeline.plot_code_digest(ROOT / "notebooks" / f"{s}.ipynb", plotting) for s in pipeline.STAGES}
+def test_figure_digest_follows_the_functions_a_notebook_reaches(tmp_path):
+    """A stage depends on the figure functions it names, those they call, and everything in a figure module that is
+    not a function; changing one figure's function changes the digest of the stages that draw it, and only theirs."""
+    from study import sources
 
+    for name in ("advlib", "study", "notebooks"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    figure_files = sorted({f for s in pipeline.STAGES
+                           for f in sources.notebook_code(tmp_path / "notebooks" / f"{s}.ipynb", tmp_path)[1]})
+    texts = {f: (tmp_path / f).read_text() for f in figure_files}
 
-def test_plot_code_digest_follows_the_functions_a_notebook_reaches(tmp_path):
-    """A stage depends on the plotting functions it names, those they call, and everything that is not a function;
-    changing one figure's function changes the digest of the stages that draw it, and only theirs."""
-    (tmp_path / "explorer.py").write_text((ROOT / "advlib" / "explorer.py").read_text())  # it draws, for all
-    plotting = tmp_path / "plotting.py"
-    text = (ROOT / "advlib" / "plotting.py").read_text()
-    plotting.write_text(text)
-    before = _plot_digests(plotting)
+    def digests() -> dict[str, str]:
+        return {s: sources.figure_digest(tmp_path / "notebooks" / f"{s}.ipynb", tmp_path) for s in pipeline.STAGES}
 
-    def changed(new_text: str) -> set[str]:
-        plotting.write_text(new_text)
-        after = _plot_digests(plotting)
+    before = digests()
+
+    def changed(old: str, new: str) -> set[str]:
+        """The stages whose digest changes when `old` becomes `new` in the figure module holding it."""
+        (where,) = [f for f, t in texts.items() if old in t]
+        (tmp_path / where).write_text(texts[where].replace(old, new, 1))
+        after = digests()
+        (tmp_path / where).write_text(texts[where])
         return {s for s in pipeline.STAGES if after[s] != before[s]}
 
-    assert changed(text + "\n# a comment\n") == set()
-    assert changed(text.replace('"max-softmax confidence (%)"', '"confidence (%)"', 1)) == {"03_confidence"}
-    assert changed(text.replace('"Figure 3: ', '"Fig. 3: ', 1)) == {"02_sweep"}
+    for f, t in texts.items():  # a comment at the end of a figure module changes nothing
+        (tmp_path / f).write_text(t + "\n# a comment\n")
+        assert digests() == before, f
+        (tmp_path / f).write_text(t)
+    assert changed('"max-softmax confidence (%)"', '"confidence (%)"') == {"03_confidence"}
+    assert changed('"Figure 3: ', '"Fig. 3: ') == {"02_sweep"}
     # a helper called by a figure's function: the stages drawing such figures
-    helper = changed(text.replace("def _log_y(ax) -> None:\n", "def _log_y(ax) -> None:\n    pass\n", 1))
+    helper = changed("def log_y(ax) -> None:\n", "def log_y(ax) -> None:\n    pass\n")
     assert "03_confidence" in helper and "07_seed_study" not in helper
-    # the explorer's picture is drawn through advlib.explorer, which every stage's code includes
-    assert changed(text.replace("def plot_explorer(", "def plot_explorer(  # edited\n", 1)) == set(pipeline.STAGES)
-    assert changed(text.replace('"font.size": 11,', '"font.size": 12,', 1)) == set(pipeline.STAGES)
+    # the explorer's picture is drawn through advlib.explorer: the stages that show the slider
+    assert changed("def plot_explorer(", "def plot_explorer(  # edited\n") == {"04_visual_grid", "06_report"}
+    # the shared style: every stage that draws
+    assert changed('"font.size": 11,', '"font.size": 12,') == set(pipeline.STAGES)
 
 
 def test_seed_study_fans_out_one_training_per_seed(repo_copy):

@@ -1,4 +1,5 @@
-"""advlib.plotting: each figure shows the numbers it is given, labels its units, and saves atomically.
+"""advlib.viz, study.figures and study.robust_figures: each figure shows the numbers it is given, labels its
+units, and saves atomically.
 
 Synthetic inputs only (no model, no data set), so the whole file runs in a few seconds. Rows come from the real
 advlib.metrics.sweep_metrics, so the plots are checked against the contract the pipeline produces.
@@ -21,7 +22,8 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from advlib import plotting as P  # noqa: E402
+from advlib import viz  # noqa: E402
+from study import figures, robust_figures  # noqa: E402
 from advlib.attacks import SweepResult  # noqa: E402
 from advlib.metrics import (confusion_matrix, rate, roc_auc, roc_curve, seed_spread, sweep_metrics,  # noqa: E402
                             tpr_at_fpr)
@@ -161,20 +163,21 @@ def build_all(rows, images, history):
     cm_clean, cm_adv = make_confusions()
     clean_conf, adv_conf = make_confidences()
     return {
-        "accuracy_bars": (P.plot_accuracy_bars(rows), 1, True),
-        "asr_bars": (P.plot_asr_bars(rows), 1, True),
-        "eps_vs_accuracy": (P.plot_eps_vs_accuracy(rows), 1, True),
-        "eps_vs_asr": (P.plot_eps_vs_asr(rows), 1, True),
-        "image_grid": (P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15), 3 * K, False),
-        "training_curves": (P.plot_training_curves(history), 2, False),
-        "confusion": (P.plot_confusion_matrices(cm_clean, cm_adv, 0.15), 2, False),
-        "confidence": (P.plot_confidence_histograms(clean_conf, adv_conf, 0.15), 1, False),
-        "sample_predictions": (P.plot_sample_predictions(x, y, pred_adv, ncols=4), K, False),
-        "defense": (P.plot_defense_robustness(make_curves()), 1, True),
-        "adversarial_row": (P.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD"), 2 * K, False),
-        "seed_spread": (P.plot_seed_spread(seed_spread([make_rows(seed=s) for s in range(3)])), 2, True),
-        "explorer": (P.plot_explorer(make_explorer_state(images), EPS, REPORT_ACC), 3 * K + 1, True),
-        "roc": (P.plot_confidence_roc(*make_roc(), 0.15), 1, False),
+        "accuracy_bars": (figures.plot_accuracy_bars(rows), 1, True),
+        "asr_bars": (figures.plot_asr_bars(rows), 1, True),
+        "eps_vs_accuracy": (figures.plot_eps_vs_accuracy(rows), 1, True),
+        "eps_vs_asr": (figures.plot_eps_vs_asr(rows), 1, True),
+        "image_grid": (figures.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15), 3 * K, False),
+        "training_curves": (figures.plot_training_curves(history), 2, False),
+        "confusion": (figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15), 2, False),
+        "confidence": (figures.plot_confidence_histograms(clean_conf, adv_conf, 0.15), 1, False),
+        "sample_predictions": (figures.plot_sample_predictions(x, y, pred_adv, ncols=4), K, False),
+        "defense": (robust_figures.plot_defense_robustness(make_curves()), 1, True),
+        "adversarial_row": (robust_figures.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD"),
+                            2 * K, False),
+        "seed_spread": (robust_figures.plot_seed_spread(seed_spread([make_rows(seed=s) for s in range(3)])), 2, True),
+        "explorer": (viz.plot_explorer(make_explorer_state(images), EPS, REPORT_ACC), 3 * K + 1, True),
+        "roc": (figures.plot_confidence_roc(*make_roc(), 0.15), 1, False),
     }
 
 
@@ -198,13 +201,13 @@ def test_every_figure_is_titled_and_labelled(rows, images, history):
 
 def test_figures_leave_global_style_untouched(rows):
     before = dict(plt.rcParams)
-    P.plot_eps_vs_accuracy(rows)
+    figures.plot_eps_vs_accuracy(rows)
     assert dict(plt.rcParams) == before
 
 
 def test_eps_helpers_state_both_units():
-    assert P.eps_text(0.3, short=True) == "ε = 0.3 (0.15 px)"
-    long = P.eps_text(0.15)
+    assert viz.eps_text(0.3, short=True) == "ε = 0.3 (0.15 px)"
+    long = viz.eps_text(0.15)
     assert "0.15" in long and "0.075" in long and "normalized" in long and "pixel" in long
 
 
@@ -223,7 +226,7 @@ def errorbar_ranges(container) -> np.ndarray:
 
 
 def test_accuracy_bars_show_values_and_intervals(rows):
-    fig = P.plot_accuracy_bars(rows)
+    fig = figures.plot_accuracy_bars(rows)
     ax = fig.axes[0]
     clean, adv = bar_containers(ax)
     assert [b.get_height() for b in clean] == [100.0] * len(EPS)
@@ -236,14 +239,14 @@ def test_accuracy_bars_show_values_and_intervals(rows):
         assert f"{r['adv_accuracy']['value']:.1f}%" in labels
     assert labels.count("100.0%") >= len(EPS)  # every clean bar is labelled
     assert len(legend_labels(ax)) == 2
-    assert to_rgba(clean[0].get_facecolor()) == to_rgba(P.CLEAN)
-    assert to_rgba(adv[0].get_facecolor()) == to_rgba(P.ADV)
+    assert to_rgba(clean[0].get_facecolor()) == to_rgba(viz.CLEAN)
+    assert to_rgba(adv[0].get_facecolor()) == to_rgba(viz.ADV)
     (sec,) = secondary(ax)
     assert np.allclose(sec.get_xticks(), np.array(EPS) * 0.5)
 
 
 def test_accuracy_bars_draw_an_interval_for_a_measured_clean_accuracy(rows):
-    fig = P.plot_accuracy_bars(rows, clean_accuracy=rate(290, 300))
+    fig = figures.plot_accuracy_bars(rows, clean_accuracy=rate(290, 300))
     clean = bar_containers(fig.axes[0])[0]
     lo, hi = errorbar_ranges(clean)[0]
     r = rate(290, 300)
@@ -251,7 +254,7 @@ def test_accuracy_bars_draw_an_interval_for_a_measured_clean_accuracy(rows):
 
 
 def test_asr_bars_show_values_and_intervals(rows):
-    fig = P.plot_asr_bars(rows)
+    fig = figures.plot_asr_bars(rows)
     ax = fig.axes[0]
     (bars,) = bar_containers(ax)
     assert np.allclose([b.get_height() for b in bars], [r["asr"]["value"] for r in rows])
@@ -265,7 +268,7 @@ def test_asr_bars_show_values_and_intervals(rows):
 
 
 def test_eps_vs_accuracy_draws_flat_clean_and_adversarial_with_band(rows):
-    fig = P.plot_eps_vs_accuracy(rows, clean_accuracy=100.0)
+    fig = figures.plot_eps_vs_accuracy(rows, clean_accuracy=100.0)
     ax = fig.axes[0]
     clean, adv = ax.get_lines()
     assert np.allclose(clean.get_ydata(), 100.0)
@@ -280,7 +283,7 @@ def test_eps_vs_accuracy_draws_flat_clean_and_adversarial_with_band(rows):
 
 
 def test_eps_vs_asr_band_and_secondary_axis_in_pixel_units(rows):
-    fig = P.plot_eps_vs_asr(rows)
+    fig = figures.plot_eps_vs_asr(rows)
     ax = fig.axes[0]
     (line,) = ax.get_lines()
     assert np.allclose(line.get_ydata(), [r["asr"]["value"] for r in rows])
@@ -291,32 +294,32 @@ def test_eps_vs_asr_band_and_secondary_axis_in_pixel_units(rows):
 
 
 def test_curves_are_sorted_by_eps(rows):
-    fig = P.plot_eps_vs_asr(list(reversed(rows)))
+    fig = figures.plot_eps_vs_asr(list(reversed(rows)))
     assert np.all(np.diff(fig.axes[0].get_lines()[0].get_xdata()) > 0)
 
 
 def test_rows_without_intervals_are_refused():
     bad = [{"eps": 0.1, "asr": {"value": 10.0}}]
     with pytest.raises(ValueError, match="ci_low"):
-        P.plot_eps_vs_asr(bad)
+        figures.plot_eps_vs_asr(bad)
     with pytest.raises(ValueError, match="empty"):
-        P.plot_asr_bars([])
+        figures.plot_asr_bars([])
 
 
 def test_defense_robustness_names_its_images_in_the_title():
-    fig = P.plot_defense_robustness(make_curves(), images="the first 1,000 test images, unfiltered")
+    fig = robust_figures.plot_defense_robustness(make_curves(), images="the first 1,000 test images, unfiltered")
     assert fig.axes[0].get_title().endswith("\non the first 1,000 test images, unfiltered")
-    assert "\n" not in P.plot_defense_robustness(make_curves()).axes[0].get_title()
+    assert "\n" not in robust_figures.plot_defense_robustness(make_curves()).axes[0].get_title()
 
 
 def test_defense_robustness_colour_is_model_linestyle_is_attack():
     curves = make_curves()
-    fig = P.plot_defense_robustness(curves)
+    fig = robust_figures.plot_defense_robustness(curves)
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"standard model, FGSM", "standard model, PGD", "robust model, FGSM", "robust model, PGD"}
-    assert lines["robust model, FGSM"].get_color() == lines["robust model, PGD"].get_color() == P.ROBUST
-    assert lines["standard model, FGSM"].get_color() != P.ROBUST
+    assert lines["robust model, FGSM"].get_color() == lines["robust model, PGD"].get_color() == viz.ROBUST
+    assert lines["standard model, FGSM"].get_color() != viz.ROBUST
     assert lines["robust model, FGSM"].get_linestyle() != lines["robust model, PGD"].get_linestyle()
     assert np.allclose(lines["robust model, PGD"].get_ydata(), [p["value"] for p in curves["robust"]["pgd"]])
     assert len(bands(ax)) == 4
@@ -326,7 +329,7 @@ def test_defense_robustness_colour_is_model_linestyle_is_attack():
 def test_seed_spread_mean_band_seeds_and_reference():
     runs = [make_rows(acc=np.clip(np.array(REPORT_ACC) + d, 0, 100), seed=s) for s, d in enumerate((-6, 0, 6))]
     reference = {str(e): a for e, a in zip(EPS, REPORT_ACC)}  # keys as JSON would give them
-    fig = P.plot_seed_spread(make_spread(runs), reference=reference)
+    fig = robust_figures.plot_seed_spread(make_spread(runs), reference=reference)
     acc_ax, asr_ax = fig.axes
     values = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])
     mean_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("mean"))
@@ -349,9 +352,9 @@ def test_seed_spread_mean_band_seeds_and_reference():
 def test_seed_spread_takes_the_metrics_contract():
     spread = make_spread([make_rows(seed=s) for s in range(2)])
     with pytest.raises(ValueError, match="seed_spread"):
-        P.plot_seed_spread({k: v for k, v in spread.items() if k != "std"})
+        robust_figures.plot_seed_spread({k: v for k, v in spread.items() if k != "std"})
     with pytest.raises(ValueError, match="per_seed"):
-        P.plot_seed_spread({**spread, "per_seed": spread["per_seed"][:, :3]})
+        robust_figures.plot_seed_spread({**spread, "per_seed": spread["per_seed"][:, :3]})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,22 +365,22 @@ def assert_perturbation_scale(fig, delta):
     """The bottom image row draws delta on the one shared scale, and its colour bar says so in both units."""
     (cbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     label = cbar.get_ylabel()
-    limit = P.PERTURBATION_LIMIT
+    limit = viz.PERTURBATION_LIMIT
     assert f"±{limit:g}" in label and f"±{limit / 2:g}" in label and "normalized" in label and "px" in label
     tiles = [ax for ax in data_axes(fig) if ax.images]
     im = tiles[-len(delta)].images[0]
-    assert im.norm.vmin == -limit and im.norm.vmax == limit and im.get_cmap().name == P.PERTURBATION_CMAP
+    assert im.norm.vmin == -limit and im.norm.vmax == limit and im.get_cmap().name == viz.PERTURBATION_CMAP
     assert np.allclose(im.get_array(), delta[0, 0], atol=1e-6)
     # the colours every other view uses (perturbation_rgb) are the ones drawn here
-    assert np.abs(P.perturbation_rgb(delta[0, 0]).astype(int)
+    assert np.abs(viz.perturbation_rgb(delta[0, 0]).astype(int)
                   - np.round(255 * im.to_rgba(im.get_array())[..., :3]).astype(int)).max() <= 1
 
 
 def test_explorer_picture_is_figure5_over_the_curve(images):
     x, x_adv, y, pred_clean, pred_adv = images
     state = make_explorer_state(images, eps=0.05, accuracy=62.5)
-    fig = P.plot_explorer(state, EPS, REPORT_ACC)
-    figure5 = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.05)
+    fig = viz.plot_explorer(state, EPS, REPORT_ACC)
+    figure5 = viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.05)
     tiles = [ax for ax in data_axes(fig) if ax.images]
     for a, b in zip(tiles, [ax for ax in data_axes(figure5) if ax.images]):
         assert a.get_title() == b.get_title() and np.array_equal(a.images[0].get_array(), b.images[0].get_array())
@@ -393,15 +396,15 @@ def test_explorer_picture_is_figure5_over_the_curve(images):
 
 def test_image_grid_rows_titles_and_perturbation_scale(images):
     x, x_adv, y, pred_clean, pred_adv = images
-    fig = P.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps=0.15)
+    fig = viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps=0.15)
     axes = data_axes(fig)
     assert len(axes) == 3 * K and len(fig.axes) == 3 * K + 1  # plus the perturbation colour bar
     top, middle, bottom = axes[:K], axes[K:2 * K], axes[2 * K:]
     assert top[0].get_title() == f"true {int(y[0])} → pred {int(pred_clean[0])}"
     assert middle[1].get_title() == f"true {int(y[1])} → pred {int(pred_adv[1])}"
-    red = [ax for ax in middle if to_rgba(ax.title.get_color()) == to_rgba(P.ADV)]
+    red = [ax for ax in middle if to_rgba(ax.title.get_color()) == to_rgba(viz.ADV)]
     assert [middle.index(ax) for ax in red] == [1, 4]
-    assert all(to_rgba(ax.title.get_color()) != to_rgba(P.ADV) for ax in top)
+    assert all(to_rgba(ax.title.get_color()) != to_rgba(viz.ADV) for ax in top)
     assert "perturbation" in bottom[0].get_ylabel()
     assert_perturbation_scale(fig, (x_adv - x).numpy())
     assert np.allclose(top[0].images[0].get_array(), x[0, 0].numpy())
@@ -412,24 +415,24 @@ def test_image_grid_rows_titles_and_perturbation_scale(images):
 def test_image_grid_refuses_pixel_range_images(images):
     x, x_adv, y, pred_clean, pred_adv = images
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        P.plot_image_grid(x * 3, x_adv, y, pred_clean, pred_adv, 0.15)
+        viz.plot_image_grid(x * 3, x_adv, y, pred_clean, pred_adv, 0.15)
     with pytest.raises(ValueError, match="labels"):
-        P.plot_image_grid(x, x_adv, y[:2], pred_clean, pred_adv, 0.15)
+        viz.plot_image_grid(x, x_adv, y[:2], pred_clean, pred_adv, 0.15)
 
 
 def test_sample_predictions_grid_and_red_mistakes(images):
     x, _, y, _, pred_adv = images
-    fig = P.plot_sample_predictions(x, y, pred_adv, ncols=4)
+    fig = figures.plot_sample_predictions(x, y, pred_adv, ncols=4)
     assert len(fig.axes) == K  # 2 rows of 4, the 2 unused cells removed
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[1] == f"true {int(y[1])} / pred {int(pred_adv[1])}"
-    red = [i for i, ax in enumerate(fig.axes) if to_rgba(ax.title.get_color()) == to_rgba(P.ADV)]
+    red = [i for i, ax in enumerate(fig.axes) if to_rgba(ax.title.get_color()) == to_rgba(viz.ADV)]
     assert red == [1, 4]
 
 
 def test_adversarial_row(images):
     x, x_adv, y, _, pred_adv = images
-    fig = P.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD-20")
+    fig = robust_figures.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD-20")
     assert len(fig.axes) == 2 * K
     title = fig.get_suptitle()
     assert "Robust model, PGD-20" in title and "0.3" in title and "0.15" in title
@@ -442,7 +445,7 @@ def test_adversarial_row(images):
 
 
 def test_training_curves_epoch_markers_and_optional_pgd(history):
-    fig = P.plot_training_curves(history)
+    fig = figures.plot_training_curves(history)
     loss_ax, acc_ax = fig.axes
     markers = next(line for line in loss_ax.get_lines() if line.get_label() == "mean loss of the epoch")
     assert np.allclose(markers.get_xdata(), [1, 2, 3])
@@ -456,14 +459,14 @@ def test_training_curves_epoch_markers_and_optional_pgd(history):
     test_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("test"))
     assert np.allclose(test_line.get_ydata(), history["test_accuracy"])
 
-    fig = P.plot_training_curves({**history, "pgd_check_accuracy": [40.0, 60.0, 70.0]})
+    fig = figures.plot_training_curves({**history, "pgd_check_accuracy": [40.0, 60.0, 70.0]})
     labels = legend_labels(fig.axes[1])
     assert len(labels) == 3 and any("PGD" in t for t in labels)
 
 
 def test_confusion_matrices_annotate_every_nonzero_count():
     cm_clean, cm_adv = make_confusions()
-    fig = P.plot_confusion_matrices(cm_clean, cm_adv, 0.15)
+    fig = figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15)
     left, right = data_axes(fig)
     assert left.get_title().startswith("Clean")
     assert right.get_title().startswith("FGSM ε = 0.15 (0.075 px)")
@@ -476,7 +479,7 @@ def test_confusion_matrices_annotate_every_nonzero_count():
 
 def test_confidence_histograms_in_percent_with_means():
     clean, adv = make_confidences()
-    fig = P.plot_confidence_histograms(clean, adv, 0.15)
+    fig = figures.plot_confidence_histograms(clean, adv, 0.15)
     ax = fig.axes[0]
     labels = legend_labels(ax)
     assert f"clean mean {100 * clean.mean():.2f}%" in labels
@@ -487,12 +490,12 @@ def test_confidence_histograms_in_percent_with_means():
     heights = sum(p.get_height() for p in ax.patches[:50])
     assert heights == len(clean)  # every clean image lands in a bin
     with pytest.raises(ValueError, match="fractions"):
-        P.plot_confidence_histograms(100 * clean, adv, 0.15)
+        figures.plot_confidence_histograms(100 * clean, adv, 0.15)
 
 
 def test_confidence_roc():
     fpr, tpr, auc, tpr5 = make_roc()
-    fig = P.plot_confidence_roc(fpr, tpr, auc, tpr5, 0.15)
+    fig = figures.plot_confidence_roc(fpr, tpr, auc, tpr5, 0.15)
     ax = fig.axes[0]
     title = ax.get_title()
     assert "max-softmax confidence as an attack detector" in title and "0.15" in title and "0.075" in title
@@ -504,7 +507,7 @@ def test_confidence_roc():
     assert np.allclose(roc.get_xdata(), 100 * fpr.numpy()) and np.allclose(roc.get_ydata(), 100 * tpr.numpy())
     assert "%" in ax.get_xlabel() and "%" in ax.get_ylabel()
     with pytest.raises(ValueError, match="fraction"):
-        P.plot_confidence_roc(100 * fpr, tpr, auc, tpr5, 0.15)
+        figures.plot_confidence_roc(100 * fpr, tpr, auc, tpr5, 0.15)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,10 +515,10 @@ def test_confidence_roc():
 
 
 def test_save_figure_writes_a_png_atomically_and_closes(tmp_path, rows):
-    fig = P.plot_asr_bars(rows)
+    fig = figures.plot_asr_bars(rows)
     width_in, height_in = fig.get_size_inches()
     target = tmp_path / "figures" / "graph2.png"
-    written = P.save_figure(fig, target, dpi=100)
+    written = viz.save_figure(fig, target, dpi=100)
     assert written == target
     data = target.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -532,7 +535,7 @@ def test_save_figure_writes_a_png_atomically_and_closes(tmp_path, rows):
 def test_save_figure_failure_keeps_the_old_file_and_closes(tmp_path, rows):
     target = tmp_path / "graph2.png"
     target.write_bytes(b"old")
-    fig = P.plot_asr_bars(rows)
+    fig = figures.plot_asr_bars(rows)
 
     def broken_savefig(fname, **kwargs):  # dies half way through writing
         with open(fname, "wb") as f:
@@ -541,7 +544,7 @@ def test_save_figure_failure_keeps_the_old_file_and_closes(tmp_path, rows):
 
     fig.savefig = broken_savefig
     with pytest.raises(RuntimeError, match="disk full"):
-        P.save_figure(fig, target)
+        viz.save_figure(fig, target)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["graph2.png"]
     assert fig.number not in plt.get_fignums()

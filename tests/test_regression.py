@@ -7,7 +7,7 @@ numbers are checked, by checks that hold for any honest seed's model on any mach
   Paired on one model, it needs no seed spread: FGSM at twice its eps, or with its sign flipped, moves hundreds of
   images.
 - the test accuracy with BatchNorm's statistics recomputed, against the seeds' band (median ± 6 scaled MADs,
-  study.results.seed_band): narrow (width about 1.5 pp); a model trained on a fifteenth of the recipe falls below.
+  study.bands.seed_band): narrow (width about 1.5 pp); a model trained on a fifteenth of the recipe falls below.
 - the robust model's clean, PGD and AutoAttack accuracy against the robust seeds' bands: a model whose adversarial
   training did not happen (PGD accuracy near 0) falls tens of points below them.
 
@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from advlib import attacks
+from advlib.data import BOUNDS
 from advlib.metrics import sweep_metrics
-from study.results import (BAND_K, band_text, load_metrics, outside_fgsm_oracle, outside_robust_band,
-                            outside_seed_band, recalibrated_band, robust_bands, seed_band, too_wide)
+from study.bands import (BAND_K, band_text, outside_fgsm_oracle, outside_robust_band, outside_seed_band,
+    recalibrated_band, robust_bands, seed_band, too_wide)
+from study.results import load_metrics
 from study.jobs import attack_set, recalibrated_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ def fgsm_disagreement(case: dict) -> tuple[list[str], str]:
     """advlib's FGSM sweep (fgsm_sweep and sweep_metrics, as 02_sweep computes it) against the oracle: the lines of
     outside_fgsm_oracle, and a summary of both accuracies per eps with the band's width."""
     x, y, n = case["x"], case["y"], len(case["y"])
-    sweep = attacks.fgsm_sweep(case["model"], x, y, case["eps"])
+    sweep = attacks.fgsm_sweep(case["model"], x, y, case["eps"], bounds=BOUNDS)
     rows = sweep_metrics(sweep, attacks.predict(case["model"], x)[1])
     got = {r["eps"]: r["adv_accuracy"]["value"] for r in rows}
     want = {eps: 100.0 * float((p == y).float().mean()) for eps, p in case["oracle"].items()}

@@ -20,6 +20,7 @@ from torch import nn
 
 from study import sanity as robust_eval
 from advlib.attacks import input_gradient, pgd, predict, to_pixel_eps
+from advlib.data import BOUNDS
 from advlib.metrics import rate
 from study.sanity import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
                                 seed_metrics)
@@ -61,7 +62,7 @@ def aa_window(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> slice:
     in order of how many of their images survive a cheap PGD-10 (more survivors, more for APGD-T to work on), each
     with only the first two attacks: every attack reseeds, so these give the full evaluation's first two rows on
     the same images."""
-    survive = predict(model, pgd(model, x, y, AA_EPS, steps=10, seed=0))[0] == y
+    survive = predict(model, pgd(model, x, y, AA_EPS, steps=10, seed=0, bounds=BOUNDS))[0] == y
     starts = range(0, len(x) - AA_IMAGES + 1, AA_IMAGES)
     for start in sorted(starts, key=lambda s: -int(survive[s:s + AA_IMAGES].sum())):
         window = slice(start, start + AA_IMAGES)
@@ -344,8 +345,9 @@ def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model,
     x, y = test_batch[0][:128], test_batch[1][:128]
     eps = 0.1
     clean = predict(trained_model, x)[0] == y
-    kept = robust_eval.margin_pgd(trained_model, x, y, eps, steps=20, restarts=2, seed=0)
-    pgd_ok = clean & (predict(trained_model, pgd(trained_model, x, y, eps, steps=20, seed=0))[0] == y)
+    kept = robust_eval.margin_pgd(trained_model, x, y, eps, steps=20, restarts=2, seed=0, bounds=BOUNDS)
+    x_pgd = pgd(trained_model, x, y, eps, steps=20, seed=0, bounds=BOUNDS)
+    pgd_ok = clean & (predict(trained_model, x_pgd)[0] == y)
     assert kept.dtype == torch.bool and kept.shape == (128,)
     assert not (kept & ~clean).any()
     acc = lambda flags: 100.0 * flags.float().mean().item()  # noqa: E731
@@ -412,7 +414,7 @@ def test_seed_metrics_rates_and_the_autoattack_subset(trained_model, test_batch,
     ok = predict(trained_model, x)[0] == y
     assert_wilson_rate(got["clean"], int(ok.sum()), 64)
     # PGD oracle: the same attack without the mask (each image's start does not depend on it)
-    x_pgd = pgd(trained_model, x, y, eps, steps=5, seed=0)
+    x_pgd = pgd(trained_model, x, y, eps, steps=5, seed=0, bounds=BOUNDS)
     assert_wilson_rate(got["pgd"], int((ok & (predict(trained_model, x_pgd)[0] == y)).sum()), 64)
     # AutoAttack's first two attacks on the first k images only: what the official driver had left after APGD-T
     after_t = aa_pair["official_after"]["apgd-t"]
@@ -432,7 +434,7 @@ def test_seed_metrics_finds_its_pgd_number_in_the_cache(trained_model, test_batc
 
     x, y = test_batch[0][:32], test_batch[1][:32]
     cache = Cache(tmp_path)
-    computed = cache(pgd_accuracy, trained_model, x, y, AA_EPS, pgd_steps=3, seed=0)
+    computed = cache(pgd_accuracy, trained_model, x, y, AA_EPS, pgd_steps=3, seed=0, bounds=BOUNDS)
     got = seed_metrics(trained_model, x, y, AA_EPS, pgd_steps=3, aa_samples=1, seed=0, cache=cache)
     assert cache.hits == 1 and got["pgd"] == computed
     assert seed_metrics(trained_model, x, y, AA_EPS, pgd_steps=3, aa_samples=1, seed=0)["pgd"] == computed

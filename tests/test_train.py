@@ -181,9 +181,10 @@ def test_adversarial_training_runs_and_checks_pgd(mnist_small, mode):
     assert not model.training
     # the check is PGD-10 on the held-out training images, with the run's seed, for the kept epoch's weights
     from advlib.attacks import pgd
+    from advlib.data import BOUNDS
 
     x_val, y_val = data.train_x[80:], data.train_y[80:]
-    x_check = pgd(model, x_val, y_val, 0.3, steps=10, seed=0)
+    x_check = pgd(model, x_val, y_val, 0.3, steps=10, seed=0, bounds=BOUNDS)
     assert hist.pgd_check_accuracy[hist.kept_epoch - 1] == pytest.approx(accuracy(model, x_check, y_val))
     # deterministic too
     _, _, again = run(data, adversarial=mode, adv_pgd_steps=2, epochs=2)

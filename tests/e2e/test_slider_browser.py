@@ -290,11 +290,12 @@ class Oracle:
         import torch
 
         from advlib.attacks import fgsm, predict, to_pixel_eps
+        from advlib.data import BOUNDS
 
         eps = round(eps, 6)
         if eps not in self._cache:
             with _torch_threads(KERNEL_THREADS):
-                x_adv = fgsm(self.model, self.x, self.y, eps)
+                x_adv = fgsm(self.model, self.x, self.y, eps, bounds=BOUNDS)
                 preds, _ = predict(self.model, x_adv)  # all images, one batch, as the explorer's sweep
                 shown_preds, shown_conf = predict(self.model, x_adv[: self.n_show])  # the shown ones, as state()
                 # only to excuse near-ties: EpsExplorer.state() runs model(x), predict() its own fast path

@@ -1,0 +1,168 @@
+"""The study's figures of its follow-up studies: adversarial training (Figure 10, graph10, and the adversarial row of
+05_defense), FGSM across training seeds (Figure 11, graph11) and adversarial training against model size
+(Figure 13, graph13). The original report's figures are in :mod:`study.figures`; the primitives and the style in
+:mod:`advlib.viz`.
+
+Every function takes plain data and returns a matplotlib ``Figure``; it never shows or saves
+(:func:`advlib.viz.save_figure` does). eps is in normalized units (images in [-1, 1]); eps axes carry a secondary
+top axis in [0, 1] pixel units. Rates are percentages with their 95% Wilson interval (:func:`advlib.metrics.rate`).
+Colour = model (standard orange, adversarially trained blue), line style and marker = attack.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from advlib.viz import (ADV, BAND_ALPHA, CI_NOTE, CLEAN, NORMALIZED_EPS_LABEL, ROBUST, STANDARD, asymmetric_yerr,
+                        check_images, check_labels, check_rows, eps_text, label_eps_axis, legend_with_band,
+                        prediction_title, rate_arrays, rate_curve, show_image, styled)
+
+MODEL_COLOURS = {"standard": STANDARD, "robust": ROBUST}
+ATTACK_STYLES = {"fgsm": ("-", "o"), "pgd": ("--", "s"), "bim": (":", "^")}
+
+
+@styled
+def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]], images: str = "") -> Figure:
+    """Figure 10 (graph10): accuracy under attack vs eps for a standard and an adversarially trained model.
+
+    Args:
+        curves: {model: {attack: [{"eps", "value", "ci_low", "ci_high"}, ...]}}, e.g. models "standard" and
+            "robust", attacks "fgsm" and "pgd"; eps normalized, values accuracy in percent with a 95% Wilson
+            interval. Colour = model, line style and marker = attack.
+        images: which images the curves are on, for the title (e.g. "the first 1,000 test images, unfiltered").
+    """
+    if not curves:
+        raise ValueError("curves is empty: pass {model: {attack: [rate dicts with eps]}}")
+    fig, ax = plt.subplots(figsize=(11, 6.5), layout="constrained")
+    spare = itertools.cycle(["#9467bd", "#8c564b", "#e377c2", "#17becf"])  # models beyond standard/robust
+    spare_styles = itertools.cycle([("-.", "D"), ((0, (1, 1)), "v"), ((0, (5, 1)), "P")])
+    styles = dict(ATTACK_STYLES)
+    for model, attacks in curves.items():
+        colour = MODEL_COLOURS.get(model) or next(spare)
+        for attack, points in attacks.items():
+            points = check_rows(points, ("eps",))
+            if attack not in styles:
+                styles[attack] = next(spare_styles)
+            linestyle, marker = styles[attack]
+            eps = np.array([float(p["eps"]) for p in points])
+            rate_curve(ax, eps, points, colour, f"{model} model, {attack.upper()}", linestyle=linestyle, marker=marker)
+    label_eps_axis(ax, NORMALIZED_EPS_LABEL, pixel_axis=True)
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Figure 10: does adversarial training help? Accuracy under FGSM and PGD"
+                 + (f"\non {images}" if images else ""))
+    legend_with_band(ax, loc="lower left")
+    return fig
+
+
+@styled
+def plot_adversarial_row(x: Any, x_adv: Any, y: Any, pred_adv: Any, eps: float, title: str) -> Figure:
+    """Originals (top row, with their labels) over their adversarial versions (bottom row, with the prediction).
+
+    Args:
+        x, x_adv: (K, 1, 32, 32) images in [-1, 1]. y, pred_adv: (K,) int labels 0..9; wrong predictions in red.
+        eps: the attack's eps, normalized units (stated in the title in both units).
+        title: what is shown, e.g. "Adversarially trained model, PGD-20".
+    """
+    x, x_adv = check_images(x, "x"), check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
+    k = len(x)
+    y, pred_adv = check_labels(y, k, "y"), check_labels(pred_adv, k, "pred_adv")
+    fig, axes = plt.subplots(2, k, figsize=(1.7 * k + 1.0, 4.8), layout="constrained", squeeze=False)
+    for j in range(k):
+        show_image(axes[0, j], x[j])
+        axes[0, j].set_title(f"true {y[j]}", fontsize=11)
+        show_image(axes[1, j], x_adv[j])
+        prediction_title(axes[1, j], y[j], pred_adv[j])
+    axes[0, 0].set_ylabel("original", fontsize=12)
+    axes[1, 0].set_ylabel("adversarial", fontsize=12)
+    wrong = int((y != pred_adv).sum())
+    fig.suptitle(f"{title}\n{eps_text(eps)}; {wrong} of {k} fooled (red)")
+    return fig
+
+
+@styled
+def plot_seed_spread(spread: Mapping, reference: Mapping[float, float] | None = None) -> Figure:
+    """Figure 11 (graph11): FGSM sweep across training seeds, mean ± 1 standard deviation with each seed drawn thin.
+
+    Args:
+        spread: :func:`advlib.metrics.seed_spread` output: ``eps`` (E,) normalized; ``mean``, ``std`` (E,) and
+            ``per_seed`` (S, E) adversarial accuracy in percent; ``n_seeds``. The attack success rate panel is
+            100 - accuracy (the attacked images are correctly classified).
+        reference: optional {eps: adversarial accuracy in percent} of the original report, drawn as black crosses
+            (on the ASR panel as 100 - accuracy, the report's definition). Keys may be strings ("0.05").
+    """
+    missing = {"eps", "mean", "std", "n_seeds", "per_seed"} - set(spread)
+    if missing:
+        raise ValueError(f"spread lacks {sorted(missing)}: pass advlib.metrics.seed_spread(sweeps)")
+    eps = np.asarray(spread["eps"], dtype=float)
+    mean, std = np.asarray(spread["mean"], dtype=float), np.asarray(spread["std"], dtype=float)
+    per_seed = np.asarray(spread["per_seed"], dtype=float)
+    if per_seed.ndim != 2 or per_seed.shape[1] != len(eps) or mean.shape != eps.shape or std.shape != eps.shape:
+        raise ValueError(f"spread's per_seed must be (seeds, {len(eps)}) and mean, std ({len(eps)},) like eps, got "
+                         f"{per_seed.shape}, {mean.shape}, {std.shape}")
+    ref = sorted((float(e), float(v)) for e, v in reference.items()) if reference else None
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), layout="constrained")
+    panels = [("adversarial accuracy (%)", "Adversarial accuracy", False),
+              ("attack success rate (%)", "Attack success rate", True)]
+    for ax, (ylabel, title, is_asr) in zip(axes, panels):
+        centre, seeds = (100 - mean, 100 - per_seed) if is_asr else (mean, per_seed)
+        for s, v in enumerate(seeds):
+            ax.plot(eps, v, color=ADV, alpha=0.35, linewidth=0.9, label="individual seeds" if s == 0 else None)
+        ax.fill_between(eps, centre - std, centre + std, color=ADV, alpha=BAND_ALPHA, linewidth=0,
+                        label="mean ± 1 s.d. across seeds")
+        ax.plot(eps, centre, color=ADV, marker="o", linewidth=2.2, label=f"mean of {spread['n_seeds']} seeds")
+        if ref:
+            ax.plot([e for e, _ in ref], [100 - v if is_asr else v for _, v in ref], "x", color="black",
+                    markersize=10, markeredgewidth=2.2, label="original report", zorder=4)
+        label_eps_axis(ax, NORMALIZED_EPS_LABEL, pixel_axis=True)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-2, 105)
+        ax.set_title(title)
+        ax.legend(loc="upper left" if is_asr else "lower left")
+    fig.suptitle(f"Figure 11: FGSM across {spread['n_seeds']} training seeds")
+    return fig
+
+
+@styled
+def plot_capacity(rows: Sequence[Mapping], *, target_robust: float = 80.0, target_clean: float = 98.0,
+                  reference: Mapping | None = None) -> Figure:
+    """Figure 13 (graph13): adversarial training at the standard threat model against model size.
+
+    Args:
+        rows: :func:`study.tables.capacity_rows`: per width ``parameters``, ``clean_test_accuracy`` (percent),
+            ``autoattack`` (rate dict: AutoAttack accuracy with its 95% Wilson interval) and ``eps`` (normalized).
+        target_robust, target_clean: the issue's targets, drawn as dashed lines.
+        reference: optional {"parameters", "autoattack", "label"}: a published model for scale (Wong et al. 2020's
+            166k-parameter MNIST network, 82.9% AutoAttack accuracy at 0.3 px).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no capacity-study rows: run `make robust` first")
+    params = np.array([r["parameters"] for r in rows], dtype=float)
+    aa_value, aa_lo, aa_hi = rate_arrays([r["autoattack"] for r in rows])
+    clean = np.array([np.nan if r["clean_test_accuracy"] is None else r["clean_test_accuracy"] for r in rows])
+    eps = rows[0]["eps"]
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    ax.plot(params, clean, color=CLEAN, marker="o", linewidth=2, label="clean test accuracy (10,000 images)")
+    ax.errorbar(params, aa_value, yerr=asymmetric_yerr(aa_value, aa_lo, aa_hi), color=ROBUST, marker="s", linewidth=2,
+                capsize=4, label=f"AutoAttack accuracy at {eps_text(eps, short=True)} ({CI_NOTE})")
+    for r, x, y in zip(rows, params, aa_value):
+        ax.annotate(f"{r['width']}× width", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=10)
+    ax.axhline(target_robust, color=ROBUST, linestyle="--", linewidth=1, label=f"target: {target_robust:g}% AutoAttack")
+    ax.axhline(target_clean, color=CLEAN, linestyle="--", linewidth=1, label=f"target: {target_clean:g}% clean")
+    if reference:
+        ax.plot([reference["parameters"]], [reference["autoattack"]], "*", color="black", markersize=14,
+                label=reference["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Figure 13: adversarial training at the standard threat model, {eps_text(eps, short=True)}")
+    ax.legend(loc="center right", fontsize=9)
+    return fig
