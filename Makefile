@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch "$(STAMP)"
 
 data: $(STAMP)  ## fetch and verify MNIST into data/ (no-op when already there)
-	"$(PY)" -m advlib.data --root data
+	"$(PY)" -m advlib.download --root data
 
 report: data  ## the whole study, published into report/, figures/ and README.md when every job succeeded
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))

@@ -17,8 +17,8 @@
 import json
 from pathlib import Path
 
-from study.sources import code_files, figure_digest, notebook_code
-from study.workflow import AA_BATCH, STAGES, ConfigError, parse_seeds, resolve_config, skip_iri_format_checker
+from study.sources import code_files, constant, figure_digest, notebook_code
+from study.workflow import STAGES, ConfigError, parse_seeds, resolve_config, skip_iri_format_checker
 
 skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
 try:
@@ -28,6 +28,7 @@ except ConfigError as e:
     raise WorkflowError(str(e))
 
 RUN = SETTINGS["run_dir"].rstrip("/")
+AA_BATCH = constant("advlib.autoattack", "AA_BATCH")  # AutoAttack's batch: one job each (read without torch)
 THREADS = int(SETTINGS["threads_per_job"])
 DATA = str(Path("data").resolve())
 PY = sys.executable

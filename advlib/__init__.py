@@ -13,15 +13,17 @@ The study's MNIST tensors are normalized to [-1, 1]: attack them with ``bounds=a
 ``advlib.train.train(data, model_config, TrainConfig(...))``: the function is not re-exported here, where its name
 would hide the module ``advlib.train``.
 
-Modules, one concern each: attacks, metrics, data (fetch, verify, cache MNIST), model (SmallResNet, BatchNorm
-folding), train, parallel (data-parallel training over processes), checkpoint; the optional extras viz (plotting
+Modules, one concern each: attacks, metrics, data (MNIST as verified, cached tensors), download (fetch and
+verify the raw files, ``python -m advlib.download``; never imported here), model (SmallResNet, BatchNorm folding),
+train, parallel (data-parallel training over processes), checkpoint; the optional extras viz (plotting
 primitives, generic figures) and explorer (the eps slider) are imported on their own, never from here. The study
 itself (stages, results, the workflow) lives in the separate package ``study``.
 """
-from advlib.attacks import SweepResult, bim, fgsm, fgsm_sweep, pgd, predict, to_normalized_eps, to_pixel_eps
+from advlib.attacks import SweepResult, fgsm, fgsm_sweep, predict, to_normalized_eps, to_pixel_eps
+from advlib.iterative import bim, pgd
 from advlib.checkpoint import load_checkpoint, save_checkpoint
 from advlib.data import BOUNDS, MNIST, load_mnist
-from advlib.metrics import (accuracy, confusion_matrix, rate, robust_accuracy, robustness, roc_auc, roc_curve,
+from advlib.metrics import (accuracy, confusion_matrix, rate, robust_rows, robust_curves, roc_auc, roc_curve,
                             wilson_interval)
 from advlib.model import ResNetConfig, SmallResNet
 from advlib.train import TrainConfig
@@ -32,7 +34,7 @@ __all__ = [
     # attacks
     "fgsm", "fgsm_sweep", "pgd", "bim", "predict", "SweepResult", "to_pixel_eps", "to_normalized_eps",
     # metrics
-    "accuracy", "rate", "wilson_interval", "robust_accuracy", "robustness", "confusion_matrix", "roc_curve",
+    "accuracy", "rate", "wilson_interval", "robust_rows", "robust_curves", "confusion_matrix", "roc_curve",
     "roc_auc",
     # data
     "load_mnist", "MNIST", "BOUNDS",

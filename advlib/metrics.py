@@ -2,7 +2,7 @@
 
 All rates are percentages (0..100). Following the original report, the FGSM study runs on a set of test images
 the model classifies correctly, so clean accuracy on that set is 100% by construction and
-ASR = 100 - adversarial accuracy. :func:`robust_accuracy` gives the standard whole-test-set figure instead,
+ASR = 100 - adversarial accuracy. :func:`robust_rows` gives the standard whole-test-set figure instead,
 where clean mistakes count as failures.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from advlib.attacks import DEFAULT_BOUNDS, SweepResult, check_bounds, fgsm_sweep, pgd, predict, to_pixel_eps
+from advlib.attacks import DEFAULT_BOUNDS, SweepResult, check_bounds, fgsm_sweep, predict, to_pixel_eps
+from advlib.iterative import pgd
 from advlib.data import NUM_CLASSES
 
 
@@ -104,7 +105,7 @@ def sweep_metrics(result: SweepResult, clean_confidences: torch.Tensor) -> list[
     return rows
 
 
-def robust_accuracy(clean_preds: torch.Tensor, result: SweepResult) -> list[dict]:
+def robust_rows(clean_preds: torch.Tensor, result: SweepResult) -> list[dict]:
     """Standard robust accuracy per eps on a whole test set: an image counts only if it is classified correctly
     both clean and under attack (clean mistakes are failures). Each entry is a :func:`rate` dict plus eps."""
     clean_ok = clean_preds == result.labels
@@ -123,7 +124,7 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     start fixed by seed) attacks only the images still classified correctly: an image the clean model gets wrong
     already counts as a failure and costs no gradient step, which changes no number (each image's random start
     does not depend on which others are attacked). Each eps is computed on its own, so the eps of a curve can run
-    in parallel (the workflow's PGD jobs) and give the numbers of one call to :func:`robustness`.
+    in parallel (the workflow's PGD jobs) and give the numbers of one call to :func:`robust_curves`.
     """
     ok = predict(model, x)[0] == y
     if eps > 0 and ok.any():
@@ -132,7 +133,7 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return rate(int(ok.sum()), len(y))
 
 
-def pgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+def pgd_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
              pgd_steps: int = 20, seed: int = 0, bounds: Sequence[float] = DEFAULT_BOUNDS,
              cache: Callable | None = None) -> list[dict]:
     """:func:`pgd_accuracy` at every eps of eps_grid, through ``cache`` when given (a callable such as
@@ -144,33 +145,33 @@ def pgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Seque
             for eps in eps_grid]
 
 
-def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+def robust_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
                pgd_steps: int = 20, seed: int = 0, bounds: Sequence[float] = DEFAULT_BOUNDS,
                cache: Callable | None = None) -> dict[str, list[dict]]:
     """Robust accuracy of model under FGSM and PGD at every eps of eps_grid (in the units of x), on all of x.
 
     x: (N, C, H, W) in bounds (default (0, 1); the study's normalized MNIST passes advlib.data.BOUNDS);
     y: (N,) labels. An image counts as a success only if it is classified
-    correctly both clean and under attack (as :func:`robust_accuracy`). PGD: :func:`pgd_rows`, through ``cache``
+    correctly both clean and under attack (as :func:`robust_rows`). PGD: :func:`pgd_curve`, through ``cache``
     when given.
 
     Returns:
         {"fgsm": rows, "pgd": rows}, one row per eps: ``{"eps": eps, **rate(k, N)}``.
     """
     clean_pred, _ = predict(model, x)
-    fgsm_rows = robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))
-    return {"fgsm": fgsm_rows, "pgd": pgd_rows(model, x, y, eps_grid, pgd_steps=pgd_steps, seed=seed, bounds=bounds,
+    fgsm_rows = robust_rows(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))
+    return {"fgsm": fgsm_rows, "pgd": pgd_curve(model, x, y, eps_grid, pgd_steps=pgd_steps, seed=seed, bounds=bounds,
                                                cache=cache)}
 
 
-def robust_accuracy_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
+def fgsm_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float], *,
                           bounds: Sequence[float] = DEFAULT_BOUNDS) -> dict:
     """FGSM over a whole test split (clean mistakes count as failures): ``{"clean_accuracy": percent,
-    "rows": robust_accuracy rows, one per eps}``. x: (N, C, H, W) in bounds (default (0, 1); the study's
+    "rows": robust_rows rows, one per eps}``. x: (N, C, H, W) in bounds (default (0, 1); the study's
     normalized MNIST passes advlib.data.BOUNDS); eps in the units of x."""
     clean_pred, _ = predict(model, x)
     return {"clean_accuracy": 100.0 * float((clean_pred == y).float().mean()),
-            "rows": robust_accuracy(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))}
+            "rows": robust_rows(clean_pred, fgsm_sweep(model, x, y, eps_grid, bounds=bounds))}
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:

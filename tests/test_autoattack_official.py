@@ -1,4 +1,4 @@
-"""robust_eval.autoattack against AutoAttack's official driver on more than one batch of 250 images, and the guard
+"""advlib.autoattack.autoattack against AutoAttack's official driver on more than one batch of 250 images, and the guard
 that refuses an attack's image outside the eps-ball or outside [0, 1].
 
 tests/test_robust_eval.py compares autoattack with the official driver on 16 images: one batch, so how the
@@ -27,11 +27,12 @@ import pytest
 import torch
 from torch import nn
 
-from study import sanity as robust_eval
+from advlib import autoattack as aa_mod
 from advlib.attacks import predict, to_pixel_eps
+from advlib.data import BOUNDS
 from advlib.model import fold_batchnorm
-from study.workflow import AA_BATCH
-from study.sanity import AA_ATTACKS
+from advlib.autoattack import AA_BATCH
+from advlib.autoattack import AA_ATTACKS
 from conftest import LogRecords, assert_per_attack_matches_the_log
 
 AA_IMAGES = 400  # the first 400 test images; ~350 are classified correctly, so APGD-CE runs on two batches
@@ -72,7 +73,7 @@ def test_tiny_model_is_attacked_as_it_is(tiny, mnist):
     """autoattack() attacks _fast(model), which folds the BatchNorms of a SmallResNet: the tiny model has none and
     must reach the attacks unchanged (in eval mode), or the official driver, which is given the same module,
     would attack another function."""
-    assert robust_eval._fast(tiny) is tiny and fold_batchnorm(tiny) is tiny
+    assert aa_mod._fast(tiny) is tiny and fold_batchnorm(tiny) is tiny
     assert not tiny.training
     x, y = mnist.test_x[:AA_IMAGES], mnist.test_y[:AA_IMAGES]
     clean = int((predict(tiny, x)[0] == y).sum())
@@ -162,7 +163,7 @@ def official_run(model, x01: torch.Tensor, y: torch.Tensor, eps: float, spy: Bat
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
-        official = AutoAttack(robust_eval.PixelInput(robust_eval._fast(model)), eps=to_pixel_eps(eps), seed=0,
+        official = AutoAttack(aa_mod.PixelInput(aa_mod._fast(model), BOUNDS), eps=to_pixel_eps(eps), seed=0,
                               version="standard")
         (x_adv, y_adv), calls = spy.record(lambda: official.run_standard_evaluation(x01, y))
     finally:
@@ -204,7 +205,7 @@ def handover_official(model, x01, y, clean_idx: list[int], spy: BatchSpy) -> tup
 
 @pytest.fixture(scope="module")
 def aa_large(tiny, mnist):
-    """The official driver (handover_official's eps) and robust_eval.autoattack on the same AA_IMAGES images, same
+    """The official driver (handover_official's eps) and advlib.autoattack.autoattack on the same AA_IMAGES images, same
     eps, same seed; the batches each attacked (BatchSpy) and the official driver's log are kept."""
     x, y = mnist.test_x[:AA_IMAGES], mnist.test_y[:AA_IMAGES]
     x01 = (x + 1) / 2
@@ -213,7 +214,7 @@ def aa_large(tiny, mnist):
     with pytest.MonkeyPatch.context() as mp:
         spy.install(mp)
         eps, official = handover_official(tiny, x01, y, clean_idx, spy)
-        ours, our_calls = spy.record(lambda: robust_eval.autoattack(tiny, x, y, eps, seed=0, progress=False))
+        ours, our_calls = spy.record(lambda: aa_mod.autoattack(tiny, x, y, eps, bounds=BOUNDS, seed=0, progress=False))
     return {"eps": eps, "x": x, "y": y, "clean_idx": clean_idx, "ours": ours, "our_calls": our_calls,
             "official_flags": official["flags"], "official_after": official["after"],
             "official_calls": official["calls"], "official_logged_batches": official["logged_batches"]}
@@ -309,7 +310,7 @@ def guard_batch(tiny, mnist):
 
 
 def fake_perturb(bad_attack: str, kind: str):
-    """robust_eval._perturb's stand-in: bad_attack returns faked(kind, ...), every other attack the image itself
+    """advlib.autoattack._perturb's stand-in: bad_attack returns faked(kind, ...), every other attack the image itself
     (breaks nothing, so every correctly classified image reaches bad_attack)."""
     eps_px = to_pixel_eps(GUARD_EPS)
 
@@ -325,9 +326,9 @@ def fake_perturb(bad_attack: str, kind: str):
 def test_autoattack_refuses_an_image_outside_the_threat_model(tiny, guard_batch, monkeypatch, kind, attack):
     """Whichever attack returns it, an image beyond eps or outside [0, 1] raises, naming the attack, instead of
     counting as broken."""
-    monkeypatch.setattr(robust_eval, "_perturb", fake_perturb(attack, kind))
+    monkeypatch.setattr(aa_mod, "_perturb", fake_perturb(attack, kind))
     with pytest.raises(RuntimeError, match=rf"^{re.escape(attack)} returned images outside the eps-ball"):
-        robust_eval.autoattack(tiny, *guard_batch, GUARD_EPS, seed=0, progress=False)
+        aa_mod.autoattack(tiny, *guard_batch, GUARD_EPS, bounds=BOUNDS, seed=0, progress=False)
 
 
 def test_autoattack_accepts_images_on_the_boundary(tiny, guard_batch, monkeypatch):
@@ -344,8 +345,8 @@ def test_autoattack_accepts_images_on_the_boundary(tiny, guard_batch, monkeypatc
         seen.append(attack)
         return faked("on the boundary", x01, eps_px)
 
-    monkeypatch.setattr(robust_eval, "_perturb", perturb)
-    got = robust_eval.autoattack(tiny, x, y, GUARD_EPS, seed=0, progress=False)
+    monkeypatch.setattr(aa_mod, "_perturb", perturb)
+    got = aa_mod.autoattack(tiny, x, y, GUARD_EPS, bounds=BOUNDS, seed=0, progress=False)
     fooled = predict(tiny, adv * 2 - 1)[0] != y
     clean_ok = predict(tiny, x)[0] == y
     assert got["robust_flags"] == (clean_ok & ~fooled).tolist()  # the boundary images counted
@@ -354,9 +355,9 @@ def test_autoattack_accepts_images_on_the_boundary(tiny, guard_batch, monkeypatc
 
 @pytest.mark.parametrize("kind", VIOLATIONS)
 def test_apgd_crosscheck_refuses_autoattacks_image_outside_the_threat_model(tiny, guard_batch, monkeypatch, kind):
-    monkeypatch.setattr(robust_eval, "_perturb", fake_perturb("apgd-ce", kind))
+    monkeypatch.setattr(aa_mod, "_perturb", fake_perturb("apgd-ce", kind))
     with pytest.raises(RuntimeError, match=r"^autoattack's APGD-CE returned images outside the eps-ball"):
-        robust_eval.apgd_crosscheck(tiny, *guard_batch, GUARD_EPS, seed=0)
+        aa_mod.apgd_crosscheck(tiny, *guard_batch, GUARD_EPS, bounds=BOUNDS, seed=0)
 
 
 def _fake_torchattacks(monkeypatch, kind: str) -> None:
@@ -365,7 +366,7 @@ def _fake_torchattacks(monkeypatch, kind: str) -> None:
     import torchattacks
 
     eps_px = to_pixel_eps(GUARD_EPS)
-    monkeypatch.setattr(robust_eval, "_perturb", lambda aa, attack, x01, y: x01.clone())
+    monkeypatch.setattr(aa_mod, "_perturb", lambda aa, attack, x01, y: x01.clone())
     monkeypatch.setattr(torchattacks.APGD, "forward", lambda self, images, labels: faked(kind, images, eps_px))
 
 
@@ -373,7 +374,7 @@ def _fake_torchattacks(monkeypatch, kind: str) -> None:
 def test_apgd_crosscheck_refuses_torchattacks_image_outside_the_threat_model(tiny, guard_batch, monkeypatch, kind):
     _fake_torchattacks(monkeypatch, kind)
     with pytest.raises(RuntimeError, match=r"^torchattacks's APGD-CE returned images outside the eps-ball"):
-        robust_eval.apgd_crosscheck(tiny, *guard_batch, GUARD_EPS, seed=0)
+        aa_mod.apgd_crosscheck(tiny, *guard_batch, GUARD_EPS, bounds=BOUNDS, seed=0)
 
 
 def test_apgd_crosscheck_accepts_images_on_the_boundary(tiny, guard_batch, monkeypatch):
@@ -381,8 +382,8 @@ def test_apgd_crosscheck_accepts_images_on_the_boundary(tiny, guard_batch, monke
     x, y = guard_batch
     eps_px = to_pixel_eps(GUARD_EPS)
     _fake_torchattacks(monkeypatch, "on the boundary")
-    monkeypatch.setattr(robust_eval, "_perturb", lambda aa, attack, x01, y: faked("on the boundary", x01, eps_px))
-    got = robust_eval.apgd_crosscheck(tiny, x, y, GUARD_EPS, seed=0)
+    monkeypatch.setattr(aa_mod, "_perturb", lambda aa, attack, x01, y: faked("on the boundary", x01, eps_px))
+    got = aa_mod.apgd_crosscheck(tiny, x, y, GUARD_EPS, bounds=BOUNDS, seed=0)
     robust = predict(tiny, x)[0] == y
     robust &= predict(tiny, faked("on the boundary", (x + 1) / 2, eps_px) * 2 - 1)[0] == y
     assert got["autoattack"]["accuracy"]["k"] == got["torchattacks"]["accuracy"]["k"] == int(robust.sum())

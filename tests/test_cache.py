@@ -9,10 +9,11 @@ import torch
 
 import advlib.attacks as attacks
 from advlib.data import BOUNDS
+from advlib.iterative import pgd
 from study import cache as cache_module
 from study.cache import Cache, model_digest, tensor_digest
 from advlib.explorer import EpsExplorer
-from advlib.metrics import pgd_accuracy, robustness
+from advlib.metrics import pgd_accuracy, robust_curves
 
 CALLS = []
 
@@ -107,10 +108,10 @@ def _bad_result():
 def test_robustness_through_the_cache_changes_no_number(tmp_path, trained_model, test_batch):
     x, y = test_batch[0][:64], test_batch[1][:64]
     grid = [0.0, 0.1, 0.3]
-    plain = robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, bounds=BOUNDS)
+    plain = robust_curves(trained_model, x, y, grid, pgd_steps=3, seed=1, bounds=BOUNDS)
     cache = Cache(tmp_path)
-    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
-    assert robustness(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
+    assert robust_curves(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
+    assert robust_curves(trained_model, x, y, grid, pgd_steps=3, seed=1, cache=cache, bounds=BOUNDS) == plain
     assert cache.hits == len(grid)
     # one eps computed on its own (a workflow job) is the curve's point
     assert {"eps": 0.3, **pgd_accuracy(trained_model, x, y, 0.3, pgd_steps=3, seed=1, bounds=BOUNDS)} == plain["pgd"][2]
@@ -118,9 +119,9 @@ def test_robustness_through_the_cache_changes_no_number(tmp_path, trained_model,
 
 def test_pgd_chunking_changes_no_number(trained_model, test_batch, monkeypatch):
     x, y = test_batch[0][:300], test_batch[1][:300]
-    whole = attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS)
+    whole = pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS)
     monkeypatch.setattr(attacks, "CHUNK", 64)  # 300 images: 5 chunks of 60
-    assert torch.equal(attacks.pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS), whole)
+    assert torch.equal(pgd(trained_model, x, y, 0.2, steps=3, seed=5, bounds=BOUNDS), whole)
 
 
 def test_explorer_through_the_cache_is_the_same(tmp_path, trained_model, test_batch):

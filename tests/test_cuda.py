@@ -14,9 +14,10 @@ import math
 import pytest
 import torch
 
-from advlib.attacks import fgsm, fgsm_direction, fgsm_sweep, pgd, predict, sweep_direction
+from advlib.attacks import fgsm, fgsm_direction, fgsm_sweep, predict, sweep_direction
+from advlib.iterative import pgd
 from advlib.data import BOUNDS, MNIST
-from advlib.metrics import (accuracy, confusion_matrix, robust_accuracy, robustness, roc_auc, roc_curve,
+from advlib.metrics import (accuracy, confusion_matrix, robust_rows, robust_curves, roc_auc, roc_curve,
                             select_correct, sweep_metrics)
 from advlib.train import TrainConfig, train
 
@@ -90,7 +91,7 @@ def test_sweep(cpu, gpu):
     clean_conf = predict(model_g, x_g)[1]
     for row_g, row_c in zip(sweep_metrics(result_g, clean_conf), sweep_metrics(result_c, predict(model_c, x_c)[1])):
         assert row_g["adv_accuracy"]["value"] == pytest.approx(row_c["adv_accuracy"]["value"], abs=1.0)
-    rows = robust_accuracy(predict(model_g, x_g)[0], result_g)
+    rows = robust_rows(predict(model_g, x_g)[0], result_g)
     assert [r["eps"] for r in rows] == EPS_GRID and all(r["n"] == len(y_g) for r in rows)
 
 
@@ -112,8 +113,8 @@ def test_pgd(cpu, gpu):
 
 
 def test_robustness(cpu, gpu):
-    got_c = robustness(*cpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
-    got_g = robustness(*gpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
+    got_c = robust_curves(*cpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
+    got_g = robust_curves(*gpu, [0.0, 0.1, 0.3], pgd_steps=3, seed=0, bounds=BOUNDS)
     for attack in ("fgsm", "pgd"):
         for row_g, row_c in zip(got_g[attack], got_c[attack]):
             assert row_g["eps"] == row_c["eps"] and row_g["n"] == row_c["n"]

@@ -11,10 +11,11 @@ from sklearn.metrics import roc_auc_score as sk_roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from advlib import attacks, metrics
-from advlib.attacks import SweepResult, fgsm, pgd, predict
+from advlib.attacks import SweepResult, fgsm, predict
+from advlib.iterative import pgd
 from advlib.data import BOUNDS
 from advlib.metrics import (accuracy, compare_with_reference, confusion_matrix, first_test_images, rate,
-                            robust_accuracy, robustness, roc_auc, roc_curve, seed_spread, select_correct,
+                            robust_rows, robust_curves, roc_auc, roc_curve, seed_spread, select_correct,
                             sweep_metrics, tpr_at_fpr, wilson_interval)
 
 Z95 = 1.959963984540054
@@ -270,14 +271,14 @@ def test_robust_accuracy_counts_clean_mistakes(synthetic_sweep):
     # the model gets images 0 and 1 wrong when clean: they are failures at every eps, even if the attack
     # "fixes" them (image 1 is predicted correctly at eps 0.3)
     clean_preds = torch.tensor([9, 0, 2, 3, 4, 5, 6, 7, 8, 9])
-    rows = robust_accuracy(clean_preds, synthetic_sweep)
+    rows = robust_rows(clean_preds, synthetic_sweep)
     assert [r["eps"] for r in rows] == [0.0, 0.1, 0.3]
     assert [r["k"] for r in rows] == [8, 5, 0]
     assert [r["value"] for r in rows] == pytest.approx([80.0, 50.0, 0.0])
     assert all(r["n"] == 10 for r in rows)
     assert (rows[1]["ci_low"], rows[1]["ci_high"]) == wilson_interval(5, 10)
     # with no clean mistakes it is the adversarial accuracy
-    all_right = robust_accuracy(synthetic_sweep.labels, synthetic_sweep)
+    all_right = robust_rows(synthetic_sweep.labels, synthetic_sweep)
     assert [r["value"] for r in all_right] == pytest.approx([100.0, 70.0, 10.0])
 
 
@@ -409,7 +410,7 @@ def test_roc_accepts_tensors_of_any_shape_and_returns_cpu_float64():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# robustness: FGSM and PGD curves over a whole set, clean mistakes counted as failures
+# robust_curves: FGSM and PGD curves over a whole set, clean mistakes counted as failures
 
 
 def robustness_oracle(model, x, y, eps_grid, pgd_steps, seed):
@@ -430,7 +431,7 @@ def test_robustness_equals_attacking_everything(trained_model, test_batch):
     x, y = x[:128], y[:128]
     assert (predict(trained_model, x)[0] != y).any()  # some clean mistakes: the skipping is exercised
     eps_grid = [0.0, 0.1, 0.3]
-    got = robustness(trained_model, x, y, eps_grid, pgd_steps=3, seed=4, bounds=BOUNDS)
+    got = robust_curves(trained_model, x, y, eps_grid, pgd_steps=3, seed=4, bounds=BOUNDS)
     assert got == robustness_oracle(trained_model, x, y, eps_grid, pgd_steps=3, seed=4)
     assert [r["eps"] for r in got["pgd"]] == eps_grid and all(r["n"] == 128 for r in got["pgd"])
     assert all(p["k"] <= f["k"] for p, f in zip(got["pgd"][1:], got["fgsm"][1:]))  # PGD at least as strong here
@@ -444,7 +445,7 @@ def test_robustness_spends_pgd_steps_only_on_correct_images(model_copy, test_bat
     gradient_images = []
     model_copy.register_forward_pre_hook(
         lambda module, inputs: gradient_images.append(len(inputs[0])) if torch.is_grad_enabled() else None)
-    robustness(model_copy, x, y, [0.0, 0.1, 0.2], pgd_steps=2, seed=0, bounds=BOUNDS)
+    robust_curves(model_copy, x, y, [0.0, 0.1, 0.2], pgd_steps=2, seed=0, bounds=BOUNDS)
     # FGSM's one gradient pass over all images, then 2 steps at each of the 2 non-zero eps on the correct ones
     assert sum(gradient_images) == len(y) + 2 * 2 * n_correct
 

@@ -18,12 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from advlib import autoattack as aa_mod
 from study import sanity as robust_eval
-from advlib.attacks import input_gradient, pgd, predict, to_pixel_eps
+from advlib.attacks import input_gradient, predict, to_pixel_eps
+from advlib.iterative import margin_pgd, pgd
 from advlib.data import BOUNDS
 from advlib.metrics import rate
-from study.sanity import (AA_ATTACKS, autoattack, checklist, merge_parts, model_digest, sanity_attacks,
-                                seed_metrics)
+from advlib.autoattack import AA_ATTACKS, autoattack, merge_parts
+from study.sanity import checklist, model_digest, sanity_attacks, seed_metrics
 from conftest import LogRecords, assert_per_attack_matches_the_log
 
 Z95 = 1.959963984540054
@@ -66,7 +68,8 @@ def aa_window(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> slice:
     starts = range(0, len(x) - AA_IMAGES + 1, AA_IMAGES)
     for start in sorted(starts, key=lambda s: -int(survive[s:s + AA_IMAGES].sum())):
         window = slice(start, start + AA_IMAGES)
-        head = autoattack(model, x[window], y[window], AA_EPS, seed=0, attacks=AA_ATTACKS[:2], progress=False)
+        head = autoattack(model, x[window], y[window], AA_EPS, bounds=BOUNDS, seed=0, attacks=AA_ATTACKS[:2],
+                          progress=False)
         if head["per_attack"][1]["broke"] > 0 and head["robust"] >= 2:
             return window
     raise AssertionError(f"no window of {AA_IMAGES} of the first {len(x)} test images exercises AutoAttack's "
@@ -76,7 +79,7 @@ def aa_window(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> slice:
 
 @pytest.fixture(scope="module")
 def aa_pair(trained_model, mnist):
-    """robust_eval.autoattack and the official driver (pyautoattack's run_standard_evaluation) on the same 16
+    """advlib.autoattack.autoattack and the official driver (pyautoattack's run_standard_evaluation) on the same 16
     images (aa_window's), same seed; the official driver's log lines (its robust accuracy after each attack) are
     kept."""
     from pyautoattack import AutoAttack
@@ -84,14 +87,14 @@ def aa_pair(trained_model, mnist):
     pool_x, pool_y = mnist.test_x[:AA_POOL], mnist.test_y[:AA_POOL]
     window = aa_window(trained_model, pool_x, pool_y)
     x, y = pool_x[window], pool_y[window]
-    ours = autoattack(trained_model, x, y, AA_EPS, seed=0, progress=False)
+    ours = autoattack(trained_model, x, y, AA_EPS, bounds=BOUNDS, seed=0, progress=False)
 
     logger = logging.getLogger("auto-attack")
     handler, level = LogRecords(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
-        official = AutoAttack(robust_eval.PixelInput(robust_eval._fast(trained_model)), eps=to_pixel_eps(AA_EPS),
+        official = AutoAttack(aa_mod.PixelInput(aa_mod._fast(trained_model), BOUNDS), eps=to_pixel_eps(AA_EPS),
                               seed=0, version="standard")
         x_adv, y_adv = official.run_standard_evaluation((x + 1) / 2, y)
     finally:
@@ -145,11 +148,11 @@ def test_unknown_attack_name_raises_naming_the_standard_attacks(trained_model, t
     x, y = test_batch[0][:4], test_batch[1][:4]
     for attacks in (("apgd-ce", "pgd"), ("fab",)):
         with pytest.raises(ValueError) as err:
-            autoattack(trained_model, x, y, AA_EPS, attacks=attacks, progress=False)
+            autoattack(trained_model, x, y, AA_EPS, bounds=BOUNDS, attacks=attacks, progress=False)
         for name in AA_ATTACKS:
             assert name in str(err.value)
     with pytest.raises(ValueError, match="apgd-ce"):
-        robust_eval._perturb(None, "apgd-dlr", x, y)
+        aa_mod._perturb(None, "apgd-dlr", x, y)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ def run_checks(model, source, x, y, eps=SANITY_EPS, square_samples=None, aa=None
     number (or the rate dict ``aa``, for a test of another row), and the checklist's verdicts by row."""
     s = sanity_attacks(model, x, y, eps, source=source, square_samples=square_samples or len(x),
                        progress=False, **(CHEAP | settings))
-    aa = aa or autoattack(model, x, y, eps, attacks=("apgd-ce",), progress=False)["accuracy"]
+    aa = aa or autoattack(model, x, y, eps, bounds=BOUNDS, attacks=("apgd-ce",), progress=False)["accuracy"]
     return s, verdicts(checklist(s, aa))
 
 
@@ -345,7 +348,7 @@ def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model,
     x, y = test_batch[0][:128], test_batch[1][:128]
     eps = 0.1
     clean = predict(trained_model, x)[0] == y
-    kept = robust_eval.margin_pgd(trained_model, x, y, eps, steps=20, restarts=2, seed=0, bounds=BOUNDS)
+    kept = margin_pgd(trained_model, x, y, eps, steps=20, restarts=2, seed=0, bounds=BOUNDS)
     x_pgd = pgd(trained_model, x, y, eps, steps=20, seed=0, bounds=BOUNDS)
     pgd_ok = clean & (predict(trained_model, x_pgd)[0] == y)
     assert kept.dtype == torch.bool and kept.shape == (128,)

@@ -180,7 +180,7 @@ def test_adversarial_training_runs_and_checks_pgd(mnist_small, mode):
     assert all(math.isfinite(l) for l in hist.step_loss)
     assert not model.training
     # the check is PGD-10 on the held-out training images, with the run's seed, for the kept epoch's weights
-    from advlib.attacks import pgd
+    from advlib.iterative import pgd
     from advlib.data import BOUNDS
 
     x_val, y_val = data.train_x[80:], data.train_y[80:]

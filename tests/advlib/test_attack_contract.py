@@ -84,9 +84,11 @@ def cases() -> dict[str, Case]:
 
 
 def _exported_attacks() -> list[str]:
-    """Every function of advlib.__all__ from advlib.attacks that takes bounds: the attacks."""
+    """Every function of advlib.__all__ from the attack modules (advlib.attacks, advlib.iterative) that takes
+    bounds: the attacks."""
     return [name for name in advlib.__all__
-            if inspect.isfunction(getattr(advlib, name)) and getattr(advlib, name).__module__ == "advlib.attacks"
+            if inspect.isfunction(getattr(advlib, name))
+            and getattr(advlib, name).__module__ in ("advlib.attacks", "advlib.iterative")
             and "bounds" in inspect.signature(getattr(advlib, name)).parameters]
 
 
