@@ -14,7 +14,7 @@ OUT ?= build/quick
 QUICK := epochs=1 train_subset=5000 n_samples=200 pgd_steps=3
 SMK = "$(SNAKEMAKE)" --cores $(CORES) --printshellcmds --show-failed-logs $(if $(FORCE),--forceall)
 
-.PHONY: report quick seeds robust test data bench lab dry-run-cluster clean-build
+.PHONY: report quick seeds robust test test-lib data bench lab dry-run-cluster clean-build
 
 $(STAMP): pyproject.toml
 	test -x "$(PY)" || "$(PYTHON)" -m venv "$(VENV)"
@@ -65,6 +65,9 @@ test: data  ## everything CI runs
 	ln -sfn ../../data "$(NBVAL_DIR)/data" && ln -sfn ../run/artifacts "$(NBVAL_DIR)/artifacts"
 	OMP_NUM_THREADS=$(TEST_THREADS) TQDM_MININTERVAL=30 "$(PY)" -m pytest -n $(CORES) --dist loadscope --durations=15 tests \
 		"$(NBVAL_DIR)/report" --nbval-lax --nbval-current-env --nbval-cell-timeout 1800
+
+test-lib: data  ## the library's fast lane: tests/advlib without the slow tests (under a minute on 2 cores)
+	OMP_NUM_THREADS=1 "$(PY)" -m pytest -n $(CORES) -m "not slow" tests/advlib
 
 bench: data  ## speed and memory benchmarks: benchmarks/results.json and results.md
 	"$(PY)" -m pip install --quiet -e ".[bench]"

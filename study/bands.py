@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-# The regression checks (tests/test_regression.py). A model trained again on another machine ends its training
+# The regression checks (tests/study/test_regression.py). A model trained again on another machine ends its training
 # elsewhere (other float rounding), so its numbers are held to the committed seeds' spread, never to one run's
 # decimals. The band is the seeds' median ± BAND_K scaled MADs (1.4826 × the median absolute deviation, the sd for
 # normal data): one odd seed (BatchNorm's lag, a catastrophic overfit) cannot widen it the way it widens mean ± k sd.

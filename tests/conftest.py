@@ -1,4 +1,4 @@
-"""Shared fixtures for the unit tests (and for tests/test_plotting.py, tests/test_pipeline.py).
+"""Shared fixtures for the unit tests (and for tests/study/test_figures.py, tests/study/test_workflow.py).
 
 Everything expensive is session-scoped and built once: the verified MNIST tensors and one small model trained
 for a few seconds. Session fixtures are shared, so a test that changes a model (its mode, its weights) must work
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # `make test` runs two pytest workers (pytest-xdist, -n 2 --dist loadscope): each test module, and each nbval
 # notebook, runs whole on one worker, in order. The modules that share the small workflow run of the `repo_copy`
 # fixture form one unit, so that it runs once, on one worker, while the other runs the unit tests and nbval.
-SHARED_WORKFLOW_MODULES = ("tests/test_pipeline.py", "tests/e2e/test_slider_browser.py")
+SHARED_WORKFLOW_MODULES = ("tests/study/test_workflow.py", "tests/e2e/test_slider_browser.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -174,7 +174,7 @@ def raw_copy(data_root, tmp_path) -> Path:
 
 # The workflow on small parameters, once per session, in a copy of the repository whose path has a space (as a
 # newcomer's clone may): `make report` with the README's own command, publishing into the copy, never into this
-# tree. test_pipeline.py, test_workflow.py and the browser tests use it.
+# tree. tests/study/test_workflow.py, test_workflow_quick.py and the browser tests use it.
 SMALL_PIPELINE_PARAMETERS = {
     "seed": 0,
     "epochs": 1,

@@ -4,7 +4,7 @@ a real `make lab`, a real kernel, a real Chromium, and no parameter given to the
 What it does, as a newcomer following the README does:
 
 1. ``make report`` with small parameters in a copy of the repository (the session fixture ``repo_copy`` of
-   tests/conftest.py, shared with tests/test_pipeline.py): the models stay in ``build/run/artifacts/``, the executed
+   tests/conftest.py, shared with tests/study/test_workflow.py): the models stay in ``build/run/artifacts/``, the executed
    notebooks are published into ``report/``;
 2. ``make lab`` there, without arguments. The test's own settings reach JupyterLab as a user's would, through a
    Jupyter config file (isolated ``JUPYTER_CONFIG_DIR``: 127.0.0.1, a free port, a random token, no news or update

@@ -1,7 +1,7 @@
 """advlib.autoattack.autoattack against AutoAttack's official driver on more than one batch of 250 images, and the guard
 that refuses an attack's image outside the eps-ball or outside [0, 1].
 
-tests/test_robust_eval.py compares autoattack with the official driver on 16 images: one batch, so how the
+tests/study/test_sanity.py compares autoattack with the official driver on 16 images: one batch, so how the
 survivors of an attack are regrouped into batches of AA_BATCH = 250 for the next one (which decides each image's
 random start, so the result) is never exercised there. Here both run on AA_IMAGES = 400 test images, more than 250
 of them classified correctly, so APGD-CE runs on two batches and APGD-T on one batch regrouped from the survivors
@@ -34,6 +34,9 @@ from advlib.model import fold_batchnorm
 from advlib.autoattack import AA_BATCH
 from advlib.autoattack import AA_ATTACKS
 from conftest import LogRecords, assert_per_attack_matches_the_log
+
+# the official driver on 400 images takes about a minute: in `make test`, out of the library's fast lane
+pytestmark = pytest.mark.slow
 
 AA_IMAGES = 400  # the first 400 test images; ~350 are classified correctly, so APGD-CE runs on two batches
 # tried in order, the first where the hand-over is exercised is used (normalized units: 0.1, 0.075, 0.125 px); at

@@ -362,7 +362,7 @@ def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model,
 def robust_retrained():
     """The robust model `make test` trains with the full recipe (test-artifacts/run): PGD's steps matter only on a
     model whose loss is not nearly linear in the input, as a standard model's is."""
-    path = Path(__file__).resolve().parents[1] / "test-artifacts" / "run" / "artifacts" / "robust_model.pt"
+    path = Path(__file__).resolve().parents[2] / "test-artifacts" / "run" / "artifacts" / "robust_model.pt"
     if not path.is_file():
         pytest.skip("no robust model trained by `make test` in test-artifacts/run (run the tests with `make test`)")
     from advlib.checkpoint import load_checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_IDS = {"sweep_vs_per_image_loop", "sweep_vs_peer", "sweep_identical", "sweep_full_seconds", "slider_p95",
               "training_speedup", "training_accuracy", "report_from_scratch", "rerun_after_change", "make_test",
               "report_peak_memory", "seed_study"}

@@ -18,6 +18,9 @@ from advlib.data import MNIST
 from advlib.parallel import Exchange, Replica, exchanged_numel, train_data_parallel
 from advlib.train import TrainConfig, train
 
+# each test starts training processes (tens of seconds in all): in `make test`, out of the fast lane
+pytestmark = pytest.mark.slow
+
 CONFIG = TrainConfig(epochs=1, batch_size=64, seed=3)
 
 

@@ -22,7 +22,7 @@ from study import workflow as pipeline
 from study.results import ORIGINAL_REPORT, load_metrics
 from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make, tree_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = config_words(SMALL_PIPELINE_PARAMETERS)
 
 FIGURES = [

@@ -31,7 +31,7 @@ from study.bands import (BAND_K, band_text, outside_fgsm_oracle, outside_robust_
 from study.results import load_metrics
 from study.jobs import attack_set, recalibrated_accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEST_RUN = ROOT / "test-artifacts" / "run"
 N_IMAGES = 1000  # the report's attack set
 ORACLE_TOLERANCE = 2  # images of N_IMAGES by which advlib's FGSM may differ from the oracle (float rounding only)

@@ -1,6 +1,6 @@
 """advlib.data: the files are the originals, the tensors are what torchvision's pipeline makes, damage is refused.
 
-Fetching the files (advlib.download) is tested in tests/test_download.py."""
+Fetching the files (advlib.download) is tested in tests/advlib/test_download.py."""
 from __future__ import annotations
 
 import hashlib

