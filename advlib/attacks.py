@@ -1,14 +1,8 @@
 r"""FGSM and its batched eps sweep on any image classifier, and the contract every attack of advlib shares (the
 iterative attacks, BIM, PGD and a margin-loss PGD, are in :mod:`advlib.iterative`).
 
-Papers (Distance Measure : Linf for all):
-
-- FGSM, :func:`fgsm` and :func:`fgsm_sweep`: 'Explaining and Harnessing Adversarial Examples', Ian J. Goodfellow,
-  Jonathon Shlens, Christian Szegedy, 2014 [https://arxiv.org/abs/1412.6572]
-- BIM (iterative FGSM), :func:`bim`: 'Adversarial Examples in the Physical World', Alexey Kurakin, Ian Goodfellow,
-  Samy Bengio, 2016 [https://arxiv.org/abs/1607.02533]
-- PGD, :func:`pgd`: 'Towards Deep Learning Models Resistant to Adversarial Attacks', Aleksander Madry, Aleksandar
-  Makelov, Ludwig Schmidt, Dimitris Tsipras, Adrian Vladu, 2017 [https://arxiv.org/abs/1706.06083]
+FGSM, :func:`fgsm` and :func:`fgsm_sweep` (Distance Measure : Linf): 'Explaining and Harnessing Adversarial
+Examples', Ian J. Goodfellow, Jonathon Shlens, Christian Szegedy, 2014 [https://arxiv.org/abs/1412.6572].
 
 The contract every attack here shares (torchattacks' and Foolbox's conventions):
 

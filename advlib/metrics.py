@@ -8,9 +8,8 @@ where clean mistakes count as failures.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -230,55 +229,3 @@ def roc_auc(scores_negative: Sequence[float], scores_positive: Sequence[float]) 
 def tpr_at_fpr(fpr: torch.Tensor, tpr: torch.Tensor, max_fpr: float = 0.05) -> float:
     """Highest true-positive rate (fraction) among ROC points whose false-positive rate is <= max_fpr."""
     return tpr[fpr <= max_fpr + 1e-12].max().item()
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Seed study: how much the FGSM sweep varies from one training seed to the next
-
-
-def seed_spread(sweeps: Sequence[Sequence[Mapping]]) -> dict:
-    """Mean and spread across seeds of the adversarial accuracy of FGSM sweeps on one eps grid.
-
-    Args:
-        sweeps: one list of :func:`sweep_metrics` rows per seed (reads ``row["eps"]``, normalized units, and
-            ``row["adv_accuracy"]["value"]``, percent).
-    Returns:
-        {"eps": (E,), "mean": (E,), "std": (E,) sample standard deviation (ddof=1; 0.0 with one seed),
-        "n_seeds": S, "per_seed": (S, E)} as float numpy arrays, accuracies in percent.
-    Raises:
-        ValueError: no seeds, no rows, or seeds whose eps grids differ.
-    """
-    if not sweeps or not sweeps[0]:
-        raise ValueError("sweeps is empty: pass one non-empty list of sweep rows per seed")
-    eps = np.array([float(r["eps"]) for r in sweeps[0]])
-    for i, rows in enumerate(sweeps):
-        seed_eps = [float(r["eps"]) for r in rows]
-        if len(seed_eps) != len(eps) or not np.allclose(seed_eps, eps):
-            raise ValueError(f"seed {i} has the eps grid {seed_eps}, seed 0 has {eps.tolist()}: all seeds must "
-                             "share one grid")
-    per_seed = np.array([[float(r["adv_accuracy"]["value"]) for r in rows] for rows in sweeps])  # (S, E)
-    std = per_seed.std(0, ddof=1) if len(sweeps) > 1 else np.zeros(len(eps))
-    return {"eps": eps, "mean": per_seed.mean(0), "std": std, "n_seeds": len(sweeps), "per_seed": per_seed}
-
-
-def compare_with_reference(spread: Mapping, reference: Mapping[float, float]) -> list[dict]:
-    """Where a reference (e.g. the original report) lies within the seed spread of :func:`seed_spread`.
-
-    Args:
-        spread: :func:`seed_spread`'s result.
-        reference: {eps (normalized units; a number or a string such as "0.05"): adversarial accuracy (%)}.
-    Returns:
-        One dict per reference eps on the spread's grid, in increasing eps: {"eps", "original", "mean", "std",
-        "z"} with z = (original - mean) / std, None when std is 0. Reference eps not on the grid are skipped.
-    """
-    grid = np.asarray(spread["eps"], dtype=float)
-    rows = []
-    for eps, original in sorted((float(e), float(v)) for e, v in reference.items()):
-        hits = np.flatnonzero(np.isclose(grid, eps, rtol=0, atol=1e-9))
-        if len(hits) == 0:
-            continue
-        mean, std = float(spread["mean"][hits[0]]), float(spread["std"][hits[0]])
-        rows.append({"eps": eps, "original": original, "mean": mean, "std": std,
-                     "z": (original - mean) / std if std > 0 else None})
-    return rows

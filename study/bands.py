@@ -1,10 +1,16 @@
-"""Regression bands: how far a re-run's number may lie from the committed seeds' before a test calls it a change.
+"""The seed study's numbers: the spread of the FGSM sweep over seeds, and the regression bands (how far a re-run's
+number may lie from the committed seeds' before a test calls it a change).
+
+:func:`seed_spread` gives the mean and sd of the adversarial accuracy over seeds per eps (Figure 11),
+:func:`compare_with_reference` where the original report lies in it.
 
 A band is the seeds' median ± k scaled MADs (:func:`seed_band`); a band wider than :data:`MAX_BAND_WIDTH` judges
 nothing and says so (:func:`too_wide`). FGSM itself is checked against an autograd oracle on the same images
 (:func:`outside_fgsm_oracle`). All accuracies are percentages.
 """
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -111,3 +117,54 @@ def outside_robust_band(numbers: dict, spread: dict, k: float = BAND_K) -> list[
         if not too_wide(band):
             out += outside_band(f"robust model {label} at eps {spread['eps']:g}:", numbers[key]["value"], band)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seed study: how much the FGSM sweep varies from one training seed to the next
+
+
+def seed_spread(sweeps: Sequence[Sequence[Mapping]]) -> dict:
+    """Mean and spread across seeds of the adversarial accuracy of FGSM sweeps on one eps grid.
+
+    Args:
+        sweeps: one list of :func:`sweep_metrics` rows per seed (reads ``row["eps"]``, normalized units, and
+            ``row["adv_accuracy"]["value"]``, percent).
+    Returns:
+        {"eps": (E,), "mean": (E,), "std": (E,) sample standard deviation (ddof=1; 0.0 with one seed),
+        "n_seeds": S, "per_seed": (S, E)} as float numpy arrays, accuracies in percent.
+    Raises:
+        ValueError: no seeds, no rows, or seeds whose eps grids differ.
+    """
+    if not sweeps or not sweeps[0]:
+        raise ValueError("sweeps is empty: pass one non-empty list of sweep rows per seed")
+    eps = np.array([float(r["eps"]) for r in sweeps[0]])
+    for i, rows in enumerate(sweeps):
+        seed_eps = [float(r["eps"]) for r in rows]
+        if len(seed_eps) != len(eps) or not np.allclose(seed_eps, eps):
+            raise ValueError(f"seed {i} has the eps grid {seed_eps}, seed 0 has {eps.tolist()}: all seeds must "
+                             "share one grid")
+    per_seed = np.array([[float(r["adv_accuracy"]["value"]) for r in rows] for rows in sweeps])  # (S, E)
+    std = per_seed.std(0, ddof=1) if len(sweeps) > 1 else np.zeros(len(eps))
+    return {"eps": eps, "mean": per_seed.mean(0), "std": std, "n_seeds": len(sweeps), "per_seed": per_seed}
+
+
+def compare_with_reference(spread: Mapping, reference: Mapping[float, float]) -> list[dict]:
+    """Where a reference (e.g. the original report) lies within the seed spread of :func:`seed_spread`.
+
+    Args:
+        spread: :func:`seed_spread`'s result.
+        reference: {eps (normalized units; a number or a string such as "0.05"): adversarial accuracy (%)}.
+    Returns:
+        One dict per reference eps on the spread's grid, in increasing eps: {"eps", "original", "mean", "std",
+        "z"} with z = (original - mean) / std, None when std is 0. Reference eps not on the grid are skipped.
+    """
+    grid = np.asarray(spread["eps"], dtype=float)
+    rows = []
+    for eps, original in sorted((float(e), float(v)) for e, v in reference.items()):
+        hits = np.flatnonzero(np.isclose(grid, eps, rtol=0, atol=1e-9))
+        if len(hits) == 0:
+            continue
+        mean, std = float(spread["mean"][hits[0]]), float(spread["std"][hits[0]])
+        rows.append({"eps": eps, "original": original, "mean": mean, "std": std,
+                     "z": (original - mean) / std if std > 0 else None})
+    return rows

@@ -91,7 +91,7 @@ def plot_seed_spread(spread: Mapping, reference: Mapping[float, float] | None = 
     """Figure 11 (graph11): FGSM sweep across training seeds, mean ± 1 standard deviation with each seed drawn thin.
 
     Args:
-        spread: :func:`advlib.metrics.seed_spread` output: ``eps`` (E,) normalized; ``mean``, ``std`` (E,) and
+        spread: :func:`study.bands.seed_spread` output: ``eps`` (E,) normalized; ``mean``, ``std`` (E,) and
             ``per_seed`` (S, E) adversarial accuracy in percent; ``n_seeds``. The attack success rate panel is
             100 - accuracy (the attacked images are correctly classified).
         reference: optional {eps: adversarial accuracy in percent} of the original report, drawn as black crosses
@@ -99,7 +99,7 @@ def plot_seed_spread(spread: Mapping, reference: Mapping[float, float] | None = 
     """
     missing = {"eps", "mean", "std", "n_seeds", "per_seed"} - set(spread)
     if missing:
-        raise ValueError(f"spread lacks {sorted(missing)}: pass advlib.metrics.seed_spread(sweeps)")
+        raise ValueError(f"spread lacks {sorted(missing)}: pass study.bands.seed_spread(sweeps)")
     eps = np.asarray(spread["eps"], dtype=float)
     mean, std = np.asarray(spread["mean"], dtype=float), np.asarray(spread["std"], dtype=float)
     per_seed = np.asarray(spread["per_seed"], dtype=float)

@@ -25,7 +25,8 @@ from matplotlib.text import Text  # noqa: E402
 from advlib import viz  # noqa: E402
 from study import figures, robust_figures  # noqa: E402
 from advlib.attacks import SweepResult  # noqa: E402
-from advlib.metrics import (confusion_matrix, rate, roc_auc, roc_curve, seed_spread, sweep_metrics,  # noqa: E402
+from study.bands import seed_spread  # noqa: E402
+from advlib.metrics import (confusion_matrix, rate, roc_auc, roc_curve, sweep_metrics,  # noqa: E402
                             tpr_at_fpr)
 
 EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -83,7 +84,7 @@ def history():
 
 
 def make_spread(runs) -> dict:
-    """The seed_spread contract (advlib.metrics.seed_spread), computed here with numpy from sweep rows."""
+    """The seed_spread contract (study.bands.seed_spread), computed here with numpy from sweep rows."""
     acc = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])  # (S, E)
     return {"eps": [r["eps"] for r in runs[0]], "mean": acc.mean(0), "std": acc.std(0, ddof=1),
             "n_seeds": len(runs), "per_seed": acc}
