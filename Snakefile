@@ -238,7 +238,7 @@ def seed_robust_params(seed):
 
 
 rule seed_robust:
-    """A seed's robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy (robust_eval.seed_metrics)."""
+    """A seed's robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy (study.sanity.seed_metrics)."""
     input: EVAL_CODE, model="build/seeds/seed_{seed}/artifacts/robust_model.pt",
            data=ancient("build/seeds/seed_{seed}/data")
     output: "build/seeds/robust_{seed}.json"

@@ -65,10 +65,8 @@ def environment_info() -> dict:
     """Library versions and machine facts that made a result."""
     import numpy
 
-    import advlib
-
-    return {
-        "advlib": advlib.__version__,
+    return {  # advlib's version as installed: `import advlib` here would make training depend on the whole package
+        "advlib": installed_version("advlib"),
         "torch": str(torch.__version__),
         "torchvision": installed_version("torchvision"),
         "numpy": numpy.__version__,

@@ -169,7 +169,7 @@ def load_robustness(folder: str | os.PathLike) -> dict:
 
 
 def load_robust_seed_runs(folder: str | os.PathLike) -> dict[int, dict]:
-    """{seed: robust-model numbers} from a seed study's robust_<k>.json files (robust_eval.seed_metrics), or {}."""
+    """{seed: robust-model numbers} from a seed study's robust_<k>.json files (study.sanity.seed_metrics), or {}."""
     files = sorted(Path(folder).glob("robust_*.json"), key=lambda f: int(f.stem.split("_")[1]))
     return {int(f.stem.split("_")[1]): read_json(f)["result"] for f in files}
 

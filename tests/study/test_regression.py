@@ -198,7 +198,7 @@ def test_every_committed_seed_lies_inside_the_band_of_the_others(seed_study):
 
 def robust_numbers(model: torch.nn.Module, spread: dict, n_samples: int = N_IMAGES, aa_samples: int | None = None,
                    artifact_dir: Path | None = None) -> dict:
-    """robust_eval.seed_metrics of ``model`` with the robust seed study's settings, on the first n_samples test
+    """study.sanity.seed_metrics of ``model`` with the robust seed study's settings, on the first n_samples test
     images, unfiltered, as the robust seeds are evaluated (AutoAttack on aa_samples images when given). With
     artifact_dir, its PGD number goes through that run's stage cache, where `make test`'s own PGD jobs (05_defense's
     curves, same images, eps and steps) left it."""

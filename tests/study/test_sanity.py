@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from advlib import autoattack as aa_mod
-from study import sanity as robust_eval
+from study import sanity
 from advlib.attacks import input_gradient, predict, to_pixel_eps
 from advlib.iterative import margin_pgd, pgd
 from advlib.data import BOUNDS
@@ -223,9 +223,9 @@ def verdicts(rows) -> dict:
 
 
 def test_tolerance_is_derived_from_the_sample_size():
-    assert robust_eval.tolerance(1000) == pytest.approx(1.5)
-    assert robust_eval.tolerance(100) == pytest.approx(1.5 * math.sqrt(10))
-    assert robust_eval.tolerance(4000) == pytest.approx(0.75)
+    assert sanity.tolerance(1000) == pytest.approx(1.5)
+    assert sanity.tolerance(100) == pytest.approx(1.5 * math.sqrt(10))
+    assert sanity.tolerance(4000) == pytest.approx(0.75)
 
 
 def test_checklist_consistent_numbers_pass_every_row():
@@ -354,7 +354,7 @@ def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model,
     assert kept.dtype == torch.bool and kept.shape == (128,)
     assert not (kept & ~clean).any()
     acc = lambda flags: 100.0 * flags.float().mean().item()  # noqa: E731
-    assert acc(kept) <= acc(pgd_ok) + robust_eval.tolerance(128), (acc(kept), acc(pgd_ok))
+    assert acc(kept) <= acc(pgd_ok) + sanity.tolerance(128), (acc(kept), acc(pgd_ok))
     assert acc(kept) < acc(clean) - 20, (acc(kept), acc(clean))
 
 
@@ -391,12 +391,12 @@ def test_restarts_that_reuse_one_seed_are_caught(trained_model, test_batch, monk
     settings = dict(eps=0.1, square_samples=1, steps=5, restarts=3, independent_steps=5, aa={"value": 0.0})
     s, got = run_checks(trained_model, trained_model, x, y, **settings)
     assert s["restarts"]["distinct"] == 3 and got["restarts"], s["restarts"]
-    honest = robust_eval.pgd
+    honest = sanity.pgd
 
     def one_seed(*args, seed=None, **kwargs):
         return honest(*args, seed=0, **kwargs)
 
-    monkeypatch.setattr(robust_eval, "pgd", one_seed)
+    monkeypatch.setattr(sanity, "pgd", one_seed)
     s, got = run_checks(trained_model, trained_model, x, y, **settings)
     assert s["restarts"]["distinct"] == 1 and not got["restarts"], s["restarts"]
 
