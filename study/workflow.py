@@ -199,9 +199,10 @@ def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[
     from study import readme
 
     run_dir, root = Path(run_dir), Path(root)
+    # a hidden file is a temporary one that a killed job left behind (run_notebook's), never a result
     pairs = [(p, root / "report" / p.name) for p in sorted((run_dir / "report").glob("*.ipynb"))
-             if not p.name.endswith(".failed.ipynb")]
-    pairs += [(p, root / "report" / p.name) for p in (run_dir / "report").glob("*.html")]
+             if not p.name.endswith(".failed.ipynb") and not p.name.startswith(".")]
+    pairs += [(p, root / "report" / p.name) for p in (run_dir / "report").glob("*.html") if not p.name.startswith(".")]
     pairs += [(p, root / "figures" / p.relative_to(run_dir / "figures"))
               for p in sorted((run_dir / "figures").rglob("*")) if p.is_file() and not p.name.startswith(".")]
     missing = [s for s in STAGES if not (run_dir / "report" / f"{s}.ipynb").is_file()]

@@ -84,3 +84,16 @@ def test_figure_modules_enter_a_notebook_by_the_functions_it_reaches():
     assert figures and all(sources.draws(ROOT / f) for f in figures)
     assert not any(sources.draws(ROOT / f) for f in code)
     assert "advlib/attacks.py" in code
+
+
+def test_each_job_reaches_what_it_runs_and_no_more():
+    """The workflow's code inputs (the Snakefile's TRAIN_CODE, PGD_CODE, EVAL_CODE): training reaches the attacks
+    (adversarial training) but not the metrics, figures or results; a metric or a table never retrains a model."""
+    train = sources.code_files("study.models")
+    assert {"advlib/train.py", "advlib/attacks.py", "advlib/iterative.py", "study/models.py"} <= set(train)
+    assert not [f for f in train if f in ("advlib/metrics.py", "advlib/viz.py", "advlib/explorer.py")
+                or f.startswith(("study/results", "study/tables", "study/figures", "study/jobs"))], train
+    pgd = sources.code_files("study.jobs")
+    assert {"advlib/metrics.py", "advlib/iterative.py", "study/cache.py", "study/jobs.py"} <= set(pgd)
+    assert not [f for f in pgd if sources.draws(ROOT / f)], "the PGD jobs draw nothing"
+    assert "advlib/autoattack.py" in sources.code_files("study.sanity")

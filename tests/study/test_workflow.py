@@ -169,6 +169,23 @@ def test_publish_refuses_an_unfinished_run(tmp_path):
         pipeline.publish(tmp_path / "run", root=tmp_path)
 
 
+def test_publish_leaves_a_killed_jobs_temporary_file_behind(tmp_path, monkeypatch):
+    """run_notebook writes into a hidden temporary file first; a job killed mid-run leaves it in the run folder.
+    Publishing copies the results, never such a file."""
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    (run / "figures").mkdir()
+    for stage in pipeline.STAGES:
+        (run / "report" / f"{stage}.ipynb").write_text(stage)
+    (run / "report" / ".02_sweep.k1ll3d.ipynb").write_text("half a notebook")
+    (run / "figures" / "metrics.json").write_text("{}")
+    (tmp_path / "README.md").write_text("readme")
+    monkeypatch.setattr(readme, "render", lambda text, metrics, bench: text)
+    published = pipeline.publish(run, root=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(f"{s}.ipynb" for s in pipeline.STAGES)
+    assert all(not p.name.startswith(".") for p in published)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A notebook run by hand (JupyterLab, make lab) works in the scratch run folder build/scratch/
 
