@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True)
         try:
             torch.save(load_checkpoint(args.model).model.state_dict(), tmp / "state.pt")
-            test = load_mnist(ROOT / "data", splits=("test",)).test
-            torch.save({"x": test[0][:1000].contiguous(), "y": test[1][:1000].contiguous()}, tmp / "images.pt")
+            data = load_mnist(ROOT / "data", splits=("test",))
+            torch.save({"x": data.test_x[:1000].contiguous(), "y": data.test_y[:1000].contiguous()}, tmp / "images.pt")
             script = tmp / "child.py"
             script.write_text(CHILD)
             sides = {"before": worktree, "after": ROOT}
