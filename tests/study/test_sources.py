@@ -97,3 +97,12 @@ def test_each_job_reaches_what_it_runs_and_no_more():
     assert {"advlib/metrics.py", "advlib/iterative.py", "study/cache.py", "study/jobs.py"} <= set(pgd)
     assert not [f for f in pgd if sources.draws(ROOT / f)], "the PGD jobs draw nothing"
     assert "advlib/autoattack.py" in sources.code_files("study.sanity")
+
+
+def test_a_modules_resources_are_its_inputs_too():
+    """The explorer reads its page style and script from explorer.css and explorer.js beside it: a change to either
+    re-runs the stages that show the slider, as a change to explorer.py does."""
+    assert {"advlib/explorer.css", "advlib/explorer.js"} <= set(sources.code_files("advlib.explorer"))
+    code, _ = sources.notebook_code(ROOT / "notebooks" / "06_report.ipynb")
+    assert {"advlib/explorer.css", "advlib/explorer.js"} <= set(code)
+    assert "advlib/explorer.css" not in sources.code_files("study.models")
