@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import os
 import re
 from functools import lru_cache
@@ -154,10 +153,10 @@ def file_digest(path: str | os.PathLike, root: str | os.PathLike = ROOT) -> str:
 
 
 def notebook_sources(notebook: str | os.PathLike) -> list[str]:
-    """A notebook's code cells, as source strings (read as plain JSON, no nbformat)."""
-    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            for c in nb["cells"] if c["cell_type"] == "code"]
+    """A notebook's code cells, as source strings (:func:`study.workflow.code_cells`: plain JSON, no nbformat)."""
+    from study.workflow import code_cells
+
+    return [c["source"] for c in code_cells(notebook)]
 
 
 def notebook_imports(notebook: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[str]:
