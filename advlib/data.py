@@ -1,9 +1,12 @@
-"""MNIST as tensors: the verified raw files, transformed once, cached, served.
+"""MNIST and Fashion-MNIST as tensors: the verified raw files, transformed once, cached, served.
 
-The four IDX files under ``<root>/MNIST/raw/`` (torchvision's layout) must match the original MNIST md5 sums: every
-load checks them (:func:`verify_raw`) and refuses anything else, with the fix in the message. Fetching them is
-:mod:`advlib.download`'s job (``python -m advlib.download --root data``); :func:`load_mnist` calls it when they are
-missing, importing it inside the function, so ``import advlib`` never imports it.
+Both data sets have the same shape (60,000 + 10,000 grey 28x28 images, 10 classes) and the same four IDX files,
+under ``<root>/<folder>/raw/`` (torchvision's layout: ``MNIST/raw``, ``FashionMNIST/raw``). :data:`DATASETS` pins
+each file's content (MNIST: the original md5 sums; Fashion-MNIST: size and SHA-256 of the decompressed files, which
+every official copy shares, whatever its gzip header): every load checks them (:func:`verify_raw`) and refuses
+anything else, with the fix in the message. Fetching them is :mod:`advlib.download`'s job (``python -m
+advlib.download --root data --dataset mnist fashion_mnist``); :func:`load_dataset` calls it when they are missing,
+importing it inside the function, so ``import advlib`` never imports it.
 
 Images are then transformed once exactly as the original report did (Resize 32 -> ToTensor -> Normalize(0.5, 0.5)):
 the resize (PIL's, uint8 out) is cached as 32x32 uint8 tensors with a SHA-256 of their bytes, checked on every load.
@@ -32,25 +35,71 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Size and SHA-256 of the decompressed Fashion-MNIST files (Zalando Research's release). Debian re-gzipped them
+# (another gzip header, so other .gz md5 sums than torchvision's), the content is the same: check the content.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": (47_040_016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": (60_008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": (7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": (10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One MNIST-shaped data set: where its files live and what they must be.
+
+    name: the key in :data:`DATASETS` (a workflow's ``dataset`` parameter); title: how text names it; folder: its
+    folder under the data root (torchvision's); files: {IDX file: (size in bytes or None, algorithm, hex digest)};
+    classes: the 10 class names, label k -> classes[k]."""
+
+    name: str
+    title: str
+    folder: str
+    files: dict
+    classes: tuple[str, ...]
+
+
+DATASETS = {
+    "mnist": Dataset("mnist", "MNIST", "MNIST", {k: (None, "md5", v) for k, v in MNIST_MD5.items()},
+                     tuple(str(d) for d in range(10))),
+    "fashion_mnist": Dataset("fashion_mnist", "Fashion-MNIST", "FashionMNIST",
+                             {k: (size, "sha256", h) for k, (size, h) in FASHION_MNIST_SHA256.items()},
+                             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot")),
+}
+
+
+def dataset_info(dataset: str) -> Dataset:
+    """The :class:`Dataset` named ``dataset``. Raises ValueError naming the known ones."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(map(repr, DATASETS))}")
+    return DATASETS[dataset]
+
+
+def class_names(dataset: str = "mnist") -> tuple[str, ...]:
+    """The 10 class names of a data set, label k -> names[k] ("0".."9" for MNIST)."""
+    return dataset_info(dataset).classes
 
 IMAGE_SIZE = 32  # the original report resizes 28x28 -> 32x32
 MEAN, STD = 0.5, 0.5  # Normalize(0.5, 0.5): pixel p in [0, 1] becomes (p - 0.5) / 0.5 in [-1, 1]
 BOUNDS = (-1.0, 1.0)  # the normalized range of load_mnist's images: pass bounds=BOUNDS to advlib's attacks
-NUM_CLASSES = 10  # MNIST's digits 0..9 (the attacks read the class count from the model's output instead)
+NUM_CLASSES = 10  # both data sets' classes (the attacks read the class count from the model's output instead)
 CACHE_VERSION = 1  # bump when the cached transform changes
 SPLITS = ("train", "test")
 TRAIN_SIZE = 60_000  # MNIST's training images
 VALIDATION_SIZE = 10_000  # the classic 50,000 + 10,000 split of those (the validation images come last)
 
-FIX_HINT = "Delete the folder and run `python -m advlib.download --root {root}` again to fetch a verified copy."
+FIX_HINT = ("Delete the folder and run `python -m advlib.download --root {root} --dataset {dataset}` again to fetch "
+            "a verified copy.")
 
 
 class DataError(RuntimeError):
-    """The MNIST files are missing, truncated or not the original ones."""
+    """The data set's files are missing, truncated or not the original ones."""
 
 
-def raw_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / "MNIST" / "raw"
+def raw_dir(root: str | os.PathLike, dataset: str = "mnist") -> Path:
+    return Path(root) / dataset_info(dataset).folder / "raw"
 
 
 def hash_file(path: str | os.PathLike, algorithm: str) -> str:
@@ -62,28 +111,33 @@ def hash_file(path: str | os.PathLike, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def verify_raw(root: str | os.PathLike) -> None:
-    """Check the four IDX files under ``<root>/MNIST/raw`` against the original md5 sums.
+def verify_raw(root: str | os.PathLike, dataset: str = "mnist") -> None:
+    """Check the four IDX files under ``<root>/<folder>/raw`` against the pinned sizes and digests (:data:`DATASETS`).
 
     Raises:
         DataError: a file is missing, truncated or differs, with the fix in the message.
     """
-    folder = raw_dir(root)
-    for name, expected in MNIST_MD5.items():
+    info = dataset_info(dataset)
+    folder = raw_dir(root, dataset)
+    for name, (size, algorithm, expected) in info.files.items():
         path = folder / name
         if not path.is_file():
-            raise DataError(f"MNIST file missing: {path}. Run `python -m advlib.download --root {root}` to fetch it.")
-        actual = hash_file(path, "md5")
+            raise DataError(f"{info.title} file missing: {path}. Run `python -m advlib.download --root {root} "
+                            f"--dataset {dataset}` to fetch it.")
+        if size is not None and path.stat().st_size != size:
+            raise DataError(f"{info.title} file {path} has {path.stat().st_size:,} bytes, expected {size:,} "
+                            "(truncated or not the original file). " + FIX_HINT.format(root=root, dataset=dataset))
+        actual = hash_file(path, algorithm)
         if actual != expected:
             raise DataError(
-                f"MNIST file {path} has md5 {actual}, expected {expected} (truncated or not the original file). "
-                + FIX_HINT.format(root=root)
+                f"{info.title} file {path} has {algorithm} {actual}, expected {expected} (truncated or not the "
+                "original file). " + FIX_HINT.format(root=root, dataset=dataset)
             )
 
 
-def is_verified(root: str | os.PathLike) -> bool:
+def is_verified(root: str | os.PathLike, dataset: str = "mnist") -> bool:
     try:
-        verify_raw(root)
+        verify_raw(root, dataset)
         return True
     except DataError:
         return False
@@ -162,36 +216,38 @@ def _read_cache(cache: Path, stamp: str) -> tuple[torch.Tensor, torch.Tensor] | 
     return images, labels
 
 
-def _cached_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _cached_split(root: str | os.PathLike, split: str, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 1, 32, 32) uint8 images and (N,) int64 labels of one split, from the verified cache.
 
     The cache stores a SHA-256 of its tensors; one that does not match (edited, damaged, or from an older
-    version) is rebuilt from the md5-verified raw files, with a warning saying so."""
+    version) is rebuilt from the verified raw files, with a warning saying so."""
+    info = dataset_info(dataset)
     prefix = "train" if split == "train" else "t10k"
-    cache = Path(root) / "MNIST" / "cache" / f"{split}-{IMAGE_SIZE}px-v{CACHE_VERSION}.pt"
-    stamp = MNIST_MD5[f"{prefix}-images-idx3-ubyte"]
+    cache = Path(root) / info.folder / "cache" / f"{split}-{IMAGE_SIZE}px-v{CACHE_VERSION}.pt"
+    stamp = info.files[f"{prefix}-images-idx3-ubyte"][2]  # the digest of the raw images it was made from
     if cache.is_file():
         cached = _read_cache(cache, stamp)
         if not isinstance(cached, str):
             return cached
-        warnings.warn(f"MNIST cache {cache} is {cached}: rebuilding it from the verified raw files", stacklevel=3)
-    images = resize_uint8(read_idx(raw_dir(root) / f"{prefix}-images-idx3-ubyte"))
-    labels = torch.from_numpy(read_idx(raw_dir(root) / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+        warnings.warn(f"{info.title} cache {cache} is {cached}: rebuilding it from the verified raw files",
+                      stacklevel=3)
+    images = resize_uint8(read_idx(raw_dir(root, dataset) / f"{prefix}-images-idx3-ubyte"))
+    labels = torch.from_numpy(read_idx(raw_dir(root, dataset) / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
     atomic_torch_save({"images": images, "labels": labels, "source_md5": stamp,
                        "sha256": _tensor_digest(images, labels)}, cache)
     return images, labels
 
 
 class SplitNotLoaded(RuntimeError):
-    """An MNIST split was asked for that load_mnist(..., splits=...) did not load."""
+    """A split was asked for that load_dataset(..., splits=...) did not load."""
 
 
 @dataclass
 class MNIST:
-    """MNIST as tensors; a split that was not loaded is None.
+    """An MNIST-shaped data set as tensors (MNIST or Fashion-MNIST: ``dataset``); a split not loaded is None.
 
     train_u8: (N, 1, 32, 32) uint8, the 32x32-resized pixels 0..255 (a quarter of the float size; see train_x).
-    train_y, test_y: (N,) / (M,) int64 labels in 0..9.
+    train_y, test_y: (N,) / (M,) int64 labels in 0..9 (``classes`` names them).
     test_x: (M, 1, 32, 32) float32 in [-1, 1].
     """
 
@@ -199,6 +255,12 @@ class MNIST:
     train_y: torch.Tensor | None
     test_x: torch.Tensor | None
     test_y: torch.Tensor | None
+    dataset: str = "mnist"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, label k -> classes[k]."""
+        return class_names(self.dataset)
 
     @property
     def train_x(self) -> torch.Tensor:
@@ -209,7 +271,7 @@ class MNIST:
 
     def _train_u8(self) -> torch.Tensor:
         if self.train_u8 is None:
-            raise SplitNotLoaded("the training split was not loaded: use load_mnist(root, splits=(\"train\", "
+            raise SplitNotLoaded("the training split was not loaded: use load_dataset(dataset, root, splits=(\"train\", "
                                  "\"test\")) or splits=(\"train\",)")
         return self.train_u8
 
@@ -230,30 +292,39 @@ class MNIST:
             raise ValueError(f"n_val must be an integer in 1..{len(u8) - 1} (there are {len(u8)} training images), "
                              f"got {n_val!r}")
         cut = len(u8) - n_val
-        return (MNIST(u8[:cut], self.train_y[:cut], self.test_x, self.test_y), normalize(u8[cut:]),
+        return (MNIST(u8[:cut], self.train_y[:cut], self.test_x, self.test_y, self.dataset), normalize(u8[cut:]),
                 self.train_y[cut:])
 
     def __repr__(self) -> str:
         train = "not loaded" if self.train_u8 is None else f"{tuple(self.train_u8.shape)} uint8"
         test = "not loaded" if self.test_x is None else f"{tuple(self.test_x.shape)} float in [-1, 1]"
-        return f"MNIST(train={train}, test={test})"
+        return f"{dataset_info(self.dataset).title}(train={train}, test={test})"
 
 
-def load_mnist(root: str | os.PathLike = "data", *, splits: Sequence[str] = SPLITS, fetch: bool = True,
-               train_subset: int | None = None) -> MNIST:
-    """Verified MNIST, transformed as in the original report: training images as uint8, test images as floats.
+def load_mnist(root: str | os.PathLike = "data", **kwargs) -> MNIST:
+    """Verified MNIST: ``load_dataset("mnist", root, ...)`` (same keyword arguments)."""
+    return load_dataset("mnist", root, **kwargs)
+
+
+def load_dataset(dataset: str = "mnist", root: str | os.PathLike = "data", *, splits: Sequence[str] = SPLITS,
+                 fetch: bool = True, train_subset: int | None = None) -> MNIST:
+    """A verified data set of :data:`DATASETS` ("mnist", "fashion_mnist"), transformed as in the original report:
+    training images as uint8, test images as floats in [-1, 1].
 
     The Resize runs once per image and is cached (with a SHA-256 of the tensors, checked on every load) under
-    ``<root>/MNIST/cache``; later loads take about a second.
+    ``<root>/<folder>/cache``; later loads take about a second.
 
     Args:
+        dataset: "mnist" or "fashion_mnist".
         root: data directory.
         splits: the splits to load, any non-empty subset of ("train", "test"); the others are None.
-        fetch: fetch missing files first (:func:`advlib.download.fetch_mnist`); else a missing file raises DataError.
+        fetch: fetch missing files first (:func:`advlib.download.fetch_dataset`); else a missing file raises
+            DataError.
         train_subset: keep only the first n training images (for quick runs and tests).
     Raises:
-        ValueError: an unknown split or a bad train_subset. DataError: missing or damaged raw files.
+        ValueError: an unknown data set or split, or a bad train_subset. DataError: missing or damaged raw files.
     """
+    dataset_info(dataset)
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     if not splits or any(s not in SPLITS for s in splits):
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits!r}")
@@ -262,18 +333,18 @@ def load_mnist(root: str | os.PathLike = "data", *, splits: Sequence[str] = SPLI
     if train_subset is not None and "train" not in splits:
         raise ValueError(f"train_subset={train_subset} needs the training split: add \"train\" to splits={splits!r}")
     if fetch:
-        from advlib.download import fetch_mnist  # here, not at the top: `import advlib` must not import it
-        fetch_mnist(root, verbose=False)
-    verify_raw(root)
+        from advlib.download import fetch_dataset  # here, not at the top: `import advlib` must not import it
+        fetch_dataset(root, dataset, verbose=False)
+    verify_raw(root, dataset)
     train_u8 = train_y = test_x = test_y = None
     if "train" in splits:
-        train_u8, train_y = _cached_split(root, "train")
+        train_u8, train_y = _cached_split(root, "train", dataset)
         if train_subset is not None:
             train_u8, train_y = train_u8[:train_subset], train_y[:train_subset]
     if "test" in splits:
-        test_u8, test_y = _cached_split(root, "test")
+        test_u8, test_y = _cached_split(root, "test", dataset)
         test_x = normalize(test_u8)
-    return MNIST(train_u8, train_y, test_x, test_y)
+    return MNIST(train_u8, train_y, test_x, test_y, dataset)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,

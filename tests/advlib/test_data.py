@@ -1,17 +1,22 @@
 """advlib.data: the files are the originals, the tensors are what torchvision's pipeline makes, damage is refused.
 
-Fetching the files (advlib.download) is tested in tests/advlib/test_download.py."""
+Fashion-MNIST's checks and loading run on small IDX files made here, pinned in place of the real ones. Fetching the
+files (advlib.download) is tested in tests/advlib/test_download.py."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import struct
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import advlib.data as data_mod
-from advlib.data import MNIST, MNIST_MD5, DataError, SplitNotLoaded, batches, load_mnist, raw_dir, verify_raw
+from advlib.data import (MNIST, MNIST_MD5, DataError, SplitNotLoaded, batches, is_verified, load_dataset, load_mnist,
+                         raw_dir, verify_raw)
 
 # The published md5 sums of the uncompressed originals, copied independently of advlib.data.MNIST_MD5.
 ORIGINAL_MD5 = {
@@ -87,7 +92,8 @@ def test_train_x_is_a_fresh_float_copy_of_train_u8(full):
 def test_load_only_the_splits_asked_for(data_root, full, monkeypatch, splits):
     read = []
     real = data_mod._cached_split
-    monkeypatch.setattr(data_mod, "_cached_split", lambda root, split: read.append(split) or real(root, split))
+    monkeypatch.setattr(data_mod, "_cached_split",
+                        lambda root, split, *rest: read.append(split) or real(root, split, *rest))
     got = load_mnist(data_root, fetch=False, splits=splits)
     wanted = {splits} if isinstance(splits, str) else set(splits)
     assert set(read) == wanted  # the other split's cache is not even read
@@ -95,7 +101,7 @@ def test_load_only_the_splits_asked_for(data_root, full, monkeypatch, splits):
         assert torch.equal(got.train_u8, full.train_u8) and torch.equal(got.train_y, full.train_y)
     else:
         assert got.train_u8 is None and got.train_y is None
-        with pytest.raises(SplitNotLoaded, match=r"load_mnist\(root, splits="):
+        with pytest.raises(SplitNotLoaded, match=r"load_dataset\(dataset, root, splits="):
             got.train_x
         with pytest.raises(SplitNotLoaded, match="splits="):
             got.split_validation()
@@ -269,6 +275,169 @@ def test_missing_file_is_refused_with_fix(raw_copy, name):
 def test_empty_root_is_refused(tmp_path):
     with pytest.raises(DataError, match="missing"):
         verify_raw(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST, on small IDX files written here and pinned in place of the real ones (data/ is never read)
+
+FASHION_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+SMALL_TRAIN_Y = [0, 1, 2, 3, 4, 5]
+SMALL_TEST_Y = [9, 0, 1, 2]
+
+
+def small_fashion_files() -> dict[str, bytes]:
+    """Four small IDX files (6 training and 4 test images of 28x28 uint8), with the real headers' layout."""
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return struct.pack(">IIII", 0x00000803, n, 28, 28) + rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes()
+
+    def labels(ys):
+        return struct.pack(">II", 0x00000801, len(ys)) + bytes(ys)
+
+    return dict(zip(FASHION_NAMES, (images(len(SMALL_TRAIN_Y)), labels(SMALL_TRAIN_Y), images(len(SMALL_TEST_Y)),
+                                    labels(SMALL_TEST_Y))))
+
+
+def pin_small_fashion(monkeypatch, files: dict[str, bytes]) -> None:
+    """Make ``files`` the pinned Fashion-MNIST files: their size and SHA-256, as the real entry pins the real ones."""
+    real = data_mod.DATASETS["fashion_mnist"]
+    assert list(real.files) == list(files) and {v[1] for v in real.files.values()} == {"sha256"}
+    pinned = {name: (len(b), "sha256", hashlib.sha256(b).hexdigest()) for name, b in files.items()}
+    monkeypatch.setitem(data_mod.DATASETS, "fashion_mnist", dataclasses.replace(real, files=pinned))
+
+
+@pytest.fixture
+def small_fashion(tmp_path, monkeypatch) -> Path:
+    """A data root in tmp_path whose FashionMNIST/raw holds the small files, pinned (size + SHA-256)."""
+    files = small_fashion_files()
+    pin_small_fashion(monkeypatch, files)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, payload in files.items():
+        (raw / name).write_bytes(payload)
+    return tmp_path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under root (what a check must not change)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fashion_small_files_are_accepted(small_fashion):
+    """The control for the refusals below: the pinned small files verify, and verifying writes nothing."""
+    before = _tree(small_fashion)
+    verify_raw(small_fashion, "fashion_mnist")
+    assert is_verified(small_fashion, "fashion_mnist") and not is_verified(small_fashion, "mnist")
+    assert raw_dir(small_fashion, "fashion_mnist") == small_fashion / "FashionMNIST" / "raw"
+    assert _tree(small_fashion) == before
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_fashion_truncated_file_is_refused_by_size_before_hashing(small_fashion, monkeypatch, name):
+    """A truncated file is refused on its size (both sizes and the fix, with --dataset fashion_mnist, in the
+    message), without hashing it (the real training images are 47 MB)."""
+    path = raw_dir(small_fashion, "fashion_mnist") / name
+    full_size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: full_size // 2])
+    before = _tree(small_fashion)
+    hashed = []
+    real_hash = data_mod.hash_file
+    monkeypatch.setattr(data_mod, "hash_file", lambda p, alg: hashed.append(Path(p).name) or real_hash(p, alg))
+    with pytest.raises(DataError) as info:
+        verify_raw(small_fashion, "fashion_mnist")
+    message = str(info.value)
+    assert "Fashion-MNIST" in message and name in message
+    assert f"has {full_size // 2:,} bytes, expected {full_size:,}" in message
+    assert f"python -m advlib.download --root {small_fashion} --dataset fashion_mnist" in message
+    assert name not in hashed
+    assert _tree(small_fashion) == before  # nothing written, nothing removed
+
+
+def test_fashion_tampered_file_of_the_right_size_is_refused_by_sha256(small_fashion):
+    """One changed byte, same size: refused on its SHA-256, with the fix in the message."""
+    path = raw_dir(small_fashion, "fashion_mnist") / "t10k-images-idx3-ubyte"
+    payload = bytearray(path.read_bytes())
+    payload[16 + 28 * 14] ^= 0x01
+    path.write_bytes(bytes(payload))
+    before = _tree(small_fashion)
+    for call in (lambda: verify_raw(small_fashion, "fashion_mnist"),
+                 lambda: load_dataset("fashion_mnist", small_fashion, fetch=False)):
+        with pytest.raises(DataError) as info:
+            call()
+        message = str(info.value)
+        assert "t10k-images-idx3-ubyte" in message and "has sha256 " in message
+        assert "--dataset fashion_mnist" in message
+    assert _tree(small_fashion) == before  # no cache was built from the bad file
+
+
+@pytest.mark.parametrize("name", FASHION_NAMES)
+def test_fashion_missing_file_is_refused(small_fashion, name):
+    """A missing file is named, with the command that fetches it."""
+    (raw_dir(small_fashion, "fashion_mnist") / name).unlink()
+    before = _tree(small_fashion)
+    with pytest.raises(DataError) as info:
+        verify_raw(small_fashion, "fashion_mnist")
+    message = str(info.value)
+    assert "Fashion-MNIST file missing" in message and name in message
+    assert "--dataset fashion_mnist" in message
+    assert _tree(small_fashion) == before
+
+
+def test_load_dataset_fashion_small_files(small_fashion):
+    """load_dataset("fashion_mnist") on the small files: shapes, labels, class names, the cache under
+    FashionMNIST/cache, and the pixels torchvision's FashionMNIST pipeline gives."""
+    import torchvision
+    from torchvision import transforms
+
+    got = load_dataset("fashion_mnist", small_fashion, fetch=False)
+    assert got.dataset == "fashion_mnist" and "Fashion-MNIST" in repr(got)
+    assert got.classes[0] == "T-shirt/top" and got.classes[9] == "Ankle boot" and len(got.classes) == 10
+    assert got.train_u8.shape == (6, 1, 32, 32) and got.train_u8.dtype == torch.uint8
+    assert got.test_x.shape == (4, 1, 32, 32) and got.test_x.dtype == torch.float32
+    assert got.test_x.min().item() >= -1.0 and got.test_x.max().item() <= 1.0
+    assert got.train_y.tolist() == SMALL_TRAIN_Y and got.test_y.tolist() == SMALL_TEST_Y
+    assert got.train_y.dtype == torch.int64
+    cache = small_fashion / "FashionMNIST" / "cache"
+    assert sorted(p.name for p in cache.iterdir()) == ["test-32px-v1.pt", "train-32px-v1.pt"]
+    assert not (small_fashion / "MNIST").exists()
+    pipeline = transforms.Compose([transforms.Resize(32), transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    ds = torchvision.datasets.FashionMNIST(str(small_fashion), train=False, download=False, transform=pipeline)
+    for i in range(len(ds)):
+        img, label = ds[i]
+        assert torch.equal(img.unsqueeze(0), got.test_x[i : i + 1]) and label == got.test_y[i].item()
+    # the second load reads the cache (no warning, not rewritten) and gives the same tensors
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load_dataset("fashion_mnist", small_fashion, fetch=False, splits=("train",), train_subset=2)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    assert torch.equal(again.train_u8, got.train_u8[:2]) and again.test_x is None
+
+
+@pytest.mark.parametrize("call", [lambda root: load_dataset("kmnist", root, fetch=False),
+                                  lambda root: load_dataset("kmnist", root),
+                                  lambda root: verify_raw(root, "FashionMNIST"),
+                                  lambda root: data_mod.class_names("fashion")],
+                         ids=["load", "load-fetch", "verify", "class_names"])
+def test_unknown_dataset_is_refused_naming_the_known_ones(tmp_path, call):
+    """An unknown data set name is a ValueError that lists the known names, before anything is fetched or written."""
+    with pytest.raises(ValueError, match=r"unknown dataset '\w+': use one of 'mnist', 'fashion_mnist'"):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_fashion_mnist_test_split(data_root):
+    """The real Fashion-MNIST test split (data/, where verified): 10,000 images, each class 1,000 times."""
+    if not is_verified(data_root, "fashion_mnist"):
+        pytest.skip(f"no verified Fashion-MNIST in {data_root} (python -m advlib.download --root data "
+                    "--dataset fashion_mnist)")
+    got = load_dataset("fashion_mnist", data_root, fetch=False, splits=("test",))
+    assert got.test_x.shape == (10000, 1, 32, 32) and got.test_y.shape == (10000,)
+    assert got.test_x.min().item() == -1.0 and got.test_x.max().item() == 1.0
+    assert torch.bincount(got.test_y, minlength=10).tolist() == [1000] * 10
+    assert got.train_u8 is None and got.classes[0] == "T-shirt/top"
 
 
 # ---------------------------------------------------------------------------------------------------------------
