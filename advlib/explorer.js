@@ -3,6 +3,9 @@
   var data = JSON.parse(root.querySelector("script.advlib-explorer-data").textContent);
   var input = root.querySelector(".advlib-explorer-slider input");
   var readout = root.querySelector(".advlib-explorer-readout");
+  var names = data.classes;  // class names, label k -> names[k]; absent: labels are shown as numbers
+  function name(k) { return names ? names[k] : k; }
+  function esc(s) { return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
   function q(sel) { return root.querySelector(sel); }
   function all(sel) { return root.querySelectorAll(sel); }
   function show(i) {
@@ -14,16 +17,17 @@
     q(".advlib-v-acc").textContent = f.adv_accuracy.toFixed(2) + "%";
     q(".advlib-v-asr").textContent = f.asr.toFixed(2) + "%";
     q(".advlib-v-preds").textContent = f.preds.map(function (p, k) {
-      return p + " (" + f.confidences[k].toFixed(0) + "%)"; }).join(" · ");
+      return name(p) + " (" + f.confidences[k].toFixed(0) + "%)"; }).join(" · ");
     var adv = all("img.advlib-explorer-adv"), pert = all("img.advlib-explorer-pert");
     var caps = all(".advlib-explorer-caption");
     f.preds.forEach(function (p, k) {
       var t = data.labels[k], c = f.confidences[k].toFixed(0);
       adv[k].src = f.adversarial[k];
-      adv[k].alt = "FGSM image at ε = " + e + ", true " + t + ", predicted " + p + " (" + c + "%)";
+      adv[k].alt = "FGSM image at ε = " + e + ", true " + name(t) + ", predicted " + name(p) + " (" + c + "%)";
       pert[k].src = f.perturbation[k];
-      pert[k].alt = "perturbation x_adv − x of the digit " + t + " at ε = " + e;
-      caps[k].innerHTML = "true " + t + " →<br><b>" + p + "</b> (" + c + "%)";
+      pert[k].alt = "perturbation x_adv − x of the image with true label " + name(t) + " at ε = " + e;
+      caps[k].innerHTML = names ? "true " + esc(name(t)) + "<br>→ <b>" + esc(name(p)) + "</b> (" + c + "%)"
+                                : "true " + t + " →<br><b>" + p + "</b> (" + c + "%)";
       caps[k].classList.toggle("advlib-explorer-wrong", p !== t);
     });
     var m = q(".advlib-explorer-marker");

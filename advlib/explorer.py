@@ -1,4 +1,4 @@
-"""The eps slider: drag eps, watch a handful of digits and the whole set's adversarial accuracy change.
+"""The eps slider: drag eps, watch a handful of images and the whole set's adversarial accuracy change.
 
 :class:`EpsExplorer` holds the numbers. Construction computes the FGSM direction sign(grad_x loss) once for all
 images (one backward pass) and the adversarial accuracy of the whole set at every slider position (forward passes
@@ -17,7 +17,9 @@ figure (:data:`advlib.viz.PERTURBATION_LIMIT`), stated under the images.
 
 eps is in normalized units (images in [-1, 1], the study's :data:`advlib.data.BOUNDS`, the default ``bounds``);
 every view also gives [0, 1] pixel units. Images in another range need ``bounds=(low, high)`` (then eps is in their
-units; the views still label eps as the study's normalized units).
+units; the views still label eps as the study's normalized units). Labels are shown as numbers, or as class names
+with ``classes`` (:func:`advlib.data.class_names`, e.g. Fashion-MNIST's "Ankle boot"); MNIST's names "0".."9"
+change nothing (:func:`advlib.viz.check_classes`).
 
 The HTML views' style and the standalone page's script are package data beside this module, ``explorer.css`` and
 ``explorer.js``, read at import.
@@ -25,6 +27,7 @@ The HTML views' style and the standalone page's script are package data beside t
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -86,17 +89,21 @@ class EpsExplorer:
         n_show: how many of the first images the views display.
         eps_max, eps_step: slider range and resolution, normalized units.
         initial_eps: where the slider starts.
+        classes: the class names every view shows for the labels (label k -> classes[k], e.g.
+            :func:`advlib.data.class_names`); None (or "0".."9") shows the label numbers.
 
     Attributes: ``eps_grid`` (the slider's eps, normalized), ``accuracy_curve`` (adversarial accuracy in percent
-    of all N images at each), ``current`` (the state the live widget shows).
+    of all N images at each), ``current`` (the state the live widget shows), ``classes`` (the names shown, None for
+    the label numbers).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_show: int = 8,
                  eps_max: float = 0.3, eps_step: float = 0.005, initial_eps: float = 0.15, progress: bool = True,
-                 cache=None, bounds: tuple[float, float] = BOUNDS):
+                 cache=None, bounds: tuple[float, float] = BOUNDS, classes=None):
         self.bounds = check_batch(x, y, bounds=bounds)
         if not 1 <= n_show <= len(x):
             raise ValueError(f"n_show must lie in 1..{len(x)}, got {n_show}")
+        self.classes = viz.check_classes(classes, y)  # predictions: checked when shown
         self.model, self.x, self.y, self.n_show = model, x, y, n_show
         self.eps_grid = _grid(eps_max, eps_step)  # starts at 0: the clean predictions
         self.eps_step = eps_step
@@ -159,7 +166,8 @@ class EpsExplorer:
 
 def static_figure(explorer: EpsExplorer, state: dict | None = None):
     """A matplotlib Figure of the state (default: the current one): Figure 5's grid over the accuracy curve."""
-    return viz.plot_explorer(state or explorer.current, explorer.eps_grid, explorer.accuracy_curve)
+    return viz.plot_explorer(state or explorer.current, explorer.eps_grid, explorer.accuracy_curve,
+                             classes=explorer.classes)
 
 
 def static_png(explorer: EpsExplorer, state: dict | None = None) -> bytes:
@@ -239,33 +247,56 @@ def _curve_svg(explorer: EpsExplorer, state: dict) -> str:
             f'transform="rotate(-90 12 {(y0 + y100) / 2})">accuracy (%)</text></svg>')
 
 
-def _alt(kind: str, label: int, eps: float, pred: int | None = None, conf: float | None = None) -> str:
+def _name(explorer: EpsExplorer, label: int) -> str:
+    """A label as the views show it: its class name (HTML-escaped), or its number."""
+    return html.escape(viz.class_label(label, explorer.classes))
+
+
+def _alt(kind: str, label: str, eps: float, pred: str | None = None, conf: float | None = None) -> str:
+    """An image's alt text; label and pred as shown (:func:`_name`). The page's script writes the same words."""
     if kind == "original":
-        return f"original digit, true label {label}"
+        return f"original image, true label {label}"
     if kind == "adversarial":
         return f"FGSM image at ε = {eps:.3f}, true {label}, predicted {pred} ({conf:.0f}%)"
-    return f"perturbation x_adv − x of the digit {label} at ε = {eps:.3f}"
+    return f"perturbation x_adv − x of the image with true label {label} at ε = {eps:.3f}"
+
+
+# With class names, a caption breaks after the true class ("true Ankle boot" over "→ Sneaker (87%)") and, in bold
+# when wrong, takes up to five lines in its 76px column: the captions get a smaller font and the room, the row
+# legend's matching cell the same height. The standalone page's script breaks its captions the same way.
+_NAMES_CAPTION_STYLE = ' style="height:72px;font-size:11px;line-height:14px"'
+_NAMES_CAPROW_STYLE = ' style="height:72px"'
+
+
+def _caption(explorer: EpsExplorer, t: int, p: int, c: float) -> str:
+    if explorer.classes is None:
+        return f"true {t} →<br><b>{p}</b> ({c:.0f}%)"
+    return f"true {_name(explorer, t)}<br>→ <b>{_name(explorer, p)}</b> ({c:.0f}%)"
 
 
 def panel_html(explorer: EpsExplorer, state: dict) -> str:
-    """The explorer at one state as HTML: status line, predictions, the shown digits (original, adversarial with
+    """The explorer at one state as HTML: status line, predictions, the shown images (original, adversarial with
     its prediction, perturbation), the colour scale and the accuracy curve with the slider's marker. Both the live
-    widget and the standalone page show exactly this markup; the standalone page's script rewrites its values."""
+    widget and the standalone page show exactly this markup; the standalone page's script rewrites its values.
+    Labels are the explorer's class names where it has them."""
     f = frame(explorer, state)
     e = state["eps"]
-    preds = " · ".join(f"{p} ({c:.0f}%)" for p, c in zip(state["preds"], state["confidences"]))
+    name = functools.partial(_name, explorer)
+    tall, tall_row = ("", "") if explorer.classes is None else (_NAMES_CAPTION_STYLE, _NAMES_CAPROW_STYLE)
+    preds = " · ".join(f"{name(p)} ({c:.0f}%)" for p, c in zip(state["preds"], state["confidences"]))
     cards = ['<div class="advlib-explorer-rows" aria-hidden="true"><span>original</span><span>FGSM adversarial</span>'
-             '<span class="advlib-explorer-caprow">true → predicted<br>(confidence)</span><span>perturbation</span>'
-             '</div>']
+             f'<span class="advlib-explorer-caprow"{tall_row}>true → predicted<br>(confidence)</span>'
+             '<span>perturbation</span></div>']
     for j, (t, p, c) in enumerate(zip(state["labels"], state["preds"], state["confidences"])):
         orig = png_uri(_grey(state["x"][j]))
         wrong = " advlib-explorer-wrong" if p != t else ""
         cards.append(
             f'<div class="advlib-explorer-digit">'
-            f'<img src="{orig}" alt="{_alt("original", t, e)}"/>'
-            f'<img class="advlib-explorer-adv" src="{f["adversarial"][j]}" alt="{_alt("adversarial", t, e, p, c)}"/>'
-            f'<div class="advlib-explorer-caption{wrong}">true {t} →<br><b>{p}</b> ({c:.0f}%)</div>'
-            f'<img class="advlib-explorer-pert" src="{f["perturbation"][j]}" alt="{_alt("perturbation", t, e)}"/>'
+            f'<img src="{orig}" alt="{_alt("original", name(t), e)}"/>'
+            f'<img class="advlib-explorer-adv" src="{f["adversarial"][j]}" '
+            f'alt="{_alt("adversarial", name(t), e, name(p), c)}"/>'
+            f'<div class="advlib-explorer-caption{wrong}"{tall}>{_caption(explorer, t, p, c)}</div>'
+            f'<img class="advlib-explorer-pert" src="{f["perturbation"][j]}" alt="{_alt("perturbation", name(t), e)}"/>'
             f'</div>')
     limit = viz.PERTURBATION_LIMIT
     return (f'<div class="advlib-explorer-status">ε = <b class="advlib-v-eps">{e:.3f}</b> normalized (= '
@@ -311,10 +342,14 @@ def live_widget(explorer: EpsExplorer):
 
 def standalone_data(explorer: EpsExplorer) -> dict:
     """Every slider position as JSON-ready data: ``eps_grid``, ``initial`` (index of the current state),
-    ``n``, ``labels`` and ``frames`` (one :func:`frame` per grid eps, equal to ``explorer.state(eps)``'s numbers)."""
-    return {"eps_grid": explorer.eps_grid, "initial": explorer.snap(explorer.current["eps"]),
+    ``n``, ``labels`` and ``frames`` (one :func:`frame` per grid eps, equal to ``explorer.state(eps)``'s numbers);
+    with class names also ``classes`` (label k -> classes[k]), which the page shows instead of the numbers."""
+    data = {"eps_grid": explorer.eps_grid, "initial": explorer.snap(explorer.current["eps"]),
             "n": len(explorer.x), "labels": explorer.current["labels"],
             "frames": [frame(explorer, explorer.state(e)) for e in explorer.eps_grid]}
+    if explorer.classes is not None:
+        data["classes"] = list(explorer.classes)
+    return data
 
 
 def standalone_html(explorer: EpsExplorer) -> str:

@@ -13,6 +13,10 @@ Conventions:
   (eps_pixel = eps * 0.5, :func:`advlib.attacks.to_pixel_eps`).
 - Rates are percentages (0..100). A rate is a dict ``{"value", "ci_low", "ci_high", ...}`` as made by
   :func:`advlib.metrics.rate`; its 95% Wilson interval is drawn as error bars or a shaded band (:func:`rate_curve`).
+- Labels are ints 0..C-1. A figure that shows labels takes ``classes`` (label k -> classes[k], e.g.
+  :func:`advlib.data.class_names`); None, or names that are just the label numbers ("0".."9", MNIST's), draw the
+  numbers exactly as without names (:func:`check_classes`). Names longer than :data:`SHORT_NAME` characters
+  (Fashion-MNIST's "Ankle boot") put the image titles on two lines in a smaller font (:func:`prediction_title`).
 - Colours: clean = green, adversarial = red, adversarially trained (robust) model = blue, standard model = orange.
 - The perturbation x_adv - x has one colour scale everywhere (the image grid, the explorer's picture and its HTML
   views): :data:`PERTURBATION_CMAP` from -:data:`PERTURBATION_LIMIT` to +:data:`PERTURBATION_LIMIT`, stated on the
@@ -50,6 +54,11 @@ CI_NOTE = "95% Wilson interval"
 # image clamps at -1 or 1), so at every eps from this limit up the picture shows the sign pattern at full colour.
 PERTURBATION_LIMIT = 0.1  # normalized units (= 0.05 in [0, 1] pixel units): the colours saturate here
 PERTURBATION_CMAP = "RdBu_r"  # white = unchanged, red = brighter, blue = darker
+
+# Class names up to this many characters fit an image title on one line ("true 10 → pred 12"); longer ones wrap.
+SHORT_NAME = 2
+NAME_FONTSIZE = 10  # image titles with class names (two lines)
+NAME_TITLE_HEIGHT = 0.2  # inches a two-line image title adds to a row of images
 
 # Sizes chosen for figures about 10-13 inches wide saved at dpi=150: text stays legible when the PNG is shown
 # at half size in a report.
@@ -219,6 +228,43 @@ def check_images(x: Any, name: str) -> np.ndarray:
     return a
 
 
+def check_classes(classes: Sequence[str] | None, *labels: Any) -> tuple[str, ...] | None:
+    """The class names to show (label k -> classes[k]) as a tuple of str, checked to name every one of labels (int
+    arrays); None when classes is None or names each label by its own number ("0", "1", ..., MNIST's
+    :func:`advlib.data.class_names`): the figures then draw the numbers, exactly as without classes."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (Sequence, np.ndarray)):
+        raise ValueError(f"classes must be a sequence of names, label k -> classes[k] (e.g. "
+                         f"advlib.data.class_names('fashion_mnist')), got {type(classes).__name__} {classes!r:.40}")
+    names = tuple(str(c) for c in classes)
+    if not names:
+        raise ValueError("classes is empty: pass one name per class, or None to show the label numbers")
+    for a in labels:
+        a = to_numpy(a).astype(int).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= len(names)):
+            raise ValueError(f"labels {sorted({int(v) for v in a if not 0 <= v < len(names)})} have no name: classes "
+                             f"names {len(names)} classes (0..{len(names) - 1}); pass one name per class")
+    if all(n == str(k) for k, n in enumerate(names)):
+        return None
+    return names
+
+
+def class_label(label: int, classes: Sequence[str] | None = None) -> str:
+    """How a label is shown: classes[label], or the number without classes."""
+    if classes is None:
+        return str(int(label))
+    if not 0 <= int(label) < len(classes):
+        raise ValueError(f"label {int(label)} has no name: classes names {len(classes)} classes; pass one name per "
+                         "class the model predicts")
+    return str(classes[int(label)])
+
+
+def long_names(classes: Sequence[str] | None) -> bool:
+    """Whether class names are too long for one-line image titles (over :data:`SHORT_NAME` characters)."""
+    return classes is not None and max(len(str(c)) for c in classes) > SHORT_NAME
+
+
 def check_labels(a: Any, k: int, name: str) -> np.ndarray:
     """(k,) int labels, one per image."""
     out = to_numpy(a).astype(int).reshape(-1)
@@ -238,24 +284,30 @@ def show_image(ax, img: np.ndarray, **kwargs):
     return im
 
 
-def prediction_title(ax, true: int, pred: int, arrow: bool = True) -> None:
-    """Title an image 'true t → pred p' ('true t / pred p' without arrow), in bold red when p != t."""
+def prediction_title(ax, true: int, pred: int, arrow: bool = True, classes: Sequence[str] | None = None) -> None:
+    """Title an image 'true t → pred p' ('true t / pred p' without arrow), in bold red when p != t. With classes,
+    t and p are class names; names longer than :data:`SHORT_NAME` characters take two lines ('true t' over
+    '→ pred p', or 'pred p' without arrow) in a smaller font."""
     wrong = int(true) != int(pred)
-    text = f"true {true} → pred {pred}" if arrow else f"true {true} / pred {pred}"
-    ax.set_title(text, color=ADV if wrong else "black", fontweight="bold" if wrong else "normal", fontsize=11)
+    t, p = class_label(true, classes), class_label(pred, classes)
+    if long_names(classes):
+        text, size = (f"true {t}\n→ pred {p}" if arrow else f"true {t}\npred {p}"), NAME_FONTSIZE
+    else:
+        text, size = (f"true {t} → pred {p}" if arrow else f"true {t} / pred {p}"), 11
+    ax.set_title(text, color=ADV if wrong else "black", fontweight="bold" if wrong else "normal", fontsize=size)
 
 
 def _image_grid(fig, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
-                pred_adv: np.ndarray) -> None:
+                pred_adv: np.ndarray, classes: tuple[str, ...] | None = None) -> None:
     """Originals, adversarial images and perturbation (shared colour scale, colour bar) as 3 rows of fig (a Figure
-    or SubFigure). Arguments as checked by :func:`plot_image_grid`."""
+    or SubFigure). Arguments as checked by :func:`_grid_inputs`."""
     k = len(x)
     axes = fig.subplots(3, k, squeeze=False)
     for j in range(k):
         show_image(axes[0, j], x[j])
-        prediction_title(axes[0, j], y[j], pred_clean[j])
+        prediction_title(axes[0, j], y[j], pred_clean[j], classes=classes)
         show_image(axes[1, j], x_adv[j])
-        prediction_title(axes[1, j], y[j], pred_adv[j])
+        prediction_title(axes[1, j], y[j], pred_adv[j], classes=classes)
         im = show_image(axes[2, j], x_adv[j] - x[j], cmap=PERTURBATION_CMAP, vmin=-PERTURBATION_LIMIT,
                         vmax=PERTURBATION_LIMIT)
     for row, text in enumerate(("original", "FGSM adversarial", "perturbation")):
@@ -264,13 +316,20 @@ def _image_grid(fig, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean
     cbar.set_label(perturbation_label().replace("; ", "\n"), fontsize=10)
 
 
-def _grid_inputs(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any) -> tuple[np.ndarray, ...]:
+def _grid_inputs(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any,
+                 classes: Sequence[str] | None = None) -> tuple:
+    """x, x_adv (K, H, W), y, pred_clean, pred_adv (K,) ints and the class names (:func:`check_classes`), checked."""
     x, x_adv = check_images(x, "x"), check_images(x_adv, "x_adv")
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
     k = len(x)
-    return (x, x_adv, *(check_labels(a, k, n) for a, n in ((y, "y"), (pred_clean, "pred_clean"),
-                                                           (pred_adv, "pred_adv"))))
+    labels = [check_labels(a, k, n) for a, n in ((y, "y"), (pred_clean, "pred_clean"), (pred_adv, "pred_adv"))]
+    return (x, x_adv, *labels, check_classes(classes, *labels))
+
+
+def _grid_height(height: float, classes: tuple[str, ...] | None) -> float:
+    """A figure height with room for two-line titles on the grid's two titled rows when the names are long."""
+    return height + 2 * NAME_TITLE_HEIGHT if long_names(classes) else height
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,26 +338,29 @@ def _grid_inputs(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any) -> 
 
 @styled
 def plot_image_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, eps: float, *,
-                    title: str = "FGSM adversarial examples") -> Figure:
+                    title: str = "FGSM adversarial examples", classes: Sequence[str] | None = None) -> Figure:
     """Originals (top), FGSM images (middle), perturbation x_adv - x (bottom), titled ``"{title}, {eps}"``.
 
     Args:
         x, x_adv: (K, 1, 32, 32) images in [-1, 1] (tensors or arrays, any device).
-        y, pred_clean, pred_adv: (K,) int labels 0..9. Wrong predictions get red titles.
+        y, pred_clean, pred_adv: (K,) int labels 0..C-1. Wrong predictions get red titles.
         eps: the attack's eps, normalized units.
+        classes: the C class names the titles show (label k -> classes[k], :func:`advlib.data.class_names`);
+            None (or "0".."9") shows the label numbers.
     The perturbation is drawn on the shared diverging scale (:data:`PERTURBATION_LIMIT`, white = unchanged, red =
     brighter, blue = darker), labelled on its colour bar.
     """
-    x, x_adv, y, pred_clean, pred_adv = _grid_inputs(x, x_adv, y, pred_clean, pred_adv)
-    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, 6.6), layout="constrained")
-    _image_grid(fig, x, x_adv, y, pred_clean, pred_adv)
+    x, x_adv, y, pred_clean, pred_adv, classes = _grid_inputs(x, x_adv, y, pred_clean, pred_adv, classes)
+    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, _grid_height(6.6, classes)), layout="constrained")
+    _image_grid(fig, x, x_adv, y, pred_clean, pred_adv, classes)
     fig.suptitle(f"{title}, {eps_text(eps)}\n"
                  "red titles: misclassified")
     return fig
 
 
 @styled
-def plot_explorer(state: Mapping, curve_eps: Sequence[float], curve_accuracy: Sequence[float]) -> Figure:
+def plot_explorer(state: Mapping, curve_eps: Sequence[float], curve_accuracy: Sequence[float], *,
+                  classes: Sequence[str] | None = None) -> Figure:
     """The eps explorer at one slider position: :func:`plot_image_grid`'s grid over the accuracy curve with a marker.
 
     Args:
@@ -307,12 +369,14 @@ def plot_explorer(state: Mapping, curve_eps: Sequence[float], curve_accuracy: Se
             (percent) and ``n`` (images behind the accuracy).
         curve_eps, curve_accuracy: the slider's eps grid (normalized, starting at 0) and the adversarial accuracy
             (percent) there.
+        classes: the class names the image titles show, as in :func:`plot_image_grid`.
     """
-    x, x_adv, y, pred_clean, pred_adv = _grid_inputs(state["x"], state["x_adv"], state["labels"],
-                                                     state["clean_preds"], state["preds"])
-    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, 10.5), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1.15])
-    _image_grid(top, x, x_adv, y, pred_clean, pred_adv)
+    x, x_adv, y, pred_clean, pred_adv, classes = _grid_inputs(state["x"], state["x_adv"], state["labels"],
+                                                              state["clean_preds"], state["preds"], classes)
+    extra = _grid_height(0, classes)
+    fig = plt.figure(figsize=(1.7 * len(x) + 1.5, 10.5 + extra), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2 + extra * 3.15 / 10.5, 1.15])  # the curve keeps its height
+    _image_grid(top, x, x_adv, y, pred_clean, pred_adv, classes)
     ax = bottom.subplots()
     ax.plot(curve_eps, curve_accuracy, color=ADV, linewidth=2, label="adversarial accuracy (FGSM)")
     ax.axhline(curve_accuracy[0], color=CLEAN, linestyle="--", linewidth=1, label="clean accuracy (ε = 0)")

@@ -7,7 +7,8 @@ Every function takes plain data (lists, dicts, numpy arrays or torch tensors) an
 it never shows or saves (:func:`advlib.viz.save_figure` does). eps is in *normalized* units (images in [-1, 1]),
 as in the original report; every eps axis says so (:data:`advlib.viz.NORMALIZED_EPS_LABEL`) and carries a
 secondary top axis in [0, 1] pixel units. Rates are percentages with their 95% Wilson interval
-(:func:`advlib.metrics.rate`).
+(:func:`advlib.metrics.rate`). The figures that show labels take ``classes``, the class names
+(:func:`advlib.data.class_names`); without them, or with MNIST's "0".."9", they show the label numbers.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from advlib import viz
-from advlib.viz import (ADV, CI_NOTE, CLEAN, LOSS, NEUTRAL, NORMALIZED_EPS_LABEL, asymmetric_yerr, check_images,
-                        check_labels, check_rows, eps_text, label_eps_axis, legend_with_band, log_y, prediction_title,
-                        rate_arrays, rate_curve, short_number, show_image, styled, to_numpy)
+from advlib.viz import (ADV, CI_NOTE, CLEAN, LOSS, NAME_TITLE_HEIGHT, NEUTRAL, NORMALIZED_EPS_LABEL, asymmetric_yerr,
+                        check_classes, check_images, check_labels, check_rows, eps_text, label_eps_axis,
+                        legend_with_band, log_y, long_names, prediction_title, rate_arrays, rate_curve, short_number,
+                        show_image, styled, to_numpy)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,11 +156,13 @@ def plot_eps_vs_asr(rows: Sequence[Mapping]) -> Figure:
     return fig
 
 
-def plot_image_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, eps: float) -> Figure:
+def plot_image_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, eps: float, *,
+                    classes: Sequence[str] | None = None) -> Figure:
     """Figure 5 (graph5): :func:`advlib.viz.plot_image_grid` (originals, FGSM images, perturbation x_adv - x)
     under the report's figure number. Arguments as there: (K, 1, 32, 32) images in [-1, 1], (K,) int labels, eps
-    normalized."""
-    return viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps, title="Figure 5: FGSM adversarial examples")
+    normalized, classes the class names the titles show (None: the label numbers)."""
+    return viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, eps, title="Figure 5: FGSM adversarial examples",
+                               classes=classes)
 
 
 @styled
@@ -222,13 +226,16 @@ def plot_training_curves(history: Mapping) -> Figure:
 
 
 @styled
-def plot_confusion_matrices(cm_clean: Any, cm_adv: Any, eps: float) -> Figure:
+def plot_confusion_matrices(cm_clean: Any, cm_adv: Any, eps: float, *, classes: Sequence[str] | None = None) -> Figure:
     """Figure 7 (graph7): clean and FGSM confusion matrices side by side, counts annotated (blank = 0).
 
     Args:
-        cm_clean, cm_adv: (10, 10) int counts, element (i, j) = images of true label i predicted as j
-            (:func:`advlib.metrics.confusion_matrix`).
+        cm_clean, cm_adv: (C, C) int counts (C = 10 in the study), element (i, j) = images of true label i
+            predicted as j (:func:`advlib.metrics.confusion_matrix`).
         eps: the attack's eps, normalized units.
+        classes: the C class names for the tick labels (label k -> classes[k]); None (or "0".."9"): the label
+            numbers. Names longer than :data:`advlib.viz.SHORT_NAME` characters are set smaller, the column names
+            rotated by 45°.
     """
     import seaborn as sns
 
@@ -236,17 +243,29 @@ def plot_confusion_matrices(cm_clean: Any, cm_adv: Any, eps: float) -> Figure:
     for m, name in zip(mats, ("cm_clean", "cm_adv")):
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise ValueError(f"{name} must be a square (C, C) count matrix, got shape {m.shape}")
-    fig, axes = plt.subplots(1, 2, figsize=(16, 7), layout="constrained")
+    if mats[0].shape != mats[1].shape:
+        raise ValueError(f"cm_clean and cm_adv must count the same classes, got shapes {mats[0].shape} and "
+                         f"{mats[1].shape}")
+    names = check_classes(classes)  # a sequence of names, or None for the numbers
+    if classes is not None and len(classes) != len(mats[0]):
+        raise ValueError(f"classes names {len(classes)} classes, the matrices count {len(mats[0])}: pass one name "
+                         "per row of the matrix")
+    classes = names
+    ticks = {} if classes is None else {"xticklabels": list(classes), "yticklabels": list(classes)}
+    fig, axes = plt.subplots(1, 2, figsize=(16, 7.8 if long_names(classes) else 7), layout="constrained")
     titles = ["Clean", f"FGSM {eps_text(eps, short=True)}"]
     for ax, m, title, cmap in zip(axes, mats, titles, ("Greens", "Reds")):
         annot = np.where(m > 0, m.astype(str), "")
         sns.heatmap(m, ax=ax, annot=annot, fmt="", cmap=cmap, vmin=0, square=True, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": "images", "shrink": 0.8}, annot_kws={"fontsize": 9.5})
+                    cbar_kws={"label": "images", "shrink": 0.8}, annot_kws={"fontsize": 9.5}, **ticks)
         acc = 100.0 * np.trace(m) / max(1, m.sum())
         ax.set_title(f"{title}: accuracy {acc:.1f}% of {m.sum()} images")
         ax.set_xlabel("predicted label")
         ax.set_ylabel("true label")
         ax.tick_params(axis="y", rotation=0)
+        if long_names(classes):  # long names: smaller, the column names slanted so that neighbours do not overlap
+            ax.tick_params(labelsize=9.5)
+            plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
         ax.grid(False)
     fig.suptitle("Figure 7: confusion matrices (rows: true label, columns: predicted label; blank cells: 0)")
     return fig
@@ -284,26 +303,31 @@ def plot_confidence_histograms(clean_conf: Any, adv_conf: Any, eps: float) -> Fi
 
 
 @styled
-def plot_sample_predictions(x: Any, y: Any, pred: Any, ncols: int = 8) -> Figure:
+def plot_sample_predictions(x: Any, y: Any, pred: Any, ncols: int = 8, *,
+                            classes: Sequence[str] | None = None) -> Figure:
     """Figure 9 (sample_predictions): test images titled "true / pred", mistakes in red.
 
     Args:
-        x: (K, 1, 32, 32) images in [-1, 1]. y, pred: (K,) int labels 0..9.
+        x: (K, 1, 32, 32) images in [-1, 1]. y, pred: (K,) int labels 0..C-1.
         ncols: images per row; the grid has ceil(K / ncols) rows and exactly K axes.
+        classes: the class names the titles show (label k -> classes[k]); None (or "0".."9"): the label numbers.
+            Long names put each title on two lines ("true t" over "pred p").
     """
     x = check_images(x, "x")
     k = len(x)
     y, pred = check_labels(y, k, "y"), check_labels(pred, k, "pred")
+    classes = check_classes(classes, y, pred)
     ncols = max(1, min(int(ncols), k))
     nrows = math.ceil(k / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.85 * nrows + 0.6), layout="constrained",
+    row = 1.85 + (NAME_TITLE_HEIGHT if long_names(classes) else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, row * nrows + 0.6), layout="constrained",
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= k:
             ax.remove()
             continue
         show_image(ax, x[i])
-        prediction_title(ax, y[i], pred[i], arrow=False)
+        prediction_title(ax, y[i], pred[i], arrow=False, classes=classes)
     wrong = int((y != pred).sum())
     fig.suptitle(f"Figure 9: test predictions ({wrong} of {k} wrong, in red)")
     return fig

@@ -1,7 +1,7 @@
 """The study's figures of its follow-up studies: adversarial training (Figure 10, graph10, and the adversarial row of
-05_defense), FGSM across training seeds (Figure 11, graph11) and adversarial training against model size
-(Figure 13, graph13). The original report's figures are in :mod:`study.figures`; the primitives and the style in
-:mod:`advlib.viz`.
+05_defense), FGSM across training seeds (Figure 11, graph11), adversarial training against model size
+(Figure 13, graph13) and FGSM on several data sets, mean ± sd over seeds (:func:`plot_dataset_comparison`). The
+original report's figures are in :mod:`study.figures`; the primitives and the style in :mod:`advlib.viz`.
 
 Every function takes plain data and returns a matplotlib ``Figure``; it never shows or saves
 (:func:`advlib.viz.save_figure` does). eps is in normalized units (images in [-1, 1]); eps axes carry a secondary
@@ -17,12 +17,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from advlib.viz import (ADV, BAND_ALPHA, CI_NOTE, CLEAN, NORMALIZED_EPS_LABEL, ROBUST, STANDARD, asymmetric_yerr,
-                        check_images, check_labels, check_rows, eps_text, label_eps_axis, legend_with_band,
-                        prediction_title, rate_arrays, rate_curve, show_image, styled)
+from advlib.viz import (ADV, BAND_ALPHA, CI_NOTE, CLEAN, NAME_FONTSIZE, NAME_TITLE_HEIGHT, NORMALIZED_EPS_LABEL,
+                        ROBUST, STANDARD, asymmetric_yerr, check_classes, check_images, check_labels, check_rows,
+                        class_label, eps_text, label_eps_axis, legend_with_band, long_names, prediction_title,
+                        rate_arrays, rate_curve, show_image, styled)
 
 MODEL_COLOURS = {"standard": STANDARD, "robust": ROBUST}
 ATTACK_STYLES = {"fgsm": ("-", "o"), "pgd": ("--", "s"), "bim": (":", "^")}
+# One (colour, line style, marker) per data set in plot_dataset_comparison, in the order given: red (the
+# adversarial colour) first, then colours the model convention does not use; line style and marker also differ, so
+# the curves stay apart in grey print.
+DATASET_STYLES = [(ADV, "-", "o"), ("#6a3d9a", "--", "s"), ("#8c564b", "-.", "^"), ("#e377c2", ":", "D"),
+                  ("#17becf", (0, (5, 1)), "v")]
 
 
 @styled
@@ -60,25 +66,31 @@ def plot_defense_robustness(curves: Mapping[str, Mapping[str, Sequence[Mapping]]
 
 
 @styled
-def plot_adversarial_row(x: Any, x_adv: Any, y: Any, pred_adv: Any, eps: float, title: str) -> Figure:
+def plot_adversarial_row(x: Any, x_adv: Any, y: Any, pred_adv: Any, eps: float, title: str, *,
+                         classes: Sequence[str] | None = None) -> Figure:
     """Originals (top row, with their labels) over their adversarial versions (bottom row, with the prediction).
 
     Args:
-        x, x_adv: (K, 1, 32, 32) images in [-1, 1]. y, pred_adv: (K,) int labels 0..9; wrong predictions in red.
+        x, x_adv: (K, 1, 32, 32) images in [-1, 1]. y, pred_adv: (K,) int labels 0..C-1; wrong predictions in red.
         eps: the attack's eps, normalized units (stated in the title in both units).
         title: what is shown, e.g. "Adversarially trained model, PGD-20".
+        classes: the class names the titles show (label k -> classes[k], :func:`advlib.data.class_names`); None
+            (or "0".."9"): the label numbers. Long names put the bottom row's titles on two lines.
     """
     x, x_adv = check_images(x, "x"), check_images(x_adv, "x_adv")
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
     k = len(x)
     y, pred_adv = check_labels(y, k, "y"), check_labels(pred_adv, k, "pred_adv")
-    fig, axes = plt.subplots(2, k, figsize=(1.7 * k + 1.0, 4.8), layout="constrained", squeeze=False)
+    classes = check_classes(classes, y, pred_adv)
+    long = long_names(classes)
+    fig, axes = plt.subplots(2, k, figsize=(1.7 * k + 1.0, 4.8 + (NAME_TITLE_HEIGHT if long else 0)),
+                             layout="constrained", squeeze=False)
     for j in range(k):
         show_image(axes[0, j], x[j])
-        axes[0, j].set_title(f"true {y[j]}", fontsize=11)
+        axes[0, j].set_title(f"true {class_label(y[j], classes)}", fontsize=NAME_FONTSIZE if long else 11)
         show_image(axes[1, j], x_adv[j])
-        prediction_title(axes[1, j], y[j], pred_adv[j])
+        prediction_title(axes[1, j], y[j], pred_adv[j], classes=classes)
     axes[0, 0].set_ylabel("original", fontsize=12)
     axes[1, 0].set_ylabel("adversarial", fontsize=12)
     wrong = int((y != pred_adv).sum())
@@ -126,6 +138,62 @@ def plot_seed_spread(spread: Mapping, reference: Mapping[float, float] | None = 
         ax.set_title(title)
         ax.legend(loc="upper left" if is_asr else "lower left")
     fig.suptitle(f"Figure 11: FGSM across {spread['n_seeds']} training seeds")
+    return fig
+
+
+def _check_spread(title: str, spread: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """eps, mean, std (E,) float arrays of one data set's :func:`study.bands.seed_spread`, checked."""
+    missing = {"eps", "mean", "std", "n_seeds"} - set(spread)
+    if missing:
+        raise ValueError(f"spreads[{title!r}] lacks {sorted(missing)}: pass study.bands.seed_spread(sweeps) of "
+                         "that data set's seeds")
+    eps = np.asarray(spread["eps"], dtype=float)
+    mean, std = np.asarray(spread["mean"], dtype=float), np.asarray(spread["std"], dtype=float)
+    if eps.ndim != 1 or len(eps) == 0 or mean.shape != eps.shape or std.shape != eps.shape:
+        raise ValueError(f"spreads[{title!r}]: eps, mean and std must be (E,) arrays of one length E >= 1, got "
+                         f"{eps.shape}, {mean.shape}, {std.shape}")
+    return eps, mean, std
+
+
+@styled
+def plot_dataset_comparison(spreads: Mapping[str, Mapping], *, title: str | None = None) -> Figure:
+    """FGSM adversarial accuracy against eps on several data sets (e.g. MNIST and Fashion-MNIST), each as the mean
+    over its training seeds (line with markers) and a shaded band of ± 1 sample standard deviation.
+
+    Args:
+        spreads: {data set title: :func:`study.bands.seed_spread` output of that data set's seeds}, drawn in this
+            order; reads ``eps`` (E,) normalized units (images in [-1, 1]), ``mean`` and ``std`` (E,) adversarial
+            accuracy in percent (0..100), ``n_seeds`` (S, given in the legend: "MNIST (10 seeds)"). Every data set
+            must share one eps grid.
+        title: the axes' title; default "Figure 14: FGSM accuracy against ε, A vs B" over the data sets' titles.
+    The bottom axis is eps in normalized units, the top axis the same eps in [0, 1] pixel units (eps / 2).
+    Raises ValueError: no data set, a spread without those keys or with mismatched shapes, or eps grids that differ.
+    """
+    if not spreads:
+        raise ValueError("spreads is empty: pass {data set title: study.bands.seed_spread(sweeps)}")
+    if len(spreads) > len(DATASET_STYLES):
+        raise ValueError(f"at most {len(DATASET_STYLES)} data sets fit one figure, got {len(spreads)}")
+    checked = {name: _check_spread(name, spread) for name, spread in spreads.items()}
+    (first, (grid, _, _)), *rest = checked.items()
+    for name, (eps, _, _) in rest:
+        if eps.shape != grid.shape or not np.allclose(eps, grid, rtol=0, atol=1e-9):
+            raise ValueError(f"spreads[{name!r}] has the eps grid {eps.tolist()}, spreads[{first!r}] has "
+                             f"{grid.tolist()}: sweep every data set on the same eps grid (the same eps_grid in "
+                             "each data set's run) so that the curves compare like with like")
+    fig, ax = plt.subplots(figsize=(11, 6.5), layout="constrained")
+    for (name, (eps, mean, std)), (colour, linestyle, marker) in zip(checked.items(), DATASET_STYLES):
+        order = np.argsort(eps)
+        eps, mean, std = eps[order], mean[order], std[order]
+        n = int(spreads[name]["n_seeds"])
+        ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=BAND_ALPHA, linewidth=0)
+        ax.plot(eps, mean, color=colour, linestyle=linestyle, marker=marker, linewidth=2.2, markersize=7,
+                label=f"{name} ({n} seed{'s' if n != 1 else ''})")
+    label_eps_axis(ax, NORMALIZED_EPS_LABEL, pixel_axis=True)
+    ax.set_ylabel("FGSM adversarial accuracy (%)")
+    ax.set_ylim(-2, 105)
+    ax.set_title(title or f"Figure 14: FGSM accuracy against ε, {' vs '.join(spreads)}")
+    legend_with_band(ax, loc="upper right", title="mean over training seeds",
+                     band_label="shaded: mean ± 1 s.d. across seeds")
     return fig
 
 

@@ -3,6 +3,7 @@ standalone HTML) against its numbers. The browser tests (tests/e2e) check what a
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -19,6 +20,8 @@ from advlib.explorer import (EpsExplorer, frame, panel_html, standalone_data, st
                              static_png)
 
 N_SHOW = 5
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGITS = tuple(str(d) for d in range(10))  # advlib.data.class_names("mnist")
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +137,71 @@ def test_one_perturbation_scale_in_every_view(explorer):
     assert f"±{limit:g}" in panel and f"±{limit / 2:g} in [0, 1] px" in panel
 
 
+def small_explorer(trained_model, test_batch, **kwargs) -> EpsExplorer:
+    x, y = test_batch
+    return EpsExplorer(trained_model, x[:40], y[:40], n_show=4, eps_max=0.3, eps_step=0.05, initial_eps=0.15,
+                       progress=False, **kwargs)
+
+
+def alts(markup: str) -> list[str]:
+    return [html.unescape(a) for a in re.findall(r'<img [^>]*alt="([^"]*)"', markup)]
+
+
+def test_neutral_wording_without_names(explorer):
+    s = explorer.current
+    want = []
+    for t, p, c in zip(s["labels"], s["preds"], s["confidences"]):
+        want += [f"original image, true label {t}",
+                 f"FGSM image at ε = {s['eps']:.3f}, true {t}, predicted {p} ({c:.0f}%)",
+                 f"perturbation x_adv − x of the image with true label {t} at ε = {s['eps']:.3f}"]
+    assert alts(panel_html(explorer, s)) == want
+    assert "digit" not in " ".join(alts(standalone_html(explorer)))
+    assert "classes" not in standalone_data(explorer) and explorer.classes is None
+
+
+def test_class_names_in_every_view(trained_model, test_batch):
+    named = small_explorer(trained_model, test_batch, classes=FASHION)
+    s = named.current
+    name = lambda k: FASHION[k]  # noqa: E731
+    assert s["labels"] == test_batch[1][:4].tolist()  # the state keeps the numbers
+    panel = panel_html(named, s)
+    preds = " · ".join(f"{html.escape(name(p))} ({c:.0f}%)" for p, c in zip(s["preds"], s["confidences"]))
+    assert f'<span class="advlib-v-preds">{preds}</span>' in panel
+    captions = re.findall(r'<div class="advlib-explorer-caption[^"]*"[^>]*>(.*?)</div>', panel)
+    assert captions == [f"true {html.escape(name(t))}<br>→ <b>{html.escape(name(p))}</b> ({c:.0f}%)"
+                        for t, p, c in zip(s["labels"], s["preds"], s["confidences"])]
+    want = []
+    for t, p, c in zip(s["labels"], s["preds"], s["confidences"]):
+        want += [f"original image, true label {name(t)}",
+                 f"FGSM image at ε = {s['eps']:.3f}, true {name(t)}, predicted {name(p)} ({c:.0f}%)",
+                 f"perturbation x_adv − x of the image with true label {name(t)} at ε = {s['eps']:.3f}"]
+    assert alts(panel) == want
+    data = standalone_data(named)
+    assert data["classes"] == list(FASHION) and data["labels"] == s["labels"]  # the page's script maps them
+    embedded = re.search(r'<script type="application/json" class="advlib-explorer-data">(.*?)</script>',
+                         standalone_html(named), re.S)
+    assert json.loads(embedded.group(1))["classes"] == list(FASHION)
+    tiles = [ax for ax in static_figure(named).axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in tiles[4:8]] == [f"true {name(t)}\n→ pred {name(p)}"
+                                                     for t, p in zip(s["labels"], s["preds"])]
+
+
+def test_digit_names_change_nothing(trained_model, test_batch):
+    plain = small_explorer(trained_model, test_batch)
+    digits = small_explorer(trained_model, test_batch, classes=DIGITS)
+    assert digits.classes is None
+    assert standalone_html(digits) == standalone_html(plain)
+    assert static_png(digits) == static_png(plain)
+
+
 def test_bad_arguments(trained_model, test_batch):
     x, y = test_batch
     with pytest.raises(ValueError, match="n_show"):
         EpsExplorer(trained_model, x[:10], y[:10], n_show=11, progress=False)
     with pytest.raises(ValueError, match="range"):
         EpsExplorer(trained_model, x[:10] * 3, y[:10], progress=False)
+    with pytest.raises(ValueError, match="no name"):
+        EpsExplorer(trained_model, x[:10], y[:10], progress=False, classes=FASHION[:2])
 
 
 class _PixelInput(torch.nn.Module):

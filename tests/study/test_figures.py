@@ -33,6 +33,8 @@ EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 REPORT_ACC = [100.0, 88.67, 59.39, 32.86, 20.0, 14.0, 10.61]  # the original report's adversarial accuracy
 N = 300
 K = 6  # images in the image figures
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGITS = tuple(str(d) for d in range(10))  # advlib.data.class_names("mnist")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,6 +90,14 @@ def make_spread(runs) -> dict:
     acc = np.array([[r["adv_accuracy"]["value"] for r in run] for run in runs])  # (S, E)
     return {"eps": [r["eps"] for r in runs[0]], "mean": acc.mean(0), "std": acc.std(0, ddof=1),
             "n_seeds": len(runs), "per_seed": acc}
+
+
+def make_dataset_spreads():
+    """{title: seed_spread} of two data sets on one eps grid: MNIST over 3 seeds, Fashion-MNIST over 2."""
+    mnist = [make_rows(acc=np.clip(np.array(REPORT_ACC) + d, 0, 100), seed=s) for s, d in enumerate((-6, 0, 6))]
+    fashion_acc = np.array([100.0, 30.0, 8.0, 3.0, 1.5, 1.0, 0.5])
+    fashion = [make_rows(acc=np.clip(fashion_acc + d, 0, 100), seed=10 + s) for s, d in enumerate((-2, 2))]
+    return {"MNIST": seed_spread(mnist), "Fashion-MNIST": seed_spread(fashion)}
 
 
 def make_explorer_state(images, eps=0.05, accuracy=62.5):
@@ -179,6 +189,7 @@ def build_all(rows, images, history):
         "seed_spread": (robust_figures.plot_seed_spread(seed_spread([make_rows(seed=s) for s in range(3)])), 2, True),
         "explorer": (viz.plot_explorer(make_explorer_state(images), EPS, REPORT_ACC), 3 * K + 1, True),
         "roc": (figures.plot_confidence_roc(*make_roc(), 0.15), 1, False),
+        "dataset_comparison": (robust_figures.plot_dataset_comparison(make_dataset_spreads()), 1, True),
     }
 
 
@@ -358,6 +369,57 @@ def test_seed_spread_takes_the_metrics_contract():
         robust_figures.plot_seed_spread({**spread, "per_seed": spread["per_seed"][:, :3]})
 
 
+def test_dataset_comparison_mean_band_seeds_and_both_eps_units():
+    spreads = make_dataset_spreads()
+    fig = robust_figures.plot_dataset_comparison(spreads)
+    (ax,) = fig.axes
+    assert ax.get_title() == "Figure 14: FGSM accuracy against ε, MNIST vs Fashion-MNIST"
+    assert "accuracy (%)" in ax.get_ylabel() and "FGSM" in ax.get_ylabel()
+    assert_eps_axis(ax)
+    fig.canvas.draw()  # the secondary axis takes its limits at draw time
+    (sec,) = secondary(ax)
+    assert np.allclose(sec.get_xlim(), np.array(ax.get_xlim()) * 0.5)  # [0, 1] pixel units on top
+    labels = legend_labels(ax)
+    assert labels[:2] == ["MNIST (3 seeds)", "Fashion-MNIST (2 seeds)"]
+    assert any("± 1 s.d." in t for t in labels)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    (mnist_band, fashion_band) = bands(ax)
+    for (title, spread), band in zip(spreads.items(), (mnist_band, fashion_band)):
+        n = spread["n_seeds"]
+        line = lines[f"{title} ({n} seeds)"]
+        assert line.get_marker() not in (None, "None", "")
+        assert np.allclose(line.get_xdata(), EPS) and np.allclose(line.get_ydata(), spread["mean"])
+        # the band's outline passes through mean + sd and mean - sd at every eps, and nowhere beyond them
+        for edge in (spread["mean"] + spread["std"], spread["mean"] - spread["std"]):
+            assert all(np.isclose(band, (e, v)).all(axis=1).any() for e, v in zip(EPS, edge))
+        assert np.isclose(band[:, 1].max(), (spread["mean"] + spread["std"]).max())
+        assert np.isclose(band[:, 1].min(), (spread["mean"] - spread["std"]).min())
+        colour = to_rgba(line.get_color())
+        assert to_rgba(ax.collections[list(spreads).index(title)].get_facecolor()[0])[:3] == colour[:3]
+    assert lines["MNIST (3 seeds)"].get_color() != lines["Fashion-MNIST (2 seeds)"].get_color()
+    assert lines["MNIST (3 seeds)"].get_linestyle() != lines["Fashion-MNIST (2 seeds)"].get_linestyle()
+    one = robust_figures.plot_dataset_comparison({"MNIST": seed_spread([make_rows()])}, title="one seed")
+    assert legend_labels(one.axes[0])[0] == "MNIST (1 seed)" and one.axes[0].get_title() == "one seed"
+
+
+def test_dataset_comparison_refuses_bad_spreads():
+    spreads = make_dataset_spreads()
+    with pytest.raises(ValueError, match=r"Fashion-MNIST.*'std'.*seed_spread"):
+        robust_figures.plot_dataset_comparison(
+            {**spreads, "Fashion-MNIST": {k: v for k, v in spreads["Fashion-MNIST"].items() if k != "std"}})
+    coarse = seed_spread([make_rows(acc=REPORT_ACC[::2], seed=s) for s in range(2)])  # eps 0, 0.1, 0.2, 0.3
+    coarse["eps"] = EPS[::2]
+    with pytest.raises(ValueError, match="same eps grid"):
+        robust_figures.plot_dataset_comparison({"MNIST": spreads["MNIST"], "Fashion-MNIST": coarse})
+    shifted = {**spreads["Fashion-MNIST"], "eps": np.array(EPS) + 0.01}  # same length, other values
+    with pytest.raises(ValueError, match="same eps grid"):
+        robust_figures.plot_dataset_comparison({"MNIST": spreads["MNIST"], "Fashion-MNIST": shifted})
+    with pytest.raises(ValueError, match="mean and std"):
+        robust_figures.plot_dataset_comparison({"MNIST": {**spreads["MNIST"], "mean": spreads["MNIST"]["mean"][:3]}})
+    with pytest.raises(ValueError, match="empty"):
+        robust_figures.plot_dataset_comparison({})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Images
 
@@ -441,6 +503,100 @@ def test_adversarial_row(images):
     assert fig.axes[0].get_ylabel() == "original" and fig.axes[K].get_ylabel() == "adversarial"
 
 
+def red_titles(axes) -> list[int]:
+    return [i for i, ax in enumerate(axes) if to_rgba(ax.title.get_color()) == to_rgba(viz.ADV)]
+
+
+def test_class_names_title_every_image(images):
+    """With classes, every image title names the classes (long names on two lines, smaller), mistakes still red."""
+    x, x_adv, y, pred_clean, pred_adv = images
+    name = lambda k: FASHION[int(k)]  # noqa: E731
+    grids = {"viz": viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, classes=FASHION),
+             "Figure 5": figures.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, classes=FASHION),
+             "explorer": viz.plot_explorer(make_explorer_state(images), EPS, REPORT_ACC, classes=FASHION)}
+    for where, fig in grids.items():
+        tiles = [ax for ax in data_axes(fig) if ax.images]
+        top, middle = tiles[:K], tiles[K:2 * K]
+        assert [ax.get_title() for ax in top] == [f"true {name(t)}\n→ pred {name(p)}" for t, p in zip(y, pred_clean)]
+        assert [ax.get_title() for ax in middle] == [f"true {name(t)}\n→ pred {name(p)}" for t, p in zip(y, pred_adv)]
+        assert red_titles(middle) == [1, 4] and red_titles(top) == [], where
+        assert all(ax.title.get_fontsize() < 11 for ax in top + middle), where
+    fig = figures.plot_sample_predictions(x, y, pred_adv, ncols=4, classes=FASHION)
+    assert [ax.get_title() for ax in fig.axes] == [f"true {name(t)}\npred {name(p)}" for t, p in zip(y, pred_adv)]
+    assert red_titles(fig.axes) == [1, 4]
+    fig = robust_figures.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "Robust model, PGD", classes=FASHION)
+    assert [ax.get_title() for ax in fig.axes[:K]] == [f"true {name(t)}" for t in y]
+    assert fig.axes[K + 1].get_title() == f"true {name(y[1])}\n→ pred {name(pred_adv[1])}"
+    assert red_titles(fig.axes[K:]) == [1, 4]
+    # short names stay on one line at the usual size
+    short = viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, classes=[f"c{k}" for k in range(10)])
+    assert data_axes(short)[K + 1].get_title() == f"true c{int(y[1])} → pred c{int(pred_adv[1])}"
+    assert data_axes(short)[K + 1].title.get_fontsize() == 11
+
+
+def pixels(fig, dpi: int = 50) -> np.ndarray:
+    """The figure's RGBA pixels, drawn at a low dpi (fast; a layout change still moves pixels)."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
+def test_digit_names_draw_exactly_what_no_names_draw(images):
+    """MNIST's names "0".."9" draw what classes=None draws (the numbers), pixel for pixel; the figures' sizes and
+    titles without names are pinned by the tests above and below."""
+    x, x_adv, y, pred_clean, pred_adv = images
+    cm_clean, cm_adv = make_confusions()
+    state = make_explorer_state(images)
+    draw = {
+        "image grid": lambda **kw: viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, **kw),
+        "Figure 5": lambda **kw: figures.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, **kw),
+        "explorer": lambda **kw: viz.plot_explorer(state, EPS, REPORT_ACC, **kw),
+        "confusion": lambda **kw: figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15, **kw),
+        "sample predictions": lambda **kw: figures.plot_sample_predictions(x, y, pred_adv, ncols=4, **kw),
+        "adversarial row": lambda **kw: robust_figures.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "PGD", **kw),
+    }
+    for name, f in draw.items():
+        assert np.array_equal(pixels(f(classes=DIGITS)), pixels(f(classes=None))), name
+        plt.close("all")
+
+
+def test_figures_keep_their_sizes_without_names(images):
+    """Without class names (or with "0".."9") the image figures keep the sizes they always had; long names add
+    room for two-line titles."""
+    x, x_adv, y, pred_clean, pred_adv = images
+    cm_clean, cm_adv = make_confusions()
+    state = make_explorer_state(images)
+    draw = {
+        "image grid": (lambda **kw: viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, **kw),
+                       (1.7 * K + 1.5, 6.6)),
+        "Figure 5": (lambda **kw: figures.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, **kw),
+                     (1.7 * K + 1.5, 6.6)),
+        "explorer": (lambda **kw: viz.plot_explorer(state, EPS, REPORT_ACC, **kw), (1.7 * K + 1.5, 10.5)),
+        "confusion": (lambda **kw: figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15, **kw), (16, 7)),
+        "sample predictions": (lambda **kw: figures.plot_sample_predictions(x, y, pred_adv, ncols=4, **kw),
+                               (1.6 * 4, 1.85 * 2 + 0.6)),
+        "adversarial row": (lambda **kw: robust_figures.plot_adversarial_row(x, x_adv, y, pred_adv, 0.3, "PGD", **kw),
+                            (1.7 * K + 1.0, 4.8)),
+    }
+    for name, (f, size) in draw.items():
+        for classes in (None, DIGITS):
+            assert np.allclose(f(classes=classes).get_size_inches(), size), f"{name}, classes={classes}"
+        width, height = f(classes=FASHION).get_size_inches()
+        assert np.isclose(width, size[0]) and height > size[1], name
+        plt.close("all")
+
+
+def test_classes_must_name_every_label(images):
+    x, x_adv, y, pred_clean, pred_adv = images
+    with pytest.raises(ValueError, match="no name"):
+        viz.plot_image_grid(x, x_adv, y, pred_clean, pred_adv, 0.15, classes=FASHION[:3])
+    with pytest.raises(ValueError, match="sequence of names"):
+        figures.plot_sample_predictions(x, y, pred_adv, classes="fashion_mnist")
+    cm_clean, cm_adv = make_confusions()
+    with pytest.raises(ValueError, match="one name per row"):
+        figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15, classes=FASHION[:9])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training, confusion, confidence
 
@@ -475,6 +631,24 @@ def test_confusion_matrices_annotate_every_nonzero_count():
         assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
         shown = sorted(int(t.get_text()) for t in ax.texts if t.get_text())
         assert shown == sorted(int(v) for v in cm.flatten() if v > 0)
+        assert np.array_equal(ax.collections[0].get_array().reshape(10, 10), cm.numpy())
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(DIGITS)
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(DIGITS)
+
+
+def test_confusion_matrices_name_the_classes_legibly():
+    cm_clean, cm_adv = make_confusions()
+    fig = figures.plot_confusion_matrices(cm_clean, cm_adv, 0.15, classes=FASHION)
+    fig.canvas.draw()
+    for ax, cm in zip(data_axes(fig), (cm_clean, cm_adv)):
+        xt, yt = ax.get_xticklabels(), ax.get_yticklabels()
+        assert [t.get_text() for t in xt] == list(FASHION) and [t.get_text() for t in yt] == list(FASHION)
+        assert all(t.get_rotation() == 45 for t in xt) and all(t.get_rotation() == 0 for t in yt)
+        assert all(t.get_fontsize() < 10.5 for t in xt + yt)
+        # slanted column names do not overlap their neighbours
+        boxes = [t.get_window_extent() for t in xt]
+        assert all(a.x0 < b.x0 and a.y1 > b.y0 for a, b in zip(boxes, boxes[1:]))
+        assert not any(a.overlaps(b) and a.x1 - b.x0 > 0.6 * (a.x1 - a.x0) for a, b in zip(boxes, boxes[1:]))
         assert np.array_equal(ax.collections[0].get_array().reshape(10, 10), cm.numpy())
 
 
