@@ -1,5 +1,6 @@
 # Two commands after `git clone`:  make report  (figures, executed notebooks, HTML page)   make test  (the tests)
-# Both create or reuse the virtual environment .venv, install the project and fetch the verified MNIST data.
+# Both create or reuse the virtual environment .venv, install the project and fetch the verified MNIST and
+# Fashion-MNIST data. `make report CONFIG="dataset=fashion_mnist"` runs the study on Fashion-MNIST (report/fashion_mnist/).
 # The study itself is a Snakemake workflow (Snakefile); these targets call it with the machine's cores.
 
 PYTHON ?= python3
@@ -25,8 +26,8 @@ $(STAMP): pyproject.toml
 	"$(PY)" -m pip install --quiet -e ".[study,test]"
 	touch "$(STAMP)"
 
-data: $(STAMP)  ## fetch and verify MNIST into data/ (no-op when already there)
-	"$(PY)" -m advlib.download --root data
+data: $(STAMP)  ## fetch and verify MNIST and Fashion-MNIST into data/ (no-op when already there)
+	"$(PY)" -m advlib.download --root data --dataset mnist fashion_mnist
 
 report: data  ## the whole study, published into report/, figures/ and README.md when every job succeeded
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
@@ -53,18 +54,23 @@ dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no clus
 # nbval-check-output; --nbval-lax); the numbers have their own tests. The test jobs run two at a time, one torch
 # thread each, as the report's (OMP_NUM_THREADS=2 make test: one job at a time, two threads, other float rounding).
 TEST_RUN := test-artifacts/run
+TEST_RUN_FM := test-artifacts/fashion_mnist/run
 NBVAL_DIR := test-artifacts/nbval
+NBVAL_FM := $(NBVAL_DIR)/fashion_mnist
 
 # torch threads of the test jobs and of the nbval kernels: the same, as the stage cache keys on the thread count
 TEST_THREADS ?= $(or $(OMP_NUM_THREADS),1)
 
 test: data  ## everything CI runs
 	$(SMK) --config run_dir=$(TEST_RUN) threads_per_job=$(TEST_THREADS) -- pgd_curves
-	rm -rf "$(NBVAL_DIR)" && mkdir -p "$(NBVAL_DIR)"
-	cp -r report figures "$(NBVAL_DIR)/"
+	$(SMK) --config run_dir=$(TEST_RUN_FM) dataset=fashion_mnist threads_per_job=$(TEST_THREADS) -- pgd_curves
+	rm -rf "$(NBVAL_DIR)" && mkdir -p "$(NBVAL_DIR)/report" "$(NBVAL_FM)"
+	cp report/*.ipynb "$(NBVAL_DIR)/report/" && cp -r figures "$(NBVAL_DIR)/"
 	ln -sfn ../../data "$(NBVAL_DIR)/data" && ln -sfn ../run/artifacts "$(NBVAL_DIR)/artifacts"
+	cp -r report/fashion_mnist "$(NBVAL_FM)/report" && cp -r figures/fashion_mnist "$(NBVAL_FM)/figures"
+	ln -sfn ../../../data "$(NBVAL_FM)/data" && ln -sfn ../../fashion_mnist/run/artifacts "$(NBVAL_FM)/artifacts"
 	OMP_NUM_THREADS=$(TEST_THREADS) TQDM_MININTERVAL=30 "$(PY)" -m pytest -n $(CORES) --dist loadscope --durations=15 tests \
-		"$(NBVAL_DIR)/report" --nbval-lax --nbval-current-env --nbval-cell-timeout 1800
+		"$(NBVAL_DIR)/report" "$(NBVAL_FM)/report" --nbval-lax --nbval-current-env --nbval-cell-timeout 1800
 
 test-lib: data  ## the library's fast lane: tests/advlib without the slow tests (under a minute on 2 cores)
 	OMP_NUM_THREADS=1 "$(PY)" -m pytest -n $(CORES) -m "not slow" tests/advlib

@@ -5,6 +5,8 @@
 #   snakemake --cores 2 seed_study --config seeds=0-9                            # Figure 11's seeds, in parallel
 #   snakemake --cores 2 robustness capacity       # AutoAttack, sanity checks; 0.3 px capacity study (hours on a CPU)
 #   snakemake --profile profiles/slurm report    # the same on a Slurm cluster (snakemake-executor-plugin-slurm)
+#   snakemake --cores 2 report --config dataset=fashion_mnist   # the study on Fashion-MNIST: build/fashion_mnist/,
+#                                                 # published into report/fashion_mnist/ and figures/fashion_mnist/
 #
 # `make report`, `make seeds` and `make quick` call these (see the README). Overrides go in --config NAME=VALUE:
 # any notebook parameter (each stage gets those it declares) or a workflow setting (run_dir, seeds,
@@ -18,7 +20,7 @@ import json
 from pathlib import Path
 
 from study.sources import code_files, constant, figure_digest, notebook_code
-from study.workflow import STAGES, ConfigError, parse_seeds, resolve_config, skip_iri_format_checker
+from study.workflow import STAGES, ConfigError, parse_seeds, resolve_config, skip_iri_format_checker, subfolder
 
 skip_iri_format_checker()  # reading the notebooks' parameters imports nbformat
 try:
@@ -28,6 +30,12 @@ except ConfigError as e:
     raise WorkflowError(str(e))
 
 RUN = SETTINGS["run_dir"].rstrip("/")
+# The data set (a parameter every stage declares): MNIST's results are the repository's report/ and figures/;
+# another data set's run folders are under build/<dataset>/ and its results under report/<dataset>/, figures/<dataset>/
+DATASET = PARAMS["01_train"]["dataset"]
+SUB = subfolder(DATASET)  # "" or "fashion_mnist/"
+FIGURES = f"figures/{SUB}".rstrip("/")  # the published results this run reads (seed study, robustness) and writes
+SEED_RUNS = f"build/{SUB}seeds"  # one run folder per seed of the seed study
 AA_BATCH = constant("advlib.autoattack", "AA_BATCH")  # AutoAttack's batch: one job each (read without torch)
 THREADS = int(SETTINGS["threads_per_job"])
 DATA = str(Path("data").resolve())
@@ -35,7 +43,10 @@ PY = sys.executable
 # The code each job runs, derived from the imports of the module its command runs (study.sources): a new module
 # that an attack imports becomes an input of every job that reaches the attack, with no list to edit.
 TRAIN_CODE = code_files("study.models")  # python -m study.models: both models, the capacity study's
-REPORT = [f"{RUN}/report/{s}.ipynb" for s in STAGES] + [f"{RUN}/report/index.html"]
+# 08_robustness reports `make robust`'s results: a data set without them (Fashion-MNIST until it runs) has no stage 8
+HAS_ROBUSTNESS = Path(f"{FIGURES}/robustness/sanity.json").is_file()
+RUN_STAGES = [s for s in STAGES if s != "08_robustness" or HAS_ROBUSTNESS]
+REPORT = [f"{RUN}/report/{s}.ipynb" for s in RUN_STAGES] + [f"{RUN}/report/index.html"]
 ROBUST = PARAMS["08_robustness"]  # the robustness evaluation's settings (declared in notebooks/08_robustness.ipynb)
 EVAL_CODE = code_files("study.sanity")  # python -m study.sanity: AutoAttack, the sanity checks, the seeds' numbers
 
@@ -53,11 +64,15 @@ NEEDS = {
     "03_confidence": ["artifacts/model.pt"],
     "04_visual_grid": ["artifacts/model.pt"],
     "05_defense": ["artifacts/model.pt", "artifacts/robust_model.pt"] + PGD_CURVES,
-    "07_seed_study": ["figures/seed_study"],
+    "07_seed_study": ["figures/seed_study"],  # + the other data set's seeds, below
     "08_robustness": ["figures/robustness", "artifacts/model.pt", "artifacts/robust_model.pt",
                       "report/05_defense.ipynb"],  # stage 5's FGSM and PGD curves, beside AutoAttack
-    "06_report": [f"report/{s}.ipynb" for s in STAGES if s != "06_report"],
+    "06_report": [f"report/{s}.ipynb" for s in RUN_STAGES if s != "06_report"],
 }
+# 07_seed_study's comparison of data sets (MNIST's report only): the other data set's published seed study
+COMPARE = PARAMS["07_seed_study"]["compare_with"] if DATASET == "mnist" else None
+if COMPARE:
+    NEEDS["07_seed_study"].append(f"figures/{COMPARE}/seed_study")
 
 
 def seed_params(stage, seed):
@@ -65,14 +80,16 @@ def seed_params(stage, seed):
     return {**PARAMS[stage], "seed": int(seed)}
 
 
-STANDARD_KEYS = ["seed", "device", "epochs", "batch_size", "lr", "train_subset"]
+STANDARD_KEYS = ["dataset", "seed", "device", "epochs", "batch_size", "lr", "train_subset"]
+SWEEP_KEYS = ["dataset", "n_samples", "eps_grid", "device"]  # 02_sweep's, for a seed's numbers
+PGD_KEYS = ["dataset", "n_samples", "eps_grid", "pgd_steps", "seed", "device"]  # 05_defense's, for its PGD curves
 ROBUST_KEYS = STANDARD_KEYS + ["adv_mode", "adv_eps"]
 
 
 def run_params(wildcards, stage, keys=None):
     """The parameters of `stage` in this run (the configured ones, or a seed run's: its seed substituted), as
     JSON; only `keys` when given, so that a job re-runs when a parameter it uses changes, and only then."""
-    if wildcards.run.startswith("build/seeds/seed_"):
+    if wildcards.run.startswith(f"{SEED_RUNS}/seed_"):
         params = seed_params(stage, wildcards.run.rsplit("_", 1)[1])
     else:
         params = PARAMS[stage]
@@ -106,21 +123,21 @@ rule pgd_curves:
 
 rule seed_study:
     """Train and sweep once per seed, in parallel, the robust model too; publish figures/seed_study/seed_<k>.json
-    and robust_<k>.json."""
-    input: "figures/seed_study/.published", "figures/seed_study/.published_robust"
+    and robust_<k>.json (figures/<dataset>/seed_study/ for another data set)."""
+    input: f"{FIGURES}/seed_study/.published", f"{FIGURES}/seed_study/.published_robust"
 
 
 rule robustness:
     """AutoAttack on both models and Carlini et al.'s sanity checks, on the first aa_samples test images
     (unfiltered): about an hour of CPU, so it is its own command (make robust); publishes figures/robustness/."""
-    input: "figures/robustness/.published"
+    input: f"{FIGURES}/robustness/.published"
 
 
 rule capacity:
     """The capacity study at the standard threat model (0.3 px): adversarial training at each width of tm_widths,
     then AutoAttack (hours of CPU; make robust runs it after the robustness evaluation). Publishes
     figures/robustness/autoattack_threat_w<k>_eps<eps>.json."""
-    input: "figures/robustness/.published_capacity"
+    input: f"{FIGURES}/robustness/.published_capacity"
 
 
 rule link_data:
@@ -155,7 +172,7 @@ rule pgd_curve:
     input: PGD_CODE, model="{run}/artifacts/{model}.pt", images="{run}/artifacts/model.pt",
            data=ancient("{run}/data")
     output: "{run}/artifacts/pgd/{model}_part{part}.json"
-    params: p=lambda w: run_params(w, "05_defense", ["n_samples", "eps_grid", "pgd_steps", "seed", "device"])
+    params: p=lambda w: run_params(w, "05_defense", PGD_KEYS)
     wildcard_constraints: model="model|robust_model", part=r"\d+"
     threads: THREADS
     resources: mem_mb=1500, runtime=20
@@ -167,15 +184,23 @@ rule pgd_curve:
 
 rule seed_input:
     """The report's seed study reads the committed per-seed results (make seeds refreshes them)."""
-    input: sorted(str(p) for p in Path("figures/seed_study").glob("*.json"))  # seed_<k>.json, robust_<k>.json
+    input: sorted(str(p) for p in Path(f"{FIGURES}/seed_study").glob("*.json"))  # seed_<k>.json, robust_<k>.json
     output: directory("{run}/figures/seed_study")
-    wildcard_constraints: run="(?!build/seeds/).*"
+    wildcard_constraints: run=f"(?!{SEED_RUNS}/).*"
+    shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
+
+
+rule compare_input:
+    """The other data set's committed per-seed results, for MNIST's comparison of data sets (07_seed_study)."""
+    input: sorted(str(p) for p in Path(f"figures/{COMPARE}/seed_study").glob("seed_*.json")) if COMPARE else []
+    output: directory("{run}/figures/{other}/seed_study")
+    wildcard_constraints: other=COMPARE or "(?!)"
     shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
 
 
 rule robustness_input:
     """The report reads the committed robustness results (make robust refreshes them)."""
-    input: sorted(str(p) for p in Path("figures/robustness").glob("*.json"))
+    input: sorted(str(p) for p in Path(f"{FIGURES}/robustness").glob("*.json"))
     output: directory("{run}/figures/robustness")
     shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
 
@@ -200,30 +225,32 @@ rule notebook:
 
 
 rule html:
-    """The narrative as one self-contained page; its eps slider works without a kernel."""
+    """The narrative as one self-contained page; its eps slider works without a kernel. It links to the other data
+    sets' pages."""
     input: "{run}/report/06_report.ipynb", code_files("study.html_report")
     output: "{run}/report/index.html"
-    shell: "{PY:q} -m study.html_report {input[0]:q} {output:q}"
+    shell: "{PY:q} -m study.html_report {input[0]:q} {output:q} --dataset {DATASET}"
 
 
 rule publish:
     """All or nothing: runs only when every job above succeeded."""
     input: REPORT
     output: touch(f"{RUN}/.published")
-    shell: "{PY:q} -m study.workflow publish {RUN:q}"
+    params: stages=",".join(RUN_STAGES)
+    shell: "{PY:q} -m study.workflow publish {RUN:q} --dataset {DATASET} --stages {params.stages}"
 
 
 rule seed_result:
     """One seed's numbers for the seed study: 01_train's test accuracy and 02_sweep's FGSM sweep of the seed's
     model, by the calls the notebooks make (study.jobs.seed_record), without their figures."""
-    input: PGD_CODE, model="build/seeds/seed_{seed}/artifacts/model.pt",
-           data=ancient("build/seeds/seed_{seed}/data")
-    output: "build/seeds/seed_{seed}.json"
+    input: PGD_CODE, model=f"{SEED_RUNS}/seed_{{seed}}/artifacts/model.pt",
+           data=ancient(f"{SEED_RUNS}/seed_{{seed}}/data")
+    output: f"{SEED_RUNS}/seed_{{seed}}.json"
     params: train=lambda w: json.dumps({k: seed_params("01_train", w.seed)[k] for k in STANDARD_KEYS}),
-            sweep=lambda w: json.dumps({k: PARAMS["02_sweep"][k] for k in ("n_samples", "eps_grid", "device")})
+            sweep=lambda w: json.dumps({k: PARAMS["02_sweep"][k] for k in SWEEP_KEYS})
     threads: THREADS
     resources: mem_mb=1500, runtime=10
-    shell: "{PY:q} -m study.jobs seed --artifact-dir build/seeds/seed_{wildcards.seed}/artifacts "
+    shell: "{PY:q} -m study.jobs seed --artifact-dir {SEED_RUNS}/seed_{wildcards.seed}/artifacts "
            "--data-dir {input.data:q} --threads {threads} --params {params.sweep:q} --train-params {params.train:q} "
            "--out {output:q}"
 
@@ -232,16 +259,16 @@ def seed_robust_params(seed):
     """A seed's robust-model evaluation settings: 05_defense's (the images, eps and PGD steps of its Figure 10)
     and 08_robustness's seed_aa_samples."""
     defense = seed_params("05_defense", seed)
-    keep = {k: defense[k] for k in ("seed", "device", "adv_eps", "pgd_steps")}
+    keep = {k: defense[k] for k in ("dataset", "seed", "device", "adv_eps", "pgd_steps")}
     return json.dumps({**keep, "aa_samples": defense["n_samples"], "seed_aa_samples": ROBUST["seed_aa_samples"]},
                       sort_keys=True)
 
 
 rule seed_robust:
     """A seed's robust model: clean, PGD and AutoAttack (APGD-CE -> APGD-T) accuracy (study.sanity.seed_metrics)."""
-    input: EVAL_CODE, model="build/seeds/seed_{seed}/artifacts/robust_model.pt",
-           data=ancient("build/seeds/seed_{seed}/data")
-    output: "build/seeds/robust_{seed}.json"
+    input: EVAL_CODE, model=f"{SEED_RUNS}/seed_{{seed}}/artifacts/robust_model.pt",
+           data=ancient(f"{SEED_RUNS}/seed_{{seed}}/data")
+    output: f"{SEED_RUNS}/robust_{{seed}}.json"
     params: p=lambda w: seed_robust_params(w.seed)
     threads: THREADS
     resources: mem_mb=2000, runtime=60
@@ -250,17 +277,18 @@ rule seed_robust:
 
 
 rule publish_seeds:
-    """Every seed's metrics into figures/seed_study/, together, once all of them have finished."""
-    input: expand("build/seeds/seed_{seed}.json", seed=SEEDS)
-    output: touch("figures/seed_study/.published")
-    shell: "{PY:q} -m study.workflow publish-files figures/seed_study --replace 'seed_*.json' {input:q}"
+    """Every seed's metrics into figures/seed_study/ (figures/<dataset>/seed_study/), together, once all of them
+    have finished."""
+    input: expand(f"{SEED_RUNS}/seed_{{seed}}.json", seed=SEEDS)
+    output: touch(f"{FIGURES}/seed_study/.published")
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/seed_study --replace 'seed_*.json' {input:q}"
 
 
 rule publish_robust_seeds:
-    """Every seed's robust-model numbers into figures/seed_study/robust_<k>.json, together."""
-    input: expand("build/seeds/robust_{seed}.json", seed=SEEDS)
-    output: touch("figures/seed_study/.published_robust")
-    shell: "{PY:q} -m study.workflow publish-files figures/seed_study --replace 'robust_*.json' {input:q}"
+    """Every seed's robust-model numbers into figures/seed_study/robust_<k>.json (figures/<dataset>/...), together."""
+    input: expand(f"{SEED_RUNS}/robust_{{seed}}.json", seed=SEEDS)
+    output: touch(f"{FIGURES}/seed_study/.published_robust")
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/seed_study --replace 'robust_*.json' {input:q}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,9 +297,9 @@ rule publish_robust_seeds:
 
 MODEL_FILES = {"standard": "model.pt", "robust": "robust_model.pt"}
 MODEL_FILES.update({f"threat_w{w}": f"threat_model_w{w}.pt" for w in ROBUST["tm_widths"]})
-AA_KEYS = ["seed", "device", "aa_samples"]
+AA_KEYS = ["dataset", "seed", "device", "aa_samples"]
 SANITY_KEYS = AA_KEYS + ["sanity_eps", "sanity_eps_sweep", "square_samples"]
-THREAT_KEYS = ["seed", "device", "tm_epochs", "tm_lr", "tm_eps", "tm_ramp_epochs", "tm_mode", "tm_pgd_steps"]
+THREAT_KEYS = ["dataset", "seed", "device", "tm_epochs", "tm_lr", "tm_eps", "tm_ramp_epochs", "tm_mode", "tm_pgd_steps"]
 
 
 def aa_images(model, eps):
@@ -341,12 +369,12 @@ rule sanity_checks:
 rule publish_robustness:
     """All or nothing, as the report: the results replace the earlier ones of both models together."""
     input: aa_results(), f"{RUN}/robustness/sanity.json"
-    output: touch("figures/robustness/.published")
-    shell: "{PY:q} -m study.workflow publish-files figures/robustness --replace 'autoattack_[rs]*.json' {input:q}"
+    output: touch(f"{FIGURES}/robustness/.published")
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/robustness --replace 'autoattack_[rs]*.json' {input:q}"
 
 
 rule publish_capacity:
     """The capacity study's results replace the earlier ones together."""
     input: capacity_results()
-    output: touch("figures/robustness/.published_capacity")
-    shell: "{PY:q} -m study.workflow publish-files figures/robustness --replace 'autoattack_threat_*.json' {input:q}"
+    output: touch(f"{FIGURES}/robustness/.published_capacity")
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/robustness --replace 'autoattack_threat_*.json' {input:q}"

@@ -47,6 +47,8 @@ def parse_args(argv):
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every method alike (default: torch's "
                         "own choice; 1 with --smoke, where oversubscribed threads on a busy CI machine crawl)")
+    parser.add_argument("--scratch-only", action="store_true", help="the workflow section: only the two reports "
+                        "from scratch (MNIST, then Fashion-MNIST), no incremental runs or seed study")
     parser.add_argument("--seed-study", action="store_true", help="the workflow's seed study with all 10 seeds "
                         "(default: 2 seeds, extrapolated)")
     test = parser.add_mutually_exclusive_group()
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         write(results, out, started)
     if "workflow" in only:
         say("[5] the workflow (Snakemake) in a copy of the repository")
-        sections["workflow"] = workflow.run(settings, say, all_seeds=args.seed_study)
+        sections["workflow"] = workflow.run(settings, say, all_seeds=args.seed_study, scratch_only=args.scratch_only)
         write(results, out, started)
     if args.make_test:
         say("[5b] make test")

@@ -1,7 +1,8 @@
 """The report's workflow (the Snakefile) timed as a user meets it, in a copy of the repository (never this tree):
 
 - from scratch: ``snakemake --cores 2 run --config run_dir=build/bench`` after installation (data linked, venv
-  installed, no model and no executed notebook yet): what ``make report`` runs, without publishing;
+  installed, no model and no executed notebook yet): what ``make report`` runs, without publishing; then the same
+  on Fashion-MNIST (``dataset=fashion_mnist``, its own run folder), in the same copy, one after the other;
 - incremental: the same command again after changing one figure's function in ``study/figures.py`` (its stage
   and the narrative re-run, no model retrains), after changing ``notebooks/06_report.ipynb`` (the narrative), and
   after changing the figures' shared style (every stage notebook re-runs);
@@ -107,8 +108,9 @@ def snakemake(repo: Path, target: str, config: list[str], timeout: float) -> dic
     return {"command": " ".join(["snakemake", *cmd[3:]]), "seconds": done.wall_s, "jobs": jobs(done)}
 
 
-def run(settings: Settings, say=print, all_seeds: bool = False) -> dict:
-    """The workflow section. all_seeds: the seed study with all 10 seeds (else 2, extrapolated)."""
+def run(settings: Settings, say=print, all_seeds: bool = False, scratch_only: bool = False) -> dict:
+    """The workflow section. all_seeds: the seed study with all 10 seeds (else 2, extrapolated). scratch_only: only
+    the two runs from scratch (MNIST, Fashion-MNIST), without the incremental runs and the seed study."""
     if not settings.workflow:
         return {"not_measured": f"skipped in --{settings.mode} mode (the workflow takes minutes)"}
     load = [loadavg()]
@@ -118,18 +120,24 @@ def run(settings: Settings, say=print, all_seeds: bool = False) -> dict:
         repo = copy_clone(Path(tmp) / "repo")
         say(f"  from scratch: snakemake --cores {CORES} run --config {' '.join(config)} (in {repo}) ...")
         section["from_scratch"] = snakemake(repo, "run", config, timeout=3600)
-        for what in CHANGED:
+        fm_config = [f"run_dir={RUN_DIR}_fashion_mnist", "dataset=fashion_mnist", *settings.workflow_config]
+        say(f"  Fashion-MNIST from scratch: snakemake --cores {CORES} run --config {' '.join(fm_config)} ...")
+        section["fashion_mnist_from_scratch"] = snakemake(repo, "run", fm_config, timeout=3600)
+        for what in () if scratch_only else CHANGED:
             description = change(repo, what)
             say(f"  again after changing {description} ...")
             section[f"after_{what}_change"] = {"changed": description, **snakemake(repo, "run", config, timeout=1800)}
         seeds = SEED_STUDY_SEEDS if all_seeds else 2
-        say(f"  seed study, seeds 0-{seeds - 1} ...")
+        if scratch_only:
+            seeds = 0
+        say(f"  seed study, seeds 0-{seeds - 1} ..." if seeds else "  (--scratch-only: no seed study)")
         # the target's seed study: training + sweep per seed (publish_seeds); `make seeds` also retrains and
         # attacks the robust model per seed (publish_robust_seeds), which the target does not count
-        study = snakemake(repo, "figures/seed_study/.published", [f"seeds=0-{seeds - 1}", *settings.workflow_config],
-                          timeout=7200)
-        section["seed_study"] = {**study, "seeds": seeds, "extrapolated": seeds != SEED_STUDY_SEEDS,
-                                 "seconds_for_10_seeds": study["seconds"] * SEED_STUDY_SEEDS / seeds}
+        if seeds:
+            study = snakemake(repo, "figures/seed_study/.published", [f"seeds=0-{seeds - 1}",
+                                                                       *settings.workflow_config], timeout=7200)
+            section["seed_study"] = {**study, "seeds": seeds, "extrapolated": seeds != SEED_STUDY_SEEDS,
+                                     "seconds_for_10_seeds": study["seconds"] * SEED_STUDY_SEEDS / seeds}
     kernels = {k: v for k, v in section["from_scratch"]["jobs"].items() if "papermill_peak_rss_mb" in v}
     largest = max(kernels, key=lambda k: kernels[k]["peak_rss_mb"]) if kernels else None
     section["largest_kernel"] = {"stage": largest, "peak_rss_mb": kernels[largest]["peak_rss_mb"]} if largest else None

@@ -76,8 +76,9 @@ def _title(nb, default: str) -> str:
     return default
 
 
-def render_html(notebook: Path) -> str:
-    """The page's HTML (see the module docstring); raises NotExecutedError for an unexecuted notebook."""
+def render_html(notebook: Path, dataset: str | None = None) -> str:
+    """The page's HTML (see the module docstring); raises NotExecutedError for an unexecuted notebook. ``dataset``
+    names the page's data set in its title."""
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
@@ -92,7 +93,12 @@ def render_html(notebook: Path) -> str:
     exporter.register_preprocessor(
         TagRemovePreprocessor(remove_input_tags={HIDE_INPUT_TAG}, remove_cell_tags={"remove-cell", "injected-parameters"},
                               remove_all_outputs_tags={"remove-output"}, enabled=True), enabled=True)
-    resources = {"metadata": {"name": _title(nb, Path(notebook).stem), "path": str(Path(notebook).parent)}}
+    title = _title(nb, Path(notebook).stem)
+    if dataset is not None:
+        from advlib.data import dataset_info
+
+        title = f"{title} — {dataset_info(dataset).title}"
+    resources = {"metadata": {"name": title, "path": str(Path(notebook).parent)}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     remote = _REMOTE.search(body)
     if remote:
@@ -101,12 +107,12 @@ def render_html(notebook: Path) -> str:
     return body
 
 
-def export_html(notebook: Path, out: Path) -> Path:
+def export_html(notebook: Path, out: Path, dataset: str | None = None) -> Path:
     """Write the executed notebook as a self-contained HTML page at out (atomically); returns out.
 
     Raises NotExecutedError when the notebook has not been executed, ValueError when the page would reach
     MAX_BYTES."""
-    data = render_html(Path(notebook)).encode("utf-8")
+    data = render_html(Path(notebook), dataset).encode("utf-8")
     if len(data) >= MAX_BYTES:
         raise ValueError(f"the page would be {len(data) / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit: "
                          "save smaller figures (dpi) or fewer outputs in the notebook")
@@ -117,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.html_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", type=Path, help="the executed notebook, e.g. report/06_report.ipynb")
     parser.add_argument("out", type=Path, help="the page to write, e.g. report/index.html")
+    parser.add_argument("--dataset", help="the report's data set, named in the page's title")
     args = parser.parse_args(argv)
     skip_iri_format_checker()
     try:
-        out = export_html(args.notebook, args.out)
+        out = export_html(args.notebook, args.out, args.dataset)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

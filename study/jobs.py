@@ -28,11 +28,11 @@ import torch
 from study.cache import stage_cache
 from advlib.attacks import fgsm_sweep, predict
 from advlib.checkpoint import Checkpoint, environment_info, load_checkpoint
-from advlib.data import BOUNDS, load_mnist
+from advlib.data import BOUNDS, load_dataset
 from advlib.io import atomic_write_json
 from advlib.metrics import accuracy, first_test_images, pgd_curve, select_correct, sweep_metrics
 from study.workflow import NOTEBOOK_DIR, declared_parameters
-from study.models import ROBUST_MODEL, STANDARD_MODEL
+from study.models import ROBUST_MODEL, STANDARD_MODEL, check_dataset
 from study.results import plain, require_file
 from advlib.train import recalibrate_batchnorm
 
@@ -87,14 +87,18 @@ class AttackSet:
 
 
 def attack_set(artifact_dir: str | os.PathLike = "../artifacts", data_dir: str | os.PathLike = "../data", *,
-               n_samples: int = 1000, device: str = "cpu", select: str = "correct") -> AttackSet:
-    """Load the standard model (``artifact_dir/model.pt``, from 01_train) and the test split only, and pick
-    ``n_samples`` test images: with ``select="correct"`` the first ones the standard model classifies correctly, as
-    the original report did; with ``select="first"`` the first ones, unfiltered (see PROTOCOLS)."""
+               n_samples: int = 1000, device: str = "cpu", select: str = "correct",
+               dataset: str = "mnist") -> AttackSet:
+    """Load the standard model (``artifact_dir/model.pt``, from 01_train) and the test split only of ``dataset``
+    ("mnist", "fashion_mnist"), and pick ``n_samples`` test images: with ``select="correct"`` the first ones the
+    standard model classifies correctly, as the original report did; with ``select="first"`` the first ones,
+    unfiltered (see PROTOCOLS). A model trained on another data set is refused."""
     if select not in PROTOCOLS:
         raise ValueError(f"select must be one of {sorted(PROTOCOLS)} (see study.jobs.PROTOCOLS), got {select!r}")
-    ckpt = load_checkpoint(require_file(Path(artifact_dir) / STANDARD_MODEL, "01_train.ipynb"), device=device)
-    data = load_mnist(data_dir, splits=("test",))
+    path = require_file(Path(artifact_dir) / STANDARD_MODEL, "01_train.ipynb")
+    ckpt = load_checkpoint(path, device=device)
+    check_dataset(ckpt, dataset, path)
+    data = load_dataset(dataset, data_dir, splits=("test",))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     if select == "correct":
         idx = select_correct(ckpt.model, test_x, test_y, n_samples)
@@ -119,7 +123,7 @@ def pgd_curve_part(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike,
     if not 0 <= part < parts:
         raise ValueError(f"part must lie in 0..{parts - 1}, got {part}")
     s = attack_set(artifact_dir, data_dir, n_samples=params["n_samples"], device=params["device"],
-                   select="first")
+                   select="first", dataset=params.get("dataset", "mnist"))
     path = require_file(Path(artifact_dir) / model_file, "05_defense.ipynb")
     net = s.model if model_file == STANDARD_MODEL else load_checkpoint(path, device=params["device"]).model
     return pgd_curve(net, s.x, s.y, params["eps_grid"][part::parts], pgd_steps=params["pgd_steps"],
@@ -127,7 +131,8 @@ def pgd_curve_part(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
 
 def recalibrated_accuracy(model: torch.nn.Module, data_dir: str | os.PathLike, test_x: torch.Tensor,
-                          test_y: torch.Tensor, n_images: int = BN_CALIBRATION_IMAGES) -> float:
+                          test_y: torch.Tensor, n_images: int = BN_CALIBRATION_IMAGES,
+                          dataset: str = "mnist") -> float:
     """Clean accuracy (%) on (test_x, test_y) of a copy of ``model`` whose BatchNorm statistics are recomputed on
     the first ``n_images`` training images (:func:`advlib.train.recalibrate_batchnorm`, "precise BN"); the weights
     and ``model`` itself are untouched.
@@ -137,7 +142,7 @@ def recalibrated_accuracy(model: torch.nn.Module, data_dir: str | os.PathLike, t
     statistics recomputed for the final weights, the accuracy measures the weights alone.
     test_x: (N, 1, 32, 32) in [-1, 1] on the model's device; test_y: (N,) labels.
     """
-    train_u8 = load_mnist(data_dir, splits=("train",)).train_u8[:n_images]
+    train_u8 = load_dataset(dataset, data_dir, splits=("train",)).train_u8[:n_images]
     recalibrated = copy.deepcopy(model)
     recalibrate_batchnorm(recalibrated, train_u8.to(test_x.device))
     return accuracy(recalibrated, test_x, test_y)
@@ -161,12 +166,15 @@ def seed_record(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, tr
          "sweep": {"n_samples", "eps_grid", "rows" (advlib.metrics.sweep_metrics), "parameters"}}: the sections
         of metrics.json that 07_seed_study reads, with their keys.
     """
-    s = attack_set(artifact_dir, data_dir, n_samples=sweep_params["n_samples"], device=sweep_params["device"])
+    dataset = sweep_params.get("dataset", "mnist")
+    s = attack_set(artifact_dir, data_dir, n_samples=sweep_params["n_samples"], device=sweep_params["device"],
+                   dataset=dataset)
     _, clean_conf = predict(s.model, s.x)
     rows = sweep_metrics(fgsm_sweep(s.model, s.x, s.y, sweep_params["eps_grid"], bounds=BOUNDS), clean_conf)
     return {
         "training": {"test_accuracy": accuracy(s.model, s.test_x, s.test_y),
-                     "recalibrated_test_accuracy": recalibrated_accuracy(s.model, data_dir, s.test_x, s.test_y),
+                     "recalibrated_test_accuracy": recalibrated_accuracy(s.model, data_dir, s.test_x, s.test_y,
+                                                                         dataset=dataset),
                      "bn_calibration_images": BN_CALIBRATION_IMAGES,
                      "history": s.checkpoint.history.to_dict(),
                      "parameters": train_params, "environment": environment_info()},

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from advlib.data import load_mnist
+from advlib.data import dataset_info, load_dataset
 from advlib.model import ResNetConfig, widened
 from advlib.train import TrainConfig, train
 
@@ -38,9 +38,10 @@ def _same_config(stored: dict, wanted: TrainConfig) -> bool:
 
 def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config: ResNetConfig = ResNetConfig(),
                   data_dir: str | os.PathLike = "../data", train_subset: int | None = None,
-                  progress: bool = True) -> Checkpoint:
+                  dataset: str = "mnist", progress: bool = True) -> Checkpoint:
     """The model ``config`` describes: loaded from ``path`` when the checkpoint there was trained with exactly this
-    config and training subset, else trained now (verified MNIST from ``data_dir``) and saved there atomically.
+    config, data set and training subset, else trained now (on the verified ``dataset`` from ``data_dir``) and saved
+    there atomically.
 
     Returns the :class:`~advlib.checkpoint.Checkpoint` (model in eval mode on ``config.device``).
     """
@@ -48,17 +49,31 @@ def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config:
     if path.is_file():
         ckpt = load_checkpoint(path, device=config.device)
         if (_same_config(ckpt.train_config, config) and ckpt.metadata.get("train_subset") == train_subset
-                and ckpt.model.config == model_config):
+                and checkpoint_dataset(ckpt) == dataset and ckpt.model.config == model_config):
             if progress:
                 print(f"loaded {path.name}: trained earlier with this configuration (seed {config.seed})")
             return ckpt
         if progress:
             print(f"{path.name} was trained with another configuration: training again")
-    data = load_mnist(data_dir, splits=("train", "test"), train_subset=train_subset)
+    data = load_dataset(dataset, data_dir, splits=("train", "test"), train_subset=train_subset)
     model, optimizer, history = train(data, model_config, config, progress=progress)
     save_checkpoint(path, model, optimizer, history, config.to_dict(),
-                    metadata={"seed": config.seed, "train_subset": train_subset})
+                    metadata={"seed": config.seed, "train_subset": train_subset, "dataset": dataset})
     return load_checkpoint(path, device=config.device)
+
+
+def checkpoint_dataset(ckpt: Checkpoint) -> str:
+    """The data set a study checkpoint was trained on (its metadata; checkpoints from before the parameter: MNIST)."""
+    return ckpt.metadata.get("dataset", "mnist")
+
+
+def check_dataset(ckpt: Checkpoint, dataset: str, path: str | os.PathLike) -> None:
+    """Refuse a model trained on another data set than the stage's ``dataset``, saying how to get the right one."""
+    trained = checkpoint_dataset(ckpt)
+    if trained != dataset:
+        raise ValueError(f"{path} was trained on {dataset_info(trained).title}, but this run's dataset is "
+                         f"{dataset_info(dataset).title}: run the workflow with --config dataset={dataset} (its own "
+                         "run folder), or point artifact_dir at that data set's models")
 
 
 def standard_config(params: dict) -> TrainConfig:
@@ -97,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(args.params)
     config = {"standard": standard_config, "robust": robust_config, "threat": threat_config}[args.kind](params)
     train_or_load(args.out, config, model_config=widened(args.width), data_dir=args.data_dir,
-                  train_subset=params.get("train_subset"))
+                  train_subset=params.get("train_subset"), dataset=params.get("dataset", "mnist"))
     return 0
 
 

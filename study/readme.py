@@ -1,4 +1,5 @@
-"""Regenerate the README's results section from figures/metrics.json (and the benchmark table).
+"""Regenerate the README's results section from figures/metrics.json (and the benchmark table), with a column for
+each other data set's published metrics (figures/fashion_mnist/metrics.json).
 
 The README carries generated blocks between markers, e.g.::
 
@@ -9,18 +10,48 @@ README matches what the committed metrics produce, so no number in it is typed b
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 
 from advlib.io import atomic_write_bytes
 from study.results import load_metrics
-from study.tables import comparison_table
+from study.tables import comparison_table, dataset_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def results_block(metrics: dict) -> str:
+def other_datasets(root: str | Path = ROOT) -> list[tuple[str, dict]]:
+    """[(title, metrics)] of every data set besides MNIST whose report is published (figures/<name>/metrics.json)."""
+    from advlib.data import DATASETS
+    from study.workflow import DEFAULT_DATASET
+
+    out = []
+    for name, info in DATASETS.items():
+        path = Path(root) / "figures" / name / "metrics.json"
+        if name != DEFAULT_DATASET and path.is_file():
+            out.append((info.title, json.loads(path.read_text())))
+    return out
+
+
+def both_metrics(root: str | Path, dataset: str, run_metrics: dict) -> tuple[dict, list[tuple[str, dict]]]:
+    """What the README shows when a run of ``dataset`` publishes: (MNIST's metrics, [(title, metrics)] of the other
+    data sets), the run's own metrics in their place, the published ones for the rest."""
+    from study.workflow import DEFAULT_DATASET
+
+    others = other_datasets(root)
+    if dataset == DEFAULT_DATASET:
+        return run_metrics, others
+    from advlib.data import dataset_info
+
+    title = dataset_info(dataset).title
+    mnist = load_metrics(Path(root) / "figures" / "metrics.json", require=("training", "sweep", "confidence"))
+    return mnist, [(t, run_metrics if t == title else m) for t, m in others] + (
+        [] if any(t == title for t, _ in others) else [(title, run_metrics)])
+
+
+def results_block(metrics: dict, others: list[tuple[str, dict]] = ()) -> str:
     """The headline table (shared with the narrative) and a note on units, samples and seeds."""
     sw, ss = metrics["sweep"], metrics.get("seed_study")
     note = ("ε in normalized units (images in [-1, 1]); px = the same ε in [0, 1] pixel units. Each row names its "
@@ -53,7 +84,13 @@ def results_block(metrics: dict) -> str:
                  " on this project's 2-core machine, several jobs sharing it.")
         if not rb.get("current_models", True):
             note += "\n\n(The robustness results were computed with other settings than the report's: re-run `make robust`.)"
-    return comparison_table(metrics) + "\n\n" + note
+    other_title, other = others[0] if others else (None, None)  # the table has room for one more data set
+    if other:
+        note += (f"\n\nThe {other_title} column: the same recipe and attacks on {other_title} (`make report "
+                 f"CONFIG=\"dataset={dataset_of(other)}\"`, report in [report/{dataset_of(other)}/]"
+                 f"(report/{dataset_of(other)}/index.html)), its standard model: seed mean ± sd where it has a seed "
+                 "study, and this run's number in brackets.")
+    return comparison_table(metrics, other, other_title) + "\n\n" + note
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -71,8 +108,8 @@ def bench_block(bench_md: str) -> str:
     return f"{table}\n\n{machine}\nEverything measured, with the spreads: [benchmarks/results.md](benchmarks/results.md)."
 
 
-def render(readme_text: str, metrics: dict, bench_md: str | None) -> str:
-    text = replace_block(readme_text, "results", results_block(metrics))
+def render(readme_text: str, metrics: dict, bench_md: str | None, others: list[tuple[str, dict]] = ()) -> str:
+    text = replace_block(readme_text, "results", results_block(metrics, others))
     if bench_md is not None and "<!-- bench:start -->" in text:
         text = replace_block(text, "bench", bench_block(bench_md))
     return text
@@ -87,7 +124,7 @@ def bench_markdown(root: str | Path = ROOT) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     readme = ROOT / "README.md"
     metrics = load_metrics(ROOT / "figures" / "metrics.json", require=("training", "sweep", "confidence"))
-    new = render(readme.read_text(), metrics, bench_markdown())
+    new = render(readme.read_text(), metrics, bench_markdown(), other_datasets())
     atomic_write_bytes(readme, new.encode())
     print(f"updated {readme}")
     return 0

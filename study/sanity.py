@@ -208,9 +208,9 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
 def _images(params: dict, data_dir: str):
     """The robustness evaluation's images: the first aa_samples test images, unfiltered (clean mistakes count as
     failures), as AutoAttack and RobustBench count; no model picks them."""
-    from advlib.data import load_mnist
+    from advlib.data import load_dataset
 
-    data = load_mnist(data_dir, splits=("test",))
+    data = load_dataset(params.get("dataset", "mnist"), data_dir, splits=("test",))
     x, y = first_test_images(data.test_x, data.test_y, params["aa_samples"])
     return x.to(params["device"]), y.to(params["device"])
 

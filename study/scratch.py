@@ -10,9 +10,15 @@ import os
 import shutil
 from pathlib import Path
 
-from study.workflow import ROOT, WORKFLOW_SETTINGS
+from study.workflow import DEFAULT_DATASET, ROOT, run_folder, subfolder
 
-SCRATCH_DIR = "build/scratch"  # a hand run's run folder (git-ignored, as all of build/)
+SCRATCH_DIR = "build/scratch"  # a hand run's run folder (git-ignored, as all of build/); build/<dataset>/scratch
+# for another data set than MNIST
+
+
+def scratch_folder(dataset: str = DEFAULT_DATASET) -> str:
+    """A data set's scratch run folder: build/scratch for MNIST, build/<dataset>/scratch for another."""
+    return f"build/{subfolder(dataset)}scratch"
 
 
 def is_repository(folder: str | os.PathLike) -> bool:
@@ -43,9 +49,11 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLike] = ()) -> Path:
+def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLike] = (),
+                dataset: str = DEFAULT_DATASET) -> Path:
     """Prepare the scratch run folder ``root/build/scratch`` and return it. It is laid out like the workflow's run
-    folders, so that a notebook finds there what it finds in ``build/run``:
+    folders, so that a notebook finds there what it finds in ``build/run``. Another data set than MNIST has its
+    own, ``build/<dataset>/scratch``, made the same way from ``build/<dataset>/run`` and ``figures/<dataset>/``:
 
     - ``data`` -> the repository's ``data/``;
     - ``artifacts/``: a link to each model (and the stage cache) that the last ``make report`` left in
@@ -58,7 +66,7 @@ def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLik
     A link or a copy is made where it is missing or older than what it comes from: the folder follows each new
     ``make report`` and keeps, until then, what a hand run wrote. Delete it to start again from the report."""
     root = Path(root).absolute()
-    scratch, run = root / SCRATCH_DIR, root / WORKFLOW_SETTINGS["run_dir"]
+    scratch, run = root / scratch_folder(dataset), root / run_folder(dataset)
     for sub in ("artifacts", "figures", "report"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
     if not os.path.lexists(scratch / "data"):
@@ -67,7 +75,7 @@ def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLik
         for src in sorted((run / "artifacts").iterdir()):
             if not src.name.startswith(".") and _newer(src, scratch / "artifacts" / src.name):
                 _link(src, scratch / "artifacts" / src.name)
-    published = root / "figures"
+    published = root / "figures" / subfolder(dataset)
     for src in sorted(published.rglob("*")) if published.is_dir() else []:
         dst = scratch / "figures" / src.relative_to(published)
         if src.is_file() and not src.name.startswith(".") and _newer(src, dst):
@@ -80,7 +88,7 @@ def scratch_run(root: str | os.PathLike = ROOT, notebooks: list[str | os.PathLik
     return scratch
 
 
-def run_dirs(*dirs: str) -> tuple[str, ...]:
+def run_dirs(*dirs: str, dataset: str = DEFAULT_DATASET) -> tuple[str, ...]:
     """The folders a notebook works in, from the relative defaults of its parameters cell (``"../artifacts"``...).
 
     The workflow runs every notebook in a run folder laid out like the repository (``build/run/report/`` beside
@@ -90,16 +98,24 @@ def run_dirs(*dirs: str) -> tuple[str, ...]:
     (``make report`` keeps them in ``build/run/artifacts/``), and write into the published ``figures/``. There
     each folder of the repository is taken in the scratch run folder instead (``../figures`` ->
     ``../build/scratch/figures``), which :func:`scratch_run` prepares. Paths come back relative to the notebook's
-    folder, as they came in. ``make report`` publishes; a hand run never does."""
+    folder, as they came in. ``make report`` publishes; a hand run never does.
+
+    ``dataset`` (the notebook's parameter) picks the data set's scratch folder. A notebook of another data set's
+    published report (``report/fashion_mnist/``) works in that data set's scratch folder whatever its parameters
+    cell says (papermill injects the data set after that cell)."""
     here = Path.cwd()
-    repo = here.parent
-    if not is_repository(repo):
+    base = here.parent  # the folder whose layout the defaults assume: the repository, or report/ of another data set
+    if is_repository(base):
+        repo = base
+    elif base.name == "report" and is_repository(base.parent):
+        repo, dataset = base.parent, here.name  # report/<dataset>/: that data set's scratch, whatever the parameter
+    else:
         return dirs
-    scratch = scratch_run(repo)
+    scratch = scratch_run(repo, dataset=dataset)
     out = []
     for d in dirs:
         path = Path(os.path.normpath(here / d))
-        if path.is_relative_to(repo) and not path.is_relative_to(repo / "build"):
-            path = scratch / path.relative_to(repo)
+        if path.is_relative_to(base) and not path.is_relative_to(repo / "build"):
+            path = scratch / path.relative_to(base)
         out.append(os.path.relpath(path, here) if not Path(d).is_absolute() else str(path))
     return tuple(out)

@@ -100,6 +100,16 @@ def constant(module: str, name: str, root: str | os.PathLike = ROOT):
     raise KeyError(f"{module} assigns no literal {name}")
 
 
+def dict_keys(module: str, name: str, root: str | os.PathLike = ROOT) -> list:
+    """The literal keys of a module's top-level ``NAME = {key: ..., ...}``, read without importing it (the workflow
+    reads the data sets advlib.data knows so, without importing torch)."""
+    for node in ast.parse(module_file(module, root).read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)):
+            return [ast.literal_eval(k) for k in node.value.keys]
+    raise KeyError(f"{module} assigns no dict {name}")
+
+
 def with_resources(paths) -> list[Path]:
     """The files, each with its resources: the files beside it named like it (advlib/explorer.css and .js beside
     advlib/explorer.py), which it reads at run time."""

@@ -24,7 +24,7 @@ def fmt_rate(r: dict, digits: int = 2) -> str:
 
 
 def confusion_summary(cm, k: int = 3) -> dict:
-    """The k most frequent off-diagonal confusions and the digit that resists best, from a confusion matrix
+    """The k most frequent off-diagonal confusions and the class that resists best, from a confusion matrix
     (rows: true label, columns: predicted). Ties go to the smaller (true, predicted) pair."""
     cm = np.asarray(cm)
     off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
@@ -35,16 +35,73 @@ def confusion_summary(cm, k: int = 3) -> dict:
             "most_robust_digit": best, "most_robust_accuracy": 100.0 * float(per_digit[best])}
 
 
-def comparison_table(metrics: dict) -> str:
-    """The headline table (markdown): the original report, this run with its 95% Wilson interval, the seed
-    study's mean ± sd when there is one, and the adversarially trained model. The README and the narrative both
-    show this table. eps the sweep grid does not contain are left out."""
+def dataset_sentence(dataset: str, n_train: int, n_test: int) -> str:
+    """The narrative's sentence on the data: which data set, how many images of what, and how they were checked."""
+    from advlib.data import class_names, dataset_info
+
+    info = dataset_info(dataset)
+    what = ("the handwritten digits 0–9" if dataset == "mnist" else
+            f"{len(info.classes)} classes ({', '.join(class_names(dataset))})")
+    check = ("md5 sums of the original files" if dataset == "mnist" else
+             "sizes and SHA-256 sums of the decompressed official files")
+    return (f"{info.title}: {n_train:,} training and {n_test:,} test images of {what}, fetched from a verified offline "
+            f"source ({check} checked).")
+
+
+def dataset_of(metrics: dict) -> str:
+    """The data set a metrics.json was computed on (recorded by 01_train; before the parameter existed: MNIST)."""
+    return metrics["training"]["parameters"].get("dataset", "mnist")
+
+
+def _other_cells(other: dict | None) -> dict:
+    """Another data set's cells for the comparison table's column: per quantity, its seed study's mean ± sd with this
+    run's value beside it (this run's alone where it has no seed study)."""
+    if other is None:
+        return {}
+    tr, sw, cf, df, ss = (other["training"], other["sweep"], other["confidence"], other.get("defense"),
+                          other.get("seed_study"))
+
+    def both(seed_text: str | None, run_text: str) -> str:
+        return f"{seed_text} (this run {run_text})" if seed_text else run_text
+
+    cells = {"clean": both(ss and f"{ss['test_accuracy_mean']:.2f} ± {ss['test_accuracy_std']:.2f}%",
+                           f"{tr['test_accuracy']:.2f}%")}
+    if ss and "recalibrated_test_accuracy_mean" in ss:
+        cells["recalibrated"] = f"{ss['recalibrated_test_accuracy_mean']:.2f} ± {ss['recalibrated_test_accuracy_std']:.2f}%"
+    for r in sw["rows"]:
+        i = next((i for i, e in enumerate(ss["eps"]) if abs(e - r["eps"]) < 1e-9), None) if ss else None
+        seed_text = None if i is None else f"{ss['adv_accuracy_mean'][i]:.2f} ± {ss['adv_accuracy_std'][i]:.2f}%"
+        cells[("fgsm", r["eps"])] = both(seed_text, f"{r['adv_accuracy']['value']:.2f}%")
+    if df:
+        for attack in ("fgsm", "pgd"):
+            for r in df["curves"]["standard"][attack]:
+                cells[(f"{attack}_first", r["eps"], df["parameters"]["pgd_steps"])] = fmt_rate(r)
+    cells["confidence"] = (cf["focus_eps"], f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%")
+    cells["detector"] = (cf["focus_eps"], f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%")
+    return cells
+
+
+def comparison_table(metrics: dict, other: dict | None = None, other_title: str | None = None) -> str:
+    """The headline table (markdown): the original report (for MNIST, the data set it studied), this run with its
+    95% Wilson interval, the seed study's mean ± sd when there is one, and the adversarially trained model. The
+    README and the narrative both show this table. eps the sweep grid does not contain are left out.
+
+    other, other_title: another data set's metrics.json and name (the README's Fashion-MNIST column): its standard
+    model's numbers on the same rows, seed mean ± sd and this run's, "—" where it has none."""
     tr, sw, cf = metrics["training"], metrics["sweep"], metrics["confidence"]
     df, ss = metrics.get("defense"), metrics.get("seed_study")
-    o = ORIGINAL_REPORT
+    o = ORIGINAL_REPORT if dataset_of(metrics) == "mnist" else None  # the original report studied MNIST only
+    oc = _other_cells(other)
     # the seed spread leads: it is what a re-run, on this machine or another, should be judged against
-    headers = (["quantity", "original report"] + ([f"{len(ss['seeds'])} seeds, mean ± sd"] if ss else [])
-               + ["this run [95% CI]"] + (["robust model (adv. training) [95% CI]"] if df else []))
+    headers = (["quantity"] + (["original report"] if o else []) + ([f"{len(ss['seeds'])} seeds, mean ± sd"] if ss else [])
+               + ["this run [95% CI]"] + (["robust model (adv. training) [95% CI]"] if df else [])
+               + ([f"{other_title}: standard model, seeds mean ± sd (this run)"] if other else []))
+
+    def row(label: str, original: str, rest: list[str], other_key=None) -> list[str]:
+        cell = oc.get(other_key, "—")
+        if isinstance(cell, tuple):  # (its focus eps, text): only where it is this table's focus eps
+            cell = cell[1] if abs(cell[0] - cf["focus_eps"]) < 1e-9 else "—"
+        return [label] + ([original] if o else []) + rest + ([cell] if other else [])
 
     def seeds(eps: float | None = None) -> list[str]:
         if not ss:
@@ -64,33 +121,40 @@ def comparison_table(metrics: dict) -> str:
 
     n_correct = f"first {sw['n_samples']:,} correctly classified test images"
     n_first = (f"first {df['parameters']['n_samples']:,} test images, unfiltered" if df else "")
-    rows = [["clean test accuracy (10,000 images)", f"{o['test_accuracy']:.2f}%"] + seeds()
-            + [f"{tr['test_accuracy']:.2f}%"] + ([f"{df['clean_test_accuracy']['robust']:.2f}%"] if df else [])]
+    rows = [row(f"clean test accuracy ({tr['n_test']:,} images)" if "n_test" in tr else
+                "clean test accuracy (10,000 images)", f"{ORIGINAL_REPORT['test_accuracy']:.2f}%",
+                seeds() + [f"{tr['test_accuracy']:.2f}%"] + ([f"{df['clean_test_accuracy']['robust']:.2f}%"] if df else []),
+                "clean")]
     if ss and "recalibrated_test_accuracy_mean" in ss:  # a seed study from before it recorded them has no such row
-        rows.append(["the same, BatchNorm statistics recomputed on training images", "—",
-                     f"{ss['recalibrated_test_accuracy_mean']:.2f} ± {ss['recalibrated_test_accuracy_std']:.2f}%",
-                     "—"] + (["—"] if df else []))
-    for eps, value in o["adv_accuracy"].items():
+        rows.append(row("the same, BatchNorm statistics recomputed on training images", "—",
+                        [f"{ss['recalibrated_test_accuracy_mean']:.2f} ± {ss['recalibrated_test_accuracy_std']:.2f}%",
+                         "—"] + (["—"] if df else []), "recalibrated"))
+    for eps, value in ORIGINAL_REPORT["adv_accuracy"].items():  # the original report's eps: the headline rows
         try:
             r = row_at(sw["rows"], eps)
         except KeyError:
             continue
-        rows.append([f"FGSM accuracy, ε = {eps} ({r['eps_pixel']:.3f} px), {n_correct}", f"{value:.2f}%"]
-                    + seeds(eps) + [fmt_rate(r["adv_accuracy"])] + ["—"] * bool(df))
+        rows.append(row(f"FGSM accuracy, ε = {eps} ({r['eps_pixel']:.3f} px), {n_correct}", f"{value:.2f}%",
+                        seeds(eps) + [fmt_rate(r["adv_accuracy"])] + ["—"] * bool(df), ("fgsm", eps)))
     if df:
-        e = max(df["parameters"]["eps_grid"])
-        rows.append([f"FGSM accuracy, ε = {e} ({to_pixel_eps(e):.3f} px), {n_first}", "—"] + (["—"] if ss else [])
-                    + [fmt_rate(row_at(df["curves"]["standard"]["fgsm"], e))] + robust("fgsm", e))
-        rows.append([f"PGD-{df['parameters']['pgd_steps']} accuracy, ε = {e} ({to_pixel_eps(e):.3f} px), {n_first}", "—"]
-                    + (["—"] if ss else []) + [fmt_rate(row_at(df["curves"]["standard"]["pgd"], e))] + robust("pgd", e))
+        e, k = max(df["parameters"]["eps_grid"]), df["parameters"]["pgd_steps"]
+        rows.append(row(f"FGSM accuracy, ε = {e} ({to_pixel_eps(e):.3f} px), {n_first}", "—",
+                        (["—"] if ss else []) + [fmt_rate(row_at(df["curves"]["standard"]["fgsm"], e))]
+                        + robust("fgsm", e), ("fgsm_first", e, k)))
+        rows.append(row(f"PGD-{k} accuracy, ε = {e} ({to_pixel_eps(e):.3f} px), {n_first}", "—",
+                        (["—"] if ss else []) + [fmt_rate(row_at(df["curves"]["standard"]["pgd"], e))]
+                        + robust("pgd", e), ("pgd_first", e, k)))
     seeds_blank, robust_blank = ["—"] * bool(ss), ["—"] * bool(df)
-    rows += autoattack_rows(metrics, seeds_blank, robust_blank)
-    rows.append([f"mean confidence at ε = {cf['focus_eps']}, clean → FGSM", f"{o['clean_confidence']:.1f}% → "
-                 f"{o['adv_confidence']:.1f}%" if cf["focus_eps"] == o["focus_eps"] else "—"] + seeds_blank
-                + [f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%"] + robust_blank)
-    rows.append([f"confidence as attack detector at ε = {cf['focus_eps']}: ROC AUC / TPR at 5% FPR",
-                 "\"cannot threshold\""] + seeds_blank
-                + [f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%"] + robust_blank)
+    rows += [row(r[0], r[1], r[2:]) for r in autoattack_rows(metrics, seeds_blank, robust_blank)]
+    same_focus = o is not None and cf["focus_eps"] == o["focus_eps"]
+    rows.append(row(f"mean confidence at ε = {cf['focus_eps']}, clean → FGSM",
+                    f"{o['clean_confidence']:.1f}% → {o['adv_confidence']:.1f}%" if same_focus else "—",
+                    seeds_blank + [f"{cf['clean_confidence']:.1f}% → {cf['adv_confidence']:.1f}%"] + robust_blank,
+                    "confidence"))
+    rows.append(row(f"confidence as attack detector at ε = {cf['focus_eps']}: ROC AUC / TPR at 5% FPR",
+                    "\"cannot threshold\"",
+                    seeds_blank + [f"{cf['detector']['auc']:.3f} / {cf['detector']['tpr_at_5fpr']:.1f}%"] + robust_blank,
+                    "detector"))
     return markdown_table(headers, rows)
 
 

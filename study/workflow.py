@@ -31,8 +31,21 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 STAGES = ["01_train", "02_sweep", "03_confidence", "04_visual_grid", "05_defense", "07_seed_study", "08_robustness",
           "06_report"]
 REPORT_NOTEBOOK = "06_report"
-# settings of the workflow itself (not notebook parameters), with their defaults
+# settings of the workflow itself (not notebook parameters), with their defaults (run_dir: MNIST's; another data
+# set's run folder is build/<dataset>/run, see run_folder)
 WORKFLOW_SETTINGS = {"run_dir": "build/run", "seeds": "0-9", "threads_per_job": 1}
+DEFAULT_DATASET = "mnist"  # the study's own; every other data set publishes into report/<name>/ and figures/<name>/
+
+
+def subfolder(dataset: str) -> str:
+    """Where a data set's results live under report/, figures/ and build/: "" for MNIST (the repository's own
+    folders), "fashion_mnist/" for Fashion-MNIST."""
+    return "" if dataset == DEFAULT_DATASET else f"{dataset}/"
+
+
+def run_folder(dataset: str) -> str:
+    """A data set's default run folder: build/run for MNIST, build/<dataset>/run for another."""
+    return f"build/{subfolder(dataset)}run"
 
 
 def skip_iri_format_checker() -> None:
@@ -90,10 +103,27 @@ def resolve_config(config: dict, notebook_dir: str | os.PathLike = NOTEBOOK_DIR)
         raise ConfigError(f"unknown parameter(s) {unknown}. Notebook parameters: {', '.join(known)}. "
                           f"Workflow settings: {', '.join(WORKFLOW_SETTINGS)}.")
     config = {k: literal(v) for k, v in config.items()}
+    check_dataset(config.get("dataset", DEFAULT_DATASET), declared)
     settings = {k: config.get(k, v) for k, v in WORKFLOW_SETTINGS.items()}
+    settings["run_dir"] = config.get("run_dir", run_folder(config.get("dataset", DEFAULT_DATASET)))
     per_stage = {s: {k: config.get(k, v) for k, v in params.items()} for s, params in declared.items()}
     check_focus_eps(per_stage)
     return settings, per_stage
+
+
+def check_dataset(dataset, declared: dict[str, dict]) -> None:
+    """The data set must be one advlib.data knows, and every stage must declare it (so that all of them run on the
+    same data). Read without importing torch: the Snakefile calls this."""
+    from study.sources import dict_keys
+
+    known = dict_keys("advlib.data", "DATASETS")
+    if dataset not in known:
+        raise ConfigError(f"dataset = {dataset!r} is not a data set advlib knows: use one of {known} "
+                          f"(e.g. --config dataset={known[-1]})")
+    missing = [s for s, params in declared.items() if "dataset" not in params]
+    if missing:
+        raise ConfigError(f"the stages {missing} do not declare the parameter dataset: add `dataset = "
+                          f"\"{DEFAULT_DATASET}\"` to their parameters cell")
 
 
 def literal(value):
@@ -191,21 +221,31 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
 # Publishing
 
 
-def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[Path]:
+def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT, dataset: str = DEFAULT_DATASET,
+            stages: list[str] = STAGES) -> list[Path]:
     """Copy a finished run's executed notebooks (+ HTML page), figures and metrics.json into the repository
-    ``root`` (report/, figures/), then regenerate the README's tables. Every file is first copied next to its
+    ``root``: report/ and figures/ for MNIST, report/<dataset>/ and figures/<dataset>/ for another data set (whose
+    run never touches MNIST's files); then regenerate the README's tables. Every file is first copied next to its
     target under a temporary name and only then renamed into place, so an error while copying leaves the
-    committed report as it was. Returns the published paths."""
+    committed report as it was. ``stages``: the notebooks a finished run holds (every stage but 08_robustness
+    for a data set that `make robust` has not evaluated). Returns the published paths."""
     from study import readme
+    from study.sources import dict_keys
 
     run_dir, root = Path(run_dir), Path(root)
-    # a hidden file is a temporary one that a killed job left behind (run_notebook's), never a result
-    pairs = [(p, root / "report" / p.name) for p in sorted((run_dir / "report").glob("*.ipynb"))
+    report, figures = root / "report" / subfolder(dataset), root / "figures" / subfolder(dataset)
+    # other data sets' published results that a run read (the MNIST seed study's comparison): inputs, not results
+    others = set(dict_keys("advlib.data", "DATASETS")) - {dataset}
+
+    def result(p: Path) -> bool:  # a hidden file is a temporary one that a killed job left behind, never a result
+        return p.is_file() and not p.name.startswith(".") and p.relative_to(run_dir / "figures").parts[0] not in others
+
+    pairs = [(p, report / p.name) for p in sorted((run_dir / "report").glob("*.ipynb"))
              if not p.name.endswith(".failed.ipynb") and not p.name.startswith(".")]
-    pairs += [(p, root / "report" / p.name) for p in (run_dir / "report").glob("*.html") if not p.name.startswith(".")]
-    pairs += [(p, root / "figures" / p.relative_to(run_dir / "figures"))
-              for p in sorted((run_dir / "figures").rglob("*")) if p.is_file() and not p.name.startswith(".")]
-    missing = [s for s in STAGES if not (run_dir / "report" / f"{s}.ipynb").is_file()]
+    pairs += [(p, report / p.name) for p in (run_dir / "report").glob("*.html") if not p.name.startswith(".")]
+    pairs += [(p, figures / p.relative_to(run_dir / "figures")) for p in sorted((run_dir / "figures").rglob("*"))
+              if result(p)]
+    missing = [s for s in stages if not (run_dir / "report" / f"{s}.ipynb").is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run (no executed {missing}); nothing was published")
     staged = []
@@ -216,8 +256,9 @@ def publish(run_dir: str | os.PathLike, root: str | os.PathLike = ROOT) -> list[
             shutil.copyfile(src, tmp)
             staged.append((tmp, dst))
         readme_path = root / "README.md"
-        new_readme = readme.render(readme_path.read_text(), json.loads((run_dir / "figures" / "metrics.json").read_text()),
-                                   readme.bench_markdown(root))
+        run_metrics = json.loads((run_dir / "figures" / "metrics.json").read_text())
+        mnist, others = readme.both_metrics(root, dataset, run_metrics)
+        new_readme = readme.render(readme_path.read_text(), mnist, readme.bench_markdown(root), others)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -254,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--params", default="{}", help="JSON object of parameters")
     pub = sub.add_parser("publish", help="copy a finished run into report/, figures/ and the README")
     pub.add_argument("run_dir")
+    pub.add_argument("--stages", default=",".join(STAGES), help="the stages the run holds, comma-separated")
+    pub.add_argument("--dataset", default=DEFAULT_DATASET, help="the run's data set: another than MNIST publishes "
+                     "into report/<dataset>/ and figures/<dataset>/")
     files = sub.add_parser("publish-files", help="replace the result files in a folder of figures/ (seed study, "
                            "robustness evaluation) by these, together")
     files.add_argument("folder", help="figures/seed_study or figures/robustness")
@@ -275,13 +319,18 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "artifacts" / "model.pt").exists():
             print(f"{SCRATCH_DIR}/artifacts/ has no model yet: run `make report` first", file=sys.stderr)
     elif args.command == "publish-files":
-        if Path(args.folder).parent != Path("figures"):
-            raise SystemExit(f"publish-files publishes into a folder of figures/, got {args.folder!r}")
+        if Path(args.folder).parts[0] != "figures" or len(Path(args.folder).parts) not in (2, 3):
+            raise SystemExit(f"publish-files publishes into a folder of figures/ or figures/<dataset>/, "
+                             f"got {args.folder!r}")
         publish_files(args.results, Path.cwd() / args.folder, args.replace)  # the workflow runs in the repository
         print(f"published {len(args.results)} files into {args.folder}/")
     else:
-        published = publish(args.run_dir, root=Path.cwd())  # the workflow runs in the repository
-        print(f"published {len(published)} files from {args.run_dir} into report/, figures/ and README.md")
+        unknown = sorted(set(args.stages.split(",")) - set(STAGES))
+        if unknown:
+            raise SystemExit(f"unknown stages {unknown}: the stages are {', '.join(STAGES)}")
+        published = publish(args.run_dir, root=Path.cwd(), dataset=args.dataset, stages=args.stages.split(","))  # the workflow runs in the repository
+        sub_ = subfolder(args.dataset)
+        print(f"published {len(published)} files from {args.run_dir} into report/{sub_}, figures/{sub_} and README.md")
     return 0
 
 
