@@ -71,6 +71,8 @@ NEEDS = {
 }
 # 07_seed_study's comparison of data sets (MNIST's report only): the other data set's published seed study
 COMPARE = PARAMS["07_seed_study"]["compare_with"] if DATASET == "mnist" else None
+if COMPARE and not any(Path(f"figures/{COMPARE}/seed_study").glob("seed_*.json")):
+    COMPARE = None  # not published yet: 07_seed_study says so and draws no Figure 14
 if COMPARE:
     NEEDS["07_seed_study"].append(f"figures/{COMPARE}/seed_study")
 

@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # `make test` runs two pytest workers (pytest-xdist, -n 2 --dist loadscope): each test module, and each nbval
 # notebook, runs whole on one worker, in order. The modules that share the small workflow run of the `repo_copy`
 # fixture form one unit, so that it runs once, on one worker, while the other runs the unit tests and nbval.
-SHARED_WORKFLOW_MODULES = ("tests/study/test_workflow.py", "tests/e2e/test_slider_browser.py")
+SHARED_WORKFLOW_MODULES = ("tests/study/test_workflow.py", "tests/study/test_fashion_workflow.py",
+                           "tests/e2e/test_slider_browser.py")
 
 
 def pytest_xdist_make_scheduler(config, log):

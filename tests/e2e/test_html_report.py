@@ -12,7 +12,10 @@ Debian's Chromium with every network request blocked, the slider moved by keyboa
 5. exports a notebook holding the explorer's display output (with saved widget state, as papermill leaves it) with
    :func:`study.html_report.export_html` and checks the page: hidden sources, no prompts, embedded figures, a
    working slider offline; an unexecuted notebook is refused;
-6. if ``report/index.html`` exists (``make report`` writes it), opens it the same way and checks its slider.
+6. opens each committed report page the same way (``report/index.html``, MNIST's, and
+   ``report/fashion_mnist/index.html``, Fashion-MNIST's; ``make report`` and ``make report
+   CONFIG="dataset=fashion_mnist"`` write them; each is skipped while it does not exist), checks its slider against
+   its metrics.json, and follows its link to the other data set's page.
 
 Skipped, with the reason, when ``/usr/bin/chromium`` (apt package ``chromium``) or playwright is missing.
 Run: ``.venv/bin/python -m pytest tests/e2e/test_html_report.py -m e2e -v``.
@@ -34,8 +37,21 @@ from advlib.metrics import select_correct  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "html_report"  # git-ignored (/test-artifacts/)
-REPORT_PAGE = REPO_ROOT / "report" / "index.html"
-METRICS = REPO_ROOT / "figures" / "metrics.json"
+# the committed report pages: {data set: (page, its metrics.json, its link to the other data set's page)}
+REPORT_PAGES = {
+    "mnist": (REPO_ROOT / "report" / "index.html", REPO_ROOT / "figures" / "metrics.json", "fashion_mnist/index.html"),
+    "fashion_mnist": (REPO_ROOT / "report" / "fashion_mnist" / "index.html",
+                      REPO_ROOT / "figures" / "fashion_mnist" / "metrics.json", "../index.html"),
+}
+
+
+def report_pages() -> list:
+    """REPORT_PAGES as parameters (page, metrics, link), each skipped with the reason while its page is missing."""
+    return [pytest.param(page, metrics, link, id=name,
+                         marks=pytest.mark.skipif(not page.exists(), reason=f"{page.relative_to(REPO_ROOT)} does not "
+                                                  "exist yet (make report" + ("" if name == "mnist" else
+                                                  f' CONFIG="dataset={name}"') + " writes it)"))
+            for name, (page, metrics, link) in REPORT_PAGES.items()]
 
 pytestmark = [
     pytest.mark.e2e,
@@ -306,17 +322,16 @@ def test_export_refuses_an_unexecuted_notebook(explorer, tmp_path):
     assert not (tmp_path / "index.html").exists()
 
 
-@pytest.mark.skipif(not REPORT_PAGE.exists(), reason=f"{REPORT_PAGE.relative_to(REPO_ROOT)} does not exist yet "
-                                                      "(make report writes it)")
-def test_report_page_slider(browser):
-    page = browser.open(REPORT_PAGE.as_uri(), VIEWPORTS["desktop"])
+@pytest.mark.parametrize("report_page, metrics, link", report_pages())
+def test_report_page_slider(browser, report_page, metrics, link):
+    page = browser.open(report_page.as_uri(), VIEWPORTS["desktop"])
     browser.check("after opening the report page")
     root = page.locator(".advlib-explorer").first.element_handle()
     assert root is not None, "the report page has no ε explorer (.advlib-explorer)"
     data = json.loads(page.evaluate("(r) => r.querySelector('script.advlib-explorer-data').textContent", root))
     curve = {}
-    if METRICS.exists():
-        section = json.loads(METRICS.read_text()).get("visual", {}).get("explorer_curve")
+    if metrics.exists():
+        section = json.loads(metrics.read_text()).get("visual", {}).get("explorer_curve")
         if section:
             curve = dict(zip((round(e, 6) for e in section["eps"]), section["adv_accuracy"]))
     slider = page.locator(".advlib-explorer-slider input").first
@@ -331,5 +346,22 @@ def test_report_page_slider(browser):
         if round(f["eps"], 6) in curve:  # the same model and images as the visual stage: the same accuracy
             assert f["adv_accuracy"] == pytest.approx(curve[round(f["eps"], 6)], abs=100.0 / data["n"]), \
                 f"after {key}: the page's accuracy differs from metrics.json's visual.explorer_curve"
-    page.screenshot(path=str(ARTIFACT_DIR / "report-index.png"))
+    page.screenshot(path=str(ARTIFACT_DIR / f"report-index-{report_page.parent.name}.png"))
     browser.check("on the report page")
+
+
+@pytest.mark.parametrize("report_page, metrics, link", report_pages())
+def test_report_pages_link_to_each_other(browser, report_page, metrics, link):
+    """MNIST's page links to Fashion-MNIST's (fashion_mnist/index.html) and back (../index.html); the link's
+    target is committed, and following it offline opens the other page with its slider."""
+    page = browser.open(report_page.as_uri(), VIEWPORTS["desktop"])
+    anchor = page.locator(f'a[href="{link}"]')
+    assert anchor.count() >= 1, f"{report_page.relative_to(REPO_ROOT)} has no link to {link}"
+    target = (report_page.parent / link).resolve()
+    assert target.is_file(), (f"{report_page.relative_to(REPO_ROOT)} links to {link}, which does not exist: publish "
+                              "both data sets' reports (make report; make report CONFIG=\"dataset=fashion_mnist\")")
+    with page.expect_navigation(wait_until="load"):
+        anchor.first.click()
+    assert page.url == target.as_uri(), f"following {link} opened {page.url}"
+    assert page.locator(".advlib-explorer").count() >= 1, f"{target.relative_to(REPO_ROOT)} shows no ε explorer"
+    browser.check(f"after following {link}")

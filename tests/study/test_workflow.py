@@ -111,8 +111,9 @@ def test_each_stage_records_the_parameters_it_ran_with(small_pipeline):
     """Taken from the notebook's namespace (defaults + papermill's overrides), not retyped: the overrides show."""
     metrics = json.loads((small_pipeline["figure_dir"] / "metrics.json").read_text())
     p = SMALL_PIPELINE_PARAMETERS
-    assert metrics["training"]["parameters"] == {"seed": p["seed"], "device": "cpu", "epochs": p["epochs"],
-                                                 "batch_size": 64, "lr": 0.01, "train_subset": p["train_subset"]}
+    assert metrics["training"]["parameters"] == {"dataset": "mnist", "seed": p["seed"], "device": "cpu",
+                                                 "epochs": p["epochs"], "batch_size": 64, "lr": 0.01,
+                                                 "train_subset": p["train_subset"]}
     assert metrics["sweep"]["parameters"]["n_samples"] == p["n_samples"]
     assert metrics["defense"]["parameters"]["pgd_steps"] == p["pgd_steps"]
     for section in ("training", "sweep", "confidence", "visual", "defense"):
@@ -180,7 +181,7 @@ def test_publish_leaves_a_killed_jobs_temporary_file_behind(tmp_path, monkeypatc
     (run / "report" / ".02_sweep.k1ll3d.ipynb").write_text("half a notebook")
     (run / "figures" / "metrics.json").write_text("{}")
     (tmp_path / "README.md").write_text("readme")
-    monkeypatch.setattr(readme, "render", lambda text, metrics, bench: text)
+    monkeypatch.setattr(readme, "render", lambda text, metrics, bench, others=(): text)
     published = pipeline.publish(run, root=tmp_path)
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(f"{s}.ipynb" for s in pipeline.STAGES)
     assert all(not p.name.startswith(".") for p in published)
@@ -541,7 +542,7 @@ def test_cluster_profile_dry_run_shows_the_jobs_it_would_submit(repo_copy):
 
 
 def committed_notebooks() -> list[Path]:
-    return sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "report").glob("*.ipynb"))
+    return sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "report").rglob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -597,7 +598,7 @@ def test_readme_tables_are_generated_from_the_committed_metrics():
     if not metrics_path.is_file():
         pytest.skip("no committed figures/metrics.json yet (run make report)")
     text = (ROOT / "README.md").read_text()
-    expected = readme.render(text, load_metrics(metrics_path), readme.bench_markdown(ROOT))
+    expected = readme.render(text, load_metrics(metrics_path), readme.bench_markdown(ROOT), readme.other_datasets(ROOT))
     assert text == expected, "README's generated blocks are stale: run `python -m study.readme`"
 
 
