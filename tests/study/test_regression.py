@@ -7,7 +7,8 @@ numbers are checked, by checks that hold for any honest seed's model on any mach
   Paired on one model, it needs no seed spread: FGSM at twice its eps, or with its sign flipped, moves hundreds of
   images.
 - the test accuracy with BatchNorm's statistics recomputed, against the seeds' band (median ± 6 scaled MADs,
-  study.bands.seed_band): narrow (width about 1.5 pp); a model trained on a fifteenth of the recipe falls below.
+  study.bands.seed_band): narrow (width about 1.5 pp on MNIST, 8.5 pp on Fashion-MNIST, whose model `make test`
+  trains too in test-artifacts/fashion_mnist/run); a model trained on a fifteenth of the recipe falls below.
 - the robust model's clean, PGD and AutoAttack accuracy against the robust seeds' bands: a model whose adversarial
   training did not happen (PGD accuracy near 0) falls tens of points below them.
 
@@ -35,6 +36,15 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_RUN = ROOT / "test-artifacts" / "run"
 N_IMAGES = 1000  # the report's attack set
 ORACLE_TOLERANCE = 2  # images of N_IMAGES by which advlib's FGSM may differ from the oracle (float rounding only)
+# each data set's `make test` run and committed seed study (the recomputed-statistics band is checked for both)
+STUDIES = {"mnist": (TEST_RUN, ROOT / "figures" / "metrics.json"),
+           "fashion_mnist": (ROOT / "test-artifacts" / "fashion_mnist" / "run",
+                             ROOT / "figures" / "fashion_mnist" / "metrics.json")}
+
+
+def study_of(dataset: str) -> dict:
+    """The committed seed study of a data set (its metrics.json's seed_study section)."""
+    return load_metrics(STUDIES[dataset][1], require=("seed_study",))["seed_study"]
 
 
 @pytest.fixture(scope="module")
@@ -138,30 +148,39 @@ def test_outside_fgsm_oracle_flags_what_differs():
 # The standard model's test accuracy with BatchNorm's statistics recomputed, against the seeds' band
 
 
-def rerun_recalibrated_accuracy(artifact_dir: Path) -> float:
+def rerun_recalibrated_accuracy(artifact_dir: Path, dataset: str = "mnist") -> float:
     """Clean test accuracy of the model in artifact_dir with BatchNorm's statistics recomputed, as the seed study
     records it (study.jobs.recalibrated_accuracy on the same training images)."""
-    s = attack_set(artifact_dir, ROOT / "data", n_samples=1)
-    return recalibrated_accuracy(s.model, ROOT / "data", s.test_x, s.test_y)
+    s = attack_set(artifact_dir, ROOT / "data", n_samples=1, dataset=dataset)
+    return recalibrated_accuracy(s.model, ROOT / "data", s.test_x, s.test_y, dataset=dataset)
 
 
-def test_a_retrained_model_lands_inside_the_recalibrated_band(retrained, seed_study):
-    value = rerun_recalibrated_accuracy(retrained)
-    message = f"recomputed-statistics accuracy {value:.2f}%, seeds' band {band_text(recalibrated_band(seed_study))}"
+@pytest.mark.parametrize("dataset", STUDIES)
+def test_a_retrained_model_lands_inside_the_recalibrated_band(dataset):
+    artifacts = STUDIES[dataset][0] / "artifacts"
+    if not (artifacts / "model.pt").is_file():
+        pytest.skip(f"no {dataset} model trained by `make test` in {artifacts.parent} (run the tests with `make test`)")
+    seed_study = study_of(dataset)
+    value = rerun_recalibrated_accuracy(artifacts, dataset)
+    message = (f"{dataset}: recomputed-statistics accuracy {value:.2f}%, seeds' band "
+               f"{band_text(recalibrated_band(seed_study))}")
     print(message)
     assert outside_seed_band(value, seed_study) == [], message
 
 
-def test_the_recalibrated_band_catches_a_model_trained_on_too_little(seed_study, data_root):
+@pytest.mark.parametrize("dataset", STUDIES)
+def test_the_recalibrated_band_catches_a_model_trained_on_too_little(dataset, data_root):
     """A model trained on a fifteenth of the recipe (one epoch on 12,000 images: what a training loop stopping early,
-    or a data loader dropping most batches, would give) lands below the seeds' recomputed-statistics band."""
-    from advlib.data import load_mnist
+    or a data loader dropping most batches, would give) lands below the seeds' recomputed-statistics band, on either
+    data set (Fashion-MNIST's band is wider, about 8.5 pp, and such a model lands some 7 pp below it)."""
+    from advlib.data import load_dataset
     from advlib.model import ResNetConfig
     from advlib.train import TrainConfig, train
 
-    data = load_mnist(data_root, splits=("train", "test"), train_subset=12_000)
+    seed_study = study_of(dataset)
+    data = load_dataset(dataset, data_root, splits=("train", "test"), train_subset=12_000)
     model, _, _ = train(data, ResNetConfig(), TrainConfig(epochs=1, seed=0), progress=False)
-    value = recalibrated_accuracy(model, data_root, data.test_x, data.test_y)
+    value = recalibrated_accuracy(model, data_root, data.test_x, data.test_y, dataset=dataset)
     flagged = outside_seed_band(value, seed_study)
     print(flagged)
     assert flagged and "recomputed" in flagged[0], f"{value:.2f}% inside {band_text(recalibrated_band(seed_study))}"
@@ -177,9 +196,11 @@ def test_outside_seed_band_flags_what_lies_outside():
     assert seed_band([99.0, 99.5, 100.0], k=6) == pytest.approx((95.0522, 100.0))  # 99.5 ± 4.45, clipped at 100%
 
 
-def test_every_committed_seed_lies_inside_the_band_of_the_others(seed_study):
+@pytest.mark.parametrize("dataset", STUDIES)
+def test_every_committed_seed_lies_inside_the_band_of_the_others(dataset):
     """The bands admit an honest re-run: each committed seed lies inside the band computed from the other seeds
     (for the recomputed-statistics accuracy and the robust model's clean, PGD and AutoAttack accuracy)."""
+    seed_study = study_of(dataset)
     series = {"recomputed-statistics accuracy": seed_study["per_seed_recalibrated_test_accuracy"]}
     series.update({key: seed_study["robust"][key]["values"] for key in ("clean", "pgd", "aa")}
                   if seed_study.get("robust") else {})
