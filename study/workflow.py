@@ -103,15 +103,16 @@ def resolve_config(config: dict, notebook_dir: str | os.PathLike = NOTEBOOK_DIR)
         raise ConfigError(f"unknown parameter(s) {unknown}. Notebook parameters: {', '.join(known)}. "
                           f"Workflow settings: {', '.join(WORKFLOW_SETTINGS)}.")
     config = {k: literal(v) for k, v in config.items()}
-    check_dataset(config.get("dataset", DEFAULT_DATASET), declared)
+    dataset = config.get("dataset", DEFAULT_DATASET)
+    check_dataset_parameter(dataset, declared)
     settings = {k: config.get(k, v) for k, v in WORKFLOW_SETTINGS.items()}
-    settings["run_dir"] = config.get("run_dir", run_folder(config.get("dataset", DEFAULT_DATASET)))
+    settings["run_dir"] = config.get("run_dir", run_folder(dataset))
     per_stage = {s: {k: config.get(k, v) for k, v in params.items()} for s, params in declared.items()}
     check_focus_eps(per_stage)
     return settings, per_stage
 
 
-def check_dataset(dataset, declared: dict[str, dict]) -> None:
+def check_dataset_parameter(dataset, declared: dict[str, dict]) -> None:
     """The data set must be one advlib.data knows, and every stage must declare it (so that all of them run on the
     same data). Read without importing torch: the Snakefile calls this."""
     from study.sources import dict_keys

@@ -71,10 +71,10 @@ def test_an_unknown_data_set_is_refused_with_the_known_names():
 
 def test_every_stage_must_declare_the_data_set():
     declared = pipeline.stage_parameters()
-    pipeline.check_dataset(FM, declared)  # the repository's notebooks all declare it
+    pipeline.check_dataset_parameter(FM, declared)  # the repository's notebooks all declare it
     without = {**declared, "02_sweep": {k: v for k, v in declared["02_sweep"].items() if k != "dataset"}}
     with pytest.raises(pipeline.ConfigError, match=r"\['02_sweep'\] do not declare the parameter dataset"):
-        pipeline.check_dataset(FM, without)
+        pipeline.check_dataset_parameter(FM, without)
 
 
 # ---------------------------------------------------------------------------------------------------------------
