@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from advlib.io import atomic_torch_save
-from advlib.model import ResNetConfig, SmallResNet
+from torch import nn
+
+from advlib.model import ARCHITECTURES, architecture_of
 from advlib.train import History
 
 FORMAT_VERSION = 1
@@ -78,19 +80,21 @@ def environment_info() -> dict:
 
 @dataclass
 class Checkpoint:
-    model: SmallResNet  # rebuilt from the stored config, in eval mode
+    model: nn.Module  # a SmallResNet or SmallCNN (advlib.model.ARCHITECTURES), rebuilt from the stored config, eval mode
     history: History
     train_config: dict
     metadata: dict
     optimizer_state: dict | None
 
 
-def save_checkpoint(path: str | os.PathLike, model: SmallResNet, optimizer: torch.optim.Optimizer | None = None,
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     history: History | None = None, train_config: dict | None = None,
                     metadata: dict | None = None) -> Path:
-    """Write the checkpoint atomically: a crash mid-save leaves the previous file intact."""
+    """Write the checkpoint atomically: a crash mid-save leaves the previous file intact. ``model``: one of
+    advlib.model's architectures (:data:`~advlib.model.ARCHITECTURES`), recorded with its config."""
     blob = {
         "format_version": FORMAT_VERSION,
+        "architecture": architecture_of(getattr(model, "config", None)),
         "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
@@ -126,8 +130,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if blob.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {blob.get('format_version')!r}, this advlib reads "
                               f"{FORMAT_VERSION}; retrain with this version")
+    architecture = blob.get("architecture", "SmallResNet")  # checkpoints from before SmallCNN: SmallResNet
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(f"{path} holds a {architecture!r}, which this advlib does not know (it knows "
+                              f"{sorted(ARCHITECTURES)}); load it with the advlib version that wrote it")
     try:
-        model = SmallResNet(ResNetConfig.from_dict(blob["model_config"]))
+        model_type, config_type = ARCHITECTURES[architecture]
+        model = model_type(config_type.from_dict(blob["model_config"]))
         model.load_state_dict(blob["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path} does not fit the model it describes: {str(e).splitlines()[0]}") from None

@@ -8,10 +8,11 @@ anything else, with the fix in the message. Fetching them is :mod:`advlib.downlo
 advlib.download --root data --dataset mnist fashion_mnist``); :func:`load_dataset` calls it when they are missing,
 importing it inside the function, so ``import advlib`` never imports it.
 
-Images are then transformed once exactly as the original report did (Resize 32 -> ToTensor -> Normalize(0.5, 0.5)):
-the resize (PIL's, uint8 out) is cached as 32x32 uint8 tensors with a SHA-256 of their bytes, checked on every load.
-:func:`load_mnist` loads only the splits asked for; training images stay uint8 (:func:`batches` normalizes each
-batch to [-1, 1]), test images become float tensors in [-1, 1].
+By default images are transformed once exactly as the original report did (Resize 32 -> ToTensor -> Normalize(0.5,
+0.5)): the resize (PIL's, uint8 out) is cached as 32x32 uint8 tensors with a SHA-256 of their bytes, checked on
+every load. ``load_dataset(..., image_size=28, bounds=(0, 1))`` serves the raw 28x28 pixels in [0, 1] instead (the
+field's format: ToTensor alone). :func:`load_dataset` loads only the splits asked for; training images stay uint8
+(:func:`batches` converts each batch to the data's bounds), test images become float tensors in those bounds.
 """
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def class_names(dataset: str = "mnist") -> tuple[str, ...]:
     return dataset_info(dataset).classes
 
 IMAGE_SIZE = 32  # the original report resizes 28x28 -> 32x32
+RAW_SIZE = 28  # the files' own size (load_dataset(..., image_size=28): no resize, as most of the field uses MNIST)
 MEAN, STD = 0.5, 0.5  # Normalize(0.5, 0.5): pixel p in [0, 1] becomes (p - 0.5) / 0.5 in [-1, 1]
 BOUNDS = (-1.0, 1.0)  # the normalized range of load_mnist's images: pass bounds=BOUNDS to advlib's attacks
 NUM_CLASSES = 10  # both data sets' classes (the attacks read the class count from the model's output instead)
@@ -181,9 +183,22 @@ def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.to(torch.float32).div_(255).sub_(MEAN).div_(STD)
 
 
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """Images as float32 in [-1, 1]: uint8 pixels are normalized (a new tensor), float images returned as they are."""
-    return normalize(x) if x.dtype == torch.uint8 else x
+def to_bounds(images_u8: torch.Tensor, bounds: Sequence[float] = BOUNDS) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float32 in ``bounds`` = (low, high): low + (high - low) * pixel / 255. The study's
+    (-1, 1) is :func:`normalize` (the original report's arithmetic); (0, 1) is ToTensor's pixel / 255 exactly."""
+    low, high = float(bounds[0]), float(bounds[1])
+    if (low, high) == BOUNDS:
+        return normalize(images_u8)
+    if images_u8.dtype != torch.uint8:
+        raise ValueError(f"to_bounds expects uint8 pixels 0..255, got {images_u8.dtype}")
+    x = images_u8.to(torch.float32).div_(255)
+    return x if (low, high) == (0.0, 1.0) else x.mul_(high - low).add_(low)
+
+
+def as_float(x: torch.Tensor, bounds: Sequence[float] = BOUNDS) -> torch.Tensor:
+    """Images as float32 in ``bounds`` (default [-1, 1]): uint8 pixels are converted (a new tensor,
+    :func:`to_bounds`), float images returned as they are."""
+    return to_bounds(x, bounds) if x.dtype == torch.uint8 else x
 
 
 def to_pixel_space(x: torch.Tensor) -> torch.Tensor:
@@ -216,14 +231,20 @@ def _read_cache(cache: Path, stamp: str) -> tuple[torch.Tensor, torch.Tensor] | 
     return images, labels
 
 
-def _cached_split(root: str | os.PathLike, split: str, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, 32, 32) uint8 images and (N,) int64 labels of one split, from the verified cache.
+def _cached_split(root: str | os.PathLike, split: str, dataset: str = "mnist",
+                  image_size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, S, S) uint8 images (S = image_size) and (N,) int64 labels of one split: the verified raw files as
+    they are for S = 28, else resized once and cached.
 
     The cache stores a SHA-256 of its tensors; one that does not match (edited, damaged, or from an older
     version) is rebuilt from the verified raw files, with a warning saying so."""
     info = dataset_info(dataset)
     prefix = "train" if split == "train" else "t10k"
-    cache = Path(root) / info.folder / "cache" / f"{split}-{IMAGE_SIZE}px-v{CACHE_VERSION}.pt"
+    labels_path = raw_dir(root, dataset) / f"{prefix}-labels-idx1-ubyte"
+    if image_size == RAW_SIZE:  # the verified files themselves: nothing to cache
+        images = torch.from_numpy(read_idx(raw_dir(root, dataset) / f"{prefix}-images-idx3-ubyte").copy())
+        return images.unsqueeze(1), torch.from_numpy(read_idx(labels_path).astype(np.int64))
+    cache = Path(root) / info.folder / "cache" / f"{split}-{image_size}px-v{CACHE_VERSION}.pt"
     stamp = info.files[f"{prefix}-images-idx3-ubyte"][2]  # the digest of the raw images it was made from
     if cache.is_file():
         cached = _read_cache(cache, stamp)
@@ -231,11 +252,22 @@ def _cached_split(root: str | os.PathLike, split: str, dataset: str = "mnist") -
             return cached
         warnings.warn(f"{info.title} cache {cache} is {cached}: rebuilding it from the verified raw files",
                       stacklevel=3)
-    images = resize_uint8(read_idx(raw_dir(root, dataset) / f"{prefix}-images-idx3-ubyte"))
-    labels = torch.from_numpy(read_idx(raw_dir(root, dataset) / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+    images = resize_uint8(read_idx(raw_dir(root, dataset) / f"{prefix}-images-idx3-ubyte"), image_size)
+    labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
     atomic_torch_save({"images": images, "labels": labels, "source_md5": stamp,
                        "sha256": _tensor_digest(images, labels)}, cache)
     return images, labels
+
+
+def check_range(bounds: Sequence[float]) -> tuple[float, float]:
+    """(low, high) as floats, low < high; a clear error otherwise."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (low, high) such as (-1, 1) or (0, 1), got {bounds!r}") from None
+    if not low < high:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+    return low, high
 
 
 class SplitNotLoaded(RuntimeError):
@@ -246,9 +278,11 @@ class SplitNotLoaded(RuntimeError):
 class MNIST:
     """An MNIST-shaped data set as tensors (MNIST or Fashion-MNIST: ``dataset``); a split not loaded is None.
 
-    train_u8: (N, 1, 32, 32) uint8, the 32x32-resized pixels 0..255 (a quarter of the float size; see train_x).
+    train_u8: (N, 1, S, S) uint8 pixels 0..255 (a quarter of the float size; see train_x); S = 32 (the original
+    report's resize, the default) or 28 (the raw files).
     train_y, test_y: (N,) / (M,) int64 labels in 0..9 (``classes`` names them).
-    test_x: (M, 1, 32, 32) float32 in [-1, 1].
+    test_x: (M, 1, S, S) float32 in ``bounds``: [-1, 1] by default (the original report's normalization), or
+    (0, 1) pixels.
     """
 
     train_u8: torch.Tensor | None
@@ -256,6 +290,7 @@ class MNIST:
     test_x: torch.Tensor | None
     test_y: torch.Tensor | None
     dataset: str = "mnist"
+    bounds: tuple[float, float] = BOUNDS
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -264,10 +299,10 @@ class MNIST:
 
     @property
     def train_x(self) -> torch.Tensor:
-        """normalize(train_u8): (N, 1, 32, 32) float32 in [-1, 1]. A new float copy on every access (245 MB for
-        all 60,000 images): keep the result rather than reading it twice, and train with batches(train_u8, ...),
-        which never makes it."""
-        return normalize(self._train_u8())
+        """train_u8 as float32 in ``bounds`` (normalized for the default [-1, 1]). A new float copy on every access
+        (245 MB for all 60,000 32x32 images): keep the result rather than reading it twice, and train with
+        batches(train_u8, ...), which never makes it."""
+        return to_bounds(self._train_u8(), self.bounds)
 
     def _train_u8(self) -> torch.Tensor:
         if self.train_u8 is None:
@@ -282,8 +317,8 @@ class MNIST:
         60,000 images and the default n_val this is exactly that split.
 
         Returns:
-            (this MNIST with only the first N - n_val training images, val_x (n_val, 1, 32, 32) float32 in
-            [-1, 1], val_y (n_val,) int64)
+            (this MNIST with only the first N - n_val training images, val_x (n_val, 1, S, S) float32 in
+            ``bounds``, val_y (n_val,) int64)
         Raises:
             SplitNotLoaded: the training split was not loaded. ValueError: n_val is not in 1..N-1.
         """
@@ -292,12 +327,13 @@ class MNIST:
             raise ValueError(f"n_val must be an integer in 1..{len(u8) - 1} (there are {len(u8)} training images), "
                              f"got {n_val!r}")
         cut = len(u8) - n_val
-        return (MNIST(u8[:cut], self.train_y[:cut], self.test_x, self.test_y, self.dataset), normalize(u8[cut:]),
-                self.train_y[cut:])
+        return (MNIST(u8[:cut], self.train_y[:cut], self.test_x, self.test_y, self.dataset, self.bounds),
+                to_bounds(u8[cut:], self.bounds), self.train_y[cut:])
 
     def __repr__(self) -> str:
         train = "not loaded" if self.train_u8 is None else f"{tuple(self.train_u8.shape)} uint8"
-        test = "not loaded" if self.test_x is None else f"{tuple(self.test_x.shape)} float in [-1, 1]"
+        test = ("not loaded" if self.test_x is None
+                else f"{tuple(self.test_x.shape)} float in [{self.bounds[0]:g}, {self.bounds[1]:g}]")
         return f"{dataset_info(self.dataset).title}(train={train}, test={test})"
 
 
@@ -307,7 +343,8 @@ def load_mnist(root: str | os.PathLike = "data", **kwargs) -> MNIST:
 
 
 def load_dataset(dataset: str = "mnist", root: str | os.PathLike = "data", *, splits: Sequence[str] = SPLITS,
-                 fetch: bool = True, train_subset: int | None = None) -> MNIST:
+                 fetch: bool = True, train_subset: int | None = None, image_size: int = IMAGE_SIZE,
+                 bounds: Sequence[float] = BOUNDS) -> MNIST:
     """A verified data set of :data:`DATASETS` ("mnist", "fashion_mnist"), transformed as in the original report:
     training images as uint8, test images as floats in [-1, 1].
 
@@ -321,6 +358,10 @@ def load_dataset(dataset: str = "mnist", root: str | os.PathLike = "data", *, sp
         fetch: fetch missing files first (:func:`advlib.download.fetch_dataset`); else a missing file raises
             DataError.
         train_subset: keep only the first n training images (for quick runs and tests).
+        image_size: 32 (the original report's resize, cached) or 28 (the raw files, as most of the field; another
+            size is resized and cached like 32).
+        bounds: the test images' float range, (-1, 1) (the original report's normalization) or (0, 1) (pixels, as
+            most of the field); training images stay uint8 and :func:`batches` converts them to the same range.
     Raises:
         ValueError: an unknown data set or split, or a bad train_subset. DataError: missing or damaged raw files.
     """
@@ -332,27 +373,32 @@ def load_dataset(dataset: str = "mnist", root: str | os.PathLike = "data", *, sp
         raise ValueError(f"train_subset must be None (all images) or a positive integer, got {train_subset!r}")
     if train_subset is not None and "train" not in splits:
         raise ValueError(f"train_subset={train_subset} needs the training split: add \"train\" to splits={splits!r}")
+    if not isinstance(image_size, int) or image_size < 4:
+        raise ValueError(f"image_size must be an integer >= 4 (28: the raw files, 32: the original report's resize), "
+                         f"got {image_size!r}")
+    bounds = check_range(bounds)
     if fetch:
         from advlib.download import fetch_dataset  # here, not at the top: `import advlib` must not import it
         fetch_dataset(root, dataset, verbose=False)
     verify_raw(root, dataset)
     train_u8 = train_y = test_x = test_y = None
     if "train" in splits:
-        train_u8, train_y = _cached_split(root, "train", dataset)
+        train_u8, train_y = _cached_split(root, "train", dataset, image_size)
         if train_subset is not None:
             train_u8, train_y = train_u8[:train_subset], train_y[:train_subset]
     if "test" in splits:
-        test_u8, test_y = _cached_split(root, "test", dataset)
-        test_x = normalize(test_u8)
-    return MNIST(train_u8, train_y, test_x, test_y, dataset)
+        test_u8, test_y = _cached_split(root, "test", dataset, image_size)
+        test_x = to_bounds(test_u8, bounds)
+    return MNIST(train_u8, train_y, test_x, test_y, dataset, bounds)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator: torch.Generator | None = None,
+            bounds: Sequence[float] = BOUNDS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) mini-batches; a fresh random order each call when shuffle (training), in order otherwise.
 
-    x: (N, ...) uint8 pixels 0..255, normalized per batch to float32 in [-1, 1] (so a whole float copy of the set
-    never exists), or float, yielded as it is. The order is drawn on the generator's device (CPU by default).
+    x: (N, ...) uint8 pixels 0..255, converted per batch to float32 in ``bounds`` (default [-1, 1]; so a whole
+    float copy of the set never exists), or float, yielded as it is. The order is drawn on the generator's device (CPU by default).
     """
     n = len(x)
     order = None
@@ -364,7 +410,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = F
         else:
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
-        yield as_float(xb), yb
+        yield as_float(xb, bounds), yb
 
 
 if __name__ == "__main__":  # the command line moved: say where, rather than silently do nothing

@@ -25,6 +25,7 @@ class ResNetConfig:
     block_channels: tuple[int, ...] = (8, 16, 32)  # output width of each residual block
     block_strides: tuple[int, ...] = (1, 2, 2)  # stride-2 blocks halve the spatial size
     num_classes: int = 10
+    batchnorm: bool = True  # False: no BatchNorm, every convolution biased (the capacity study's ablation)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -44,29 +45,36 @@ class ResNetConfig:
         return cls(**d)
 
 
-def widened(width: int) -> ResNetConfig:
+def widened(width: int, batchnorm: bool = True) -> ResNetConfig:
     """The study's architecture with every channel count multiplied by ``width`` (1: the original, 19,810
-    parameters; 77,754 at 2, 173,842 at 3: about width**2). Used by the capacity study of adversarial training."""
+    parameters; 77,754 at 2, 173,842 at 3: about width**2), with or without BatchNorm. Used by the capacity study
+    of adversarial training."""
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer (a channel multiplier), got {width!r}")
     base = ResNetConfig()
     return ResNetConfig(stem_channels=base.stem_channels * width,
-                        block_channels=tuple(c * width for c in base.block_channels))
+                        block_channels=tuple(c * width for c in base.block_channels), batchnorm=batchnorm)
+
+
+def _norm(channels: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
 class ResidualBlock(nn.Module):
-    """output = ReLU(F(x) + skip(x)), F = conv3x3-BN-ReLU-conv3x3-BN; skip = identity or 1x1 conv + BN."""
+    """output = ReLU(F(x) + skip(x)), F = conv3x3-BN-ReLU-conv3x3-BN; skip = identity or 1x1 conv + BN. Without
+    batchnorm, every BN is an identity and the convolutions have biases."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, batchnorm: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        bias = not batchnorm
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = _norm(out_channels, batchnorm)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = _norm(out_channels, batchnorm)
         self.skip = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.skip = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias), _norm(out_channels, batchnorm)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +88,8 @@ class ResidualBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """Input (N, 1, 32, 32) in [-1, 1]; output (N, 10) logits."""
+    """Input (N, in_channels, H, W) (the study: (N, 1, 32, 32) in [-1, 1]; any size works, the pooling is
+    adaptive); output (N, num_classes) logits."""
 
     def __init__(self, config: ResNetConfig = ResNetConfig()):
         super().__init__()
@@ -88,13 +97,13 @@ class SmallResNet(nn.Module):
             raise ValueError("block_channels and block_strides must have the same length")
         self.config = config
         self.stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem_channels),
+            nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1, bias=not config.batchnorm),
+            _norm(config.stem_channels, config.batchnorm),
             nn.ReLU(inplace=True),
         )
         blocks, width = [], config.stem_channels
         for out_channels, stride in zip(config.block_channels, config.block_strides):
-            blocks.append(ResidualBlock(width, out_channels, stride))
+            blocks.append(ResidualBlock(width, out_channels, stride, config.batchnorm))
             width = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -157,7 +166,7 @@ class _FoldedResNet(nn.Module):
 
 def _foldable(model: nn.Module) -> bool:
     """True for a plain SmallResNet: no subclass, no hooks, every BatchNorm with running statistics."""
-    if type(model) is not SmallResNet or len(model.stem) != 3:
+    if type(model) is not SmallResNet or len(model.stem) != 3 or not model.config.batchnorm:
         return False
     if any(type(b) is not ResidualBlock for b in model.blocks):
         return False
@@ -187,3 +196,69 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         folded = _FoldedResNet(model)
     return folded.to(memory_format=torch.channels_last).requires_grad_(False).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A plain convolutional network: the MNIST model of Wong, Rice & Kolter 2020 ("Fast is better than free")
+
+
+@dataclass(frozen=True)
+class SmallCNNConfig:
+    """Conv(c1, 4x4, stride 2, pad 1) -> ReLU -> Conv(c2, 4x4, stride 2, pad 1) -> ReLU -> FC(hidden) -> ReLU ->
+    FC(num_classes), no BatchNorm. The defaults are Wong et al.'s MNIST network (166,406 parameters, on 28x28
+    images in [0, 1]), whose released weights (locuslab/fast_adversarial, MNIST/models/fgsm.pth) load into it."""
+
+    in_channels: int = 1
+    image_size: int = 28  # the input's height and width (a multiple of 4: two stride-2 convolutions)
+    channels: tuple[int, ...] = (16, 32)
+    hidden: int = 100
+    num_classes: int = 10
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(self.channels))  # a list (from JSON) is accepted
+        numbers = self.channels + (self.hidden, self.image_size, self.in_channels, self.num_classes)
+        if (len(self.channels) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                               for v in numbers) or self.image_size % 4):
+            raise ValueError(f"SmallCNNConfig needs positive integers, two channel counts and an image size divisible "
+                             f"by 4, got channels={self.channels}, hidden={self.hidden}, image_size={self.image_size}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SmallCNNConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown SmallCNNConfig fields {sorted(unknown)}: the checkpoint is from another version")
+        return cls(**{**d, **({"channels": tuple(d["channels"])} if "channels" in d else {})})
+
+
+class SmallCNN(nn.Sequential):
+    """Input (N, in_channels, image_size, image_size), in whatever bounds it was trained on; output (N, classes)
+    logits. An nn.Sequential, so its state_dict keys (0.weight, 2.weight, 5.weight, 7.weight) are those of Wong et
+    al.'s ``mnist_net()``."""
+
+    def __init__(self, config: SmallCNNConfig = SmallCNNConfig()):
+        c1, c2 = config.channels
+        side = config.image_size // 4
+        super().__init__(nn.Conv2d(config.in_channels, c1, 4, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(c2 * side * side, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.num_classes))
+        self.config = config
+
+
+ARCHITECTURES = {"SmallResNet": (SmallResNet, ResNetConfig), "SmallCNN": (SmallCNN, SmallCNNConfig)}
+
+
+def architecture_of(config) -> str:
+    """The name of the architecture a config describes (a key of :data:`ARCHITECTURES`)."""
+    for name, (_, config_type) in ARCHITECTURES.items():
+        if type(config) is config_type:
+            return name
+    raise TypeError(f"unknown model config {type(config).__name__}: one of "
+                    f"{[c.__name__ for _, c in ARCHITECTURES.values()]} expected")
+
+
+def build_model(config) -> nn.Module:
+    """A fresh model of the architecture ``config`` describes (a ResNetConfig or a SmallCNNConfig)."""
+    return ARCHITECTURES[architecture_of(config)][0](config)

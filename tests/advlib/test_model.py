@@ -109,8 +109,10 @@ def test_config_round_trip():
     cfg = ResNetConfig(stem_channels=4, block_channels=(4, 8), block_strides=(1, 2), num_classes=5)
     d = cfg.to_dict()
     assert d == {"in_channels": 1, "stem_channels": 4, "block_channels": [4, 8], "block_strides": [1, 2],
-                 "num_classes": 5}
+                 "num_classes": 5, "batchnorm": True}
     assert all(isinstance(v, (int, list)) for v in d.values())  # plain data: safe in a weights_only checkpoint
+    d.pop("batchnorm")
+    assert ResNetConfig.from_dict(d) == cfg  # a checkpoint from before the field: BatchNorm, as then
     back = ResNetConfig.from_dict(d)
     assert back == cfg
     assert isinstance(back.block_channels, tuple) and isinstance(back.block_strides, tuple)

@@ -1,5 +1,5 @@
 """The training options of the threat-model study: the cyclic learning rate and the eps ramp (step_schedule and
-train()'s use of it), TrainConfig's checks, model.widened and recipe.threat_config. Tiny trainings only (256
+train()'s use of it), TrainConfig's checks, model.widened. Tiny trainings only (256
 images, a second or two each)."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import advlib.train as train_module
 from advlib.model import ResNetConfig, SmallResNet, count_parameters, widened
-from study.models import threat_config
 from advlib.train import TrainConfig, step_schedule, train
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def test_train_config_accepts_a_ramp_over_the_whole_training():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# widened and threat_config
+# widened
 
 
 def test_widened():
@@ -103,19 +102,6 @@ def test_widened():
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(ValueError, match="width"):
             widened(bad)
-
-
-def test_threat_config_maps_the_tm_parameters():
-    params = {"seed": 3, "device": "cpu", "tm_epochs": 5, "tm_lr": 0.005, "tm_eps": 0.6, "tm_ramp_epochs": 2,
-              "tm_mode": "pgd", "tm_pgd_steps": 2, "epochs": 99, "lr": 0.5, "batch_size": 7}
-    c = threat_config(params)
-    assert c == TrainConfig(epochs=5, lr=0.005, seed=3, device="cpu", adversarial="pgd", adv_eps=0.6,
-                            adv_pgd_steps=2, lr_schedule="cyclic", eps_ramp_epochs=2)
-    assert c.batch_size == 64  # the study's batch, not the standard stage's parameter
-    fgsm = threat_config(params | {"tm_mode": "fgsm_rs", "tm_pgd_steps": 4})
-    assert fgsm.adversarial == "fgsm_rs" and fgsm.adv_pgd_steps == 4
-    with pytest.raises(ValueError, match="eps_ramp_epochs"):
-        threat_config(params | {"tm_ramp_epochs": 6})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,9 +159,10 @@ def test_eps_ramp_reaches_the_batches(mnist_small, step_lrs, monkeypatch):
     seen = []
     original = train_module.adversarial_batch
 
-    def spy(model, x, y, config, generator, eps=None):
+    def spy(model, x, y, config, generator, eps=None, bounds=None):
         seen.append(eps)
-        return original(model, x, y, config, generator, eps)
+        assert bounds == mnist_small.bounds  # the data's range reaches the attack
+        return original(model, x, y, config, generator, eps, bounds)
 
     monkeypatch.setattr(train_module, "adversarial_batch", spy)
     config = TrainConfig(epochs=2, batch_size=32, seed=0, adversarial="fgsm_rs", adv_eps=0.3, adv_check_size=16,
