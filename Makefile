@@ -39,8 +39,11 @@ seeds: data  ## the seed study (SEEDS=0-9 by default), one job per seed in paral
 	$(SMK) seed_study --config seeds=$(SEEDS) $(CONFIG)
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
+# the released anchor (Wong et al.'s checkpoint) only where its file was fetched by hand (README: Robustness evaluation)
+ANCHOR := data/anchors/wong2020_mnist_fgsm.pth
+
 robust: data  ## AutoAttack, sanity checks, the 0.3 px capacity study (hours on 2 cores), then the report again
-	$(SMK) robustness capacity $(if $(CONFIG),--config $(CONFIG))
+	$(SMK) robustness capacity $(if $(wildcard $(ANCHOR)),released_anchor) $(if $(CONFIG),--config $(CONFIG))
 	$(SMK) report $(if $(CONFIG),--config $(CONFIG))
 
 dry-run-cluster: data  ## the jobs the Slurm profile would submit (needs no cluster)

@@ -4,6 +4,7 @@
 #   snakemake --cores 2 run --config run_dir=/tmp/quick epochs=1 n_samples=200   # a run elsewhere, not published
 #   snakemake --cores 2 seed_study --config seeds=0-9                            # Figure 11's seeds, in parallel
 #   snakemake --cores 2 robustness capacity       # AutoAttack, sanity checks; 0.3 px capacity study (hours on a CPU)
+#                                                 # (capacity: 08_robustness's ablation grid, study/ablation.py)
 #   snakemake --profile profiles/slurm report    # the same on a Slurm cluster (snakemake-executor-plugin-slurm)
 #   snakemake --cores 2 report --config dataset=fashion_mnist   # the study on Fashion-MNIST: build/fashion_mnist/,
 #                                                 # published into report/fashion_mnist/ and figures/fashion_mnist/
@@ -42,7 +43,9 @@ DATA = str(Path("data").resolve())
 PY = sys.executable
 # The code each job runs, derived from the imports of the module its command runs (study.sources): a new module
 # that an attack imports becomes an input of every job that reaches the attack, with no list to edit.
-TRAIN_CODE = code_files("study.models")  # python -m study.models: both models, the capacity study's
+TRAIN_CODE = code_files("study.models")  # python -m study.models: both models
+ABLATION_CODE = code_files("study.ablation")  # python -m study.ablation: the capacity study's training jobs
+ABLATION_EVAL = code_files("study.ablation_eval")  # python -m study.ablation_eval: their evaluation
 # 08_robustness reports `make robust`'s results: a data set without them (Fashion-MNIST until it runs) has no stage 8
 HAS_ROBUSTNESS = Path(f"{FIGURES}/robustness/sanity.json").is_file()
 RUN_STAGES = [s for s in STAGES if s != "08_robustness" or HAS_ROBUSTNESS]
@@ -105,7 +108,8 @@ wildcard_constraints:
 
 
 localrules: report, run, pgd_curves, seed_study, robustness, capacity, link_data, publish, publish_seeds,
-    publish_robust_seeds, publish_robustness, publish_capacity, seed_input, robustness_input, autoattack_merge
+    publish_robust_seeds, publish_robustness, publish_capacity, seed_input, robustness_input, autoattack_merge,
+    released_anchor
 
 
 rule report:
@@ -136,10 +140,18 @@ rule robustness:
 
 
 rule capacity:
-    """The capacity study at the standard threat model (0.3 px): adversarial training at each width of tm_widths,
-    then AutoAttack (hours of CPU; make robust runs it after the robustness evaluation). Publishes
-    figures/robustness/autoattack_threat_w<k>_eps<eps>.json."""
+    """The capacity study at the standard threat model (0.3 px): every (configuration, seed) of 08_robustness's
+    ablation grid trained and attacked with AutoAttack (hours of CPU; make robust runs it after the robustness
+    evaluation), published into figures/robustness/ablation/; and, when its file is there, Wong et al.'s released
+    checkpoint attacked on the whole test set (rule released_anchor)."""
     input: f"{FIGURES}/robustness/.published_capacity"
+
+
+rule released_anchor:
+    """AutoAttack on Wong et al.'s released MNIST model (data/anchors/, fetched by hand: never committed), over the
+    first released_parts * ablation_samples test images, one job per part; published into
+    figures/robustness/anchor/released_from<k>.json."""
+    input: f"{FIGURES}/robustness/.published_released"
 
 
 rule link_data:
@@ -298,16 +310,13 @@ rule publish_robust_seeds:
 # images) that run in parallel; each part's result is exactly the official driver's on its images.
 
 MODEL_FILES = {"standard": "model.pt", "robust": "robust_model.pt"}
-MODEL_FILES.update({f"threat_w{w}": f"threat_model_w{w}.pt" for w in ROBUST["tm_widths"]})
 AA_KEYS = ["dataset", "seed", "device", "aa_samples"]
 SANITY_KEYS = AA_KEYS + ["sanity_eps", "sanity_eps_sweep", "square_samples"]
-THREAT_KEYS = ["dataset", "seed", "device", "tm_epochs", "tm_lr", "tm_eps", "tm_ramp_epochs", "tm_mode", "tm_pgd_steps"]
+ABLATION_KEYS = ["seed", "device", "ablation_eps", "ablation_samples"]
 
 
 def aa_images(model, eps):
     """How many attack-set images AutoAttack runs on for (model, eps)."""
-    if model.startswith("threat_w"):
-        return ROBUST["tm_samples"]
     return ROBUST["aa_samples"] if float(eps) in ROBUST["aa_eps"] else ROBUST["aa_grid_samples"]
 
 
@@ -324,19 +333,80 @@ def aa_results():
 
 
 def capacity_results():
-    """The capacity study's AutoAttack results, one per width."""
-    return [f"{RUN}/robustness/autoattack_threat_w{w}_eps{ROBUST['tm_eps']:g}.json" for w in ROBUST["tm_widths"]]
+    """The capacity study's results: one per (configuration, seed) of the ablation grid."""
+    return ([f"{RUN}/ablation/{name}_s{seed}.json" for name, entry in ROBUST["ablation"].items()
+             for seed in entry.get("seeds", [0])]
+            + [f"{RUN}/ablation/checks/checklist_{run}.json" for run in ROBUST["ablation_checklist"]])
 
 
-rule threat_model:
-    """Adversarial training at the standard threat model (0.3 px) at one channel width (the capacity study)."""
-    input: TRAIN_CODE, data=ancient("{run}/data")
-    output: "{run}/artifacts/threat_model_w{width}.pt"
-    params: p=lambda w: json.dumps({k: ROBUST[k] for k in THREAT_KEYS}, sort_keys=True)
+def ablation_params(name, *more):
+    """What one configuration's jobs read: its own entry of the grid (without its list of seeds), the evaluation's
+    settings and the parameters named in ``more``: adding a configuration or a seed retrains nothing else."""
+    keys = ABLATION_KEYS + list(more)
+    entry = {k: v for k, v in ROBUST["ablation"][name].items() if k != "seeds"}
+    return json.dumps({"ablation": {name: entry}, **{k: ROBUST[k] for k in keys}}, sort_keys=True)
+
+
+rule ablation_model:
+    """One (configuration, seed) of the capacity study, trained at 0.3 px on 28x28 images in [0, 1]."""
+    input: ABLATION_CODE, data=ancient("{run}/data")
+    output: "{run}/ablation/{name}_s{seed}.pt"
+    wildcard_constraints: name=r"[A-Za-z0-9_]+", seed=r"\d+"
+    params: p=lambda w: ablation_params(w.name)
     threads: THREADS
     resources: mem_mb=2000, runtime=240
-    shell: "{PY:q} -m study.models threat --width {wildcards.width} --out {output:q} --data-dir {input.data:q} "
-           "--threads {threads} --params {params.p:q}"
+    shell: "{PY:q} -m study.ablation train --name {wildcards.name} --seed {wildcards.seed} --out {output:q} "
+           "--data-dir {input.data:q} --threads {threads} --params {params.p:q}"
+
+
+rule ablation_eval:
+    """Its clean test accuracy, training curves and AutoAttack on the first ablation_samples test images."""
+    input: ABLATION_EVAL, model="{run}/ablation/{name}_s{seed}.pt", data=ancient("{run}/data")
+    output: "{run}/ablation/{name}_s{seed}.json"
+    wildcard_constraints: name=r"[A-Za-z0-9_]+", seed=r"\d+"
+    params: p=lambda w: ablation_params(w.name)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m study.ablation_eval evaluate --name {wildcards.name} --seed {wildcards.seed} --model {input.model:q} "
+           "--out {output:q} --data-dir {input.data:q} --threads {threads} --params {params.p:q}"
+
+
+rule ablation_source:
+    """The checklist's transfer source: Wong et al.'s network trained without attack (study.ablation.SOURCE)."""
+    input: ABLATION_CODE, data=ancient("{run}/data")
+    output: "{run}/ablation/source.pt"
+    params: p=json.dumps({k: ROBUST[k] for k in ABLATION_KEYS}, sort_keys=True)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=30
+    shell: "{PY:q} -m study.ablation source --out {output:q} --data-dir {input.data:q} --threads {threads} "
+           "--params {params.p:q}"
+
+
+rule ablation_checklist:
+    """Carlini et al.'s checks (the step-size row included) on a run of ablation_checklist ("<name>_s<seed>")."""
+    input: ABLATION_EVAL, model="{run}/ablation/{name}_s{seed}.pt", source="{run}/ablation/source.pt",
+           data=ancient("{run}/data")
+    output: "{run}/ablation/checks/checklist_{name}_s{seed}.json"
+    wildcard_constraints: name=r"[A-Za-z0-9_]+", seed=r"\d+"
+    params: p=lambda w: ablation_params(w.name, "square_samples")
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m study.ablation_eval checklist --name {wildcards.name} --seed {wildcards.seed} --model {input.model:q} "
+           "--source {input.source:q} --out {output:q} --data-dir {input.data:q} --threads {threads} --params {params.p:q}"
+
+
+rule released_part:
+    """AutoAttack on Wong et al.'s released checkpoint, test images [start, start + ablation_samples); on the first
+    part the official driver runs too, and the two must agree image for image."""
+    input: ABLATION_EVAL, checkpoint=ancient("data/anchors/wong2020_mnist_fgsm.pth"), data=ancient("{run}/data")
+    output: "{run}/ablation/released_from{start}.json"
+    params: p=json.dumps({k: ROBUST[k] for k in ABLATION_KEYS}, sort_keys=True),
+            official=lambda w: "--official" if int(w.start) == 0 else ""  # the first part: the official driver too
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m study.ablation_eval released --checkpoint {input.checkpoint:q} --start {wildcards.start} "
+           "{params.official} "
+           "--out {output:q} --data-dir {input.data:q} --threads {threads} --params {params.p:q}"
 
 
 rule autoattack_part:
@@ -379,4 +449,11 @@ rule publish_capacity:
     """The capacity study's results replace the earlier ones together."""
     input: capacity_results()
     output: touch(f"{FIGURES}/robustness/.published_capacity")
-    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/robustness --replace 'autoattack_threat_*.json' {input:q}"
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/robustness/ablation --replace '*.json' {input:q}"
+
+
+rule publish_released:
+    """The released anchor's parts, together."""
+    input: [f"{RUN}/ablation/released_from{k * ROBUST['ablation_samples']}.json" for k in range(ROBUST["released_parts"])]
+    output: touch(f"{FIGURES}/robustness/.published_released")
+    shell: "{PY:q} -m study.workflow publish-files {FIGURES}/robustness/anchor --replace '*.json' {input:q}"

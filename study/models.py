@@ -1,10 +1,10 @@
 """The study's models: their training recipes and the one function that trains a model once, then loads it.
 
 - :func:`train_or_load`: the model a training configuration describes, trained once and then loaded. The workflow
-  trains each model in its own job (``python -m study.models standard|robust|threat ...``); the notebooks call the
+  trains each model in its own job (``python -m study.models standard|robust ...``); the notebooks call the
   same function and find the checkpoint already there, so a notebook re-run never retrains a model.
-- :func:`standard_config`, :func:`robust_config`, :func:`threat_config`: a :class:`~advlib.train.TrainConfig` from
-  a stage's parameters (01_train's, 05_defense's, 08_robustness's).
+- :func:`standard_config`, :func:`robust_config`: a :class:`~advlib.train.TrainConfig` from a stage's parameters
+  (01_train's, 05_defense's); the 0.3 px capacity study's configurations are :mod:`study.ablation`'s.
 
 Its own module, apart from the attack stages' prologue (:mod:`study.jobs`): the workflow retrains a model when the
 code that trains it changes (this module, train, model, data, checkpoint), and only then.
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from advlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from advlib.data import dataset_info, load_dataset
-from advlib.model import ResNetConfig, widened
+from advlib.data import BOUNDS, IMAGE_SIZE, dataset_info, load_dataset
+from advlib.model import ResNetConfig
 from advlib.train import TrainConfig, train
 
 STANDARD_MODEL = "model.pt"
@@ -36,29 +36,36 @@ def _same_config(stored: dict, wanted: TrainConfig) -> bool:
     return {k: stored.get(k, defaults[k]) for k in want} == want
 
 
-def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config: ResNetConfig = ResNetConfig(),
+def train_or_load(path: str | os.PathLike, config: TrainConfig, *, model_config=ResNetConfig(),
                   data_dir: str | os.PathLike = "../data", train_subset: int | None = None,
-                  dataset: str = "mnist", progress: bool = True) -> Checkpoint:
-    """The model ``config`` describes: loaded from ``path`` when the checkpoint there was trained with exactly this
-    config, data set and training subset, else trained now (on the verified ``dataset`` from ``data_dir``) and saved
-    there atomically.
+                  dataset: str = "mnist", image_size: int = IMAGE_SIZE, bounds=BOUNDS,
+                  progress: bool = True) -> Checkpoint:
+    """The model ``config`` and ``model_config`` (a ResNetConfig or SmallCNNConfig) describe: loaded from ``path``
+    when the checkpoint there was trained with exactly this config, data set, image format (``image_size``,
+    ``bounds``: the study's 32x32 in [-1, 1] by default) and training subset, else trained now (on the verified
+    ``dataset`` from ``data_dir``) and saved there atomically.
 
     Returns the :class:`~advlib.checkpoint.Checkpoint` (model in eval mode on ``config.device``).
     """
     path = Path(path)
     if path.is_file():
         ckpt = load_checkpoint(path, device=config.device)
+        fmt = (ckpt.metadata.get("image_size", IMAGE_SIZE), list(ckpt.metadata.get("bounds", BOUNDS)))
         if (_same_config(ckpt.train_config, config) and ckpt.metadata.get("train_subset") == train_subset
-                and checkpoint_dataset(ckpt) == dataset and ckpt.model.config == model_config):
+                and checkpoint_dataset(ckpt) == dataset and ckpt.model.config == model_config
+                and fmt == (image_size, list(bounds))):
             if progress:
                 print(f"loaded {path.name}: trained earlier with this configuration (seed {config.seed})")
             return ckpt
         if progress:
             print(f"{path.name} was trained with another configuration: training again")
-    data = load_dataset(dataset, data_dir, splits=("train", "test"), train_subset=train_subset)
+    data = load_dataset(dataset, data_dir, splits=("train", "test"), train_subset=train_subset,
+                        image_size=image_size, bounds=bounds)
     model, optimizer, history = train(data, model_config, config, progress=progress)
+    fmt = {} if (image_size, tuple(bounds)) == (IMAGE_SIZE, BOUNDS) else {"image_size": image_size,
+                                                                            "bounds": list(bounds)}
     save_checkpoint(path, model, optimizer, history, config.to_dict(),
-                    metadata={"seed": config.seed, "train_subset": train_subset, "dataset": dataset})
+                    metadata={"seed": config.seed, "train_subset": train_subset, "dataset": dataset, **fmt})
     return load_checkpoint(path, device=config.device)
 
 
@@ -87,31 +94,19 @@ def robust_config(params: dict) -> TrainConfig:
     return replace(standard_config(params), adversarial=params["adv_mode"], adv_eps=params["adv_eps"])
 
 
-def threat_config(params: dict) -> TrainConfig:
-    """Adversarial training at the standard MNIST threat model (08_robustness's tm_* parameters): Wong et al.
-    2020's schedule (Adam under a cyclic learning rate peaking at tm_lr) with the eps ramped up over the first
-    tm_ramp_epochs epochs, and tm_mode's attack: "fgsm_rs" (FGSM from a random start, step 1.25 eps: Wong et al.'s
-    recipe, which overfits catastrophically on this model at 0.3 px) or "pgd" (tm_pgd_steps steps from a random
-    start); batch 64 as everywhere in the study."""
-    return TrainConfig(epochs=params["tm_epochs"], lr=params["tm_lr"], seed=params["seed"], device=params["device"],
-                       adversarial=params["tm_mode"], adv_eps=params["tm_eps"], adv_pgd_steps=params["tm_pgd_steps"],
-                       lr_schedule="cyclic", eps_ramp_epochs=params["tm_ramp_epochs"])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train (or find already trained) one of the study's models.")
-    parser.add_argument("kind", choices=["standard", "robust", "threat"])
+    parser.add_argument("kind", choices=["standard", "robust"])
     parser.add_argument("--out", required=True, help="checkpoint path")
     parser.add_argument("--params", required=True, help="JSON object of stage parameters (seed, epochs, ...)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--width", type=int, default=1, help="channel multiplier (threat: the capacity study)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     params = json.loads(args.params)
-    config = {"standard": standard_config, "robust": robust_config, "threat": threat_config}[args.kind](params)
-    train_or_load(args.out, config, model_config=widened(args.width), data_dir=args.data_dir,
+    config = {"standard": standard_config, "robust": robust_config}[args.kind](params)
+    train_or_load(args.out, config, data_dir=args.data_dir,
                   train_subset=params.get("train_subset"), dataset=params.get("dataset", "mnist"))
     return 0
 

@@ -146,26 +146,53 @@ def row_at(rows: list[dict], eps: float) -> dict:
 
 
 def load_robustness(folder: str | os.PathLike) -> dict:
-    """The committed robustness evaluation: {"autoattack": {model: [result per eps, by eps]}, "capacity":
-    [{"width", "model", "result"} by width], "sanity": {...}}. Models: "standard", "robust" (the 0.15 px-trained
-    model of 05) and "threat_w<k>" (the capacity study at the standard threat model). Each result carries the
-    "model" provenance (training config, history, weights digest) it was computed on."""
+    """The committed robustness evaluation: {"autoattack": {model: [result per eps, by eps]}, "sanity": {...},
+    "ablation": :func:`load_ablation`}. Models: "standard" and "robust" (the 0.15 px-trained model of 05). Each
+    result carries the "model" provenance (training config, history, weights digest) it was computed on."""
     folder = Path(folder)
     files = sorted(folder.glob("autoattack_*.json"))
     if not files or not (folder / "sanity.json").is_file():
         raise MissingArtifactError(f"no robustness results in {folder}: run `make robust` first (hours on a CPU)")
-    aa, capacity = {}, []
+    aa = {}
     for f in files:
         blob = read_json(f)
         name = f.stem[len("autoattack_"):].rsplit("_eps", 1)[0]
-        if name.startswith("threat_w"):
-            capacity.append({"width": int(name[len("threat_w"):]), "model": blob["model"], "result": blob["result"]})
-        else:
-            aa.setdefault(name, []).append({**blob["result"], "model": blob["model"]})
+        aa.setdefault(name, []).append({**blob["result"], "model": blob["model"]})
     for rows in aa.values():
         rows.sort(key=lambda r: r["eps"])
-    capacity.sort(key=lambda c: c["width"])
-    return {"autoattack": aa, "capacity": capacity, "sanity": read_json(folder / "sanity.json")}
+    return {"autoattack": aa, "sanity": read_json(folder / "sanity.json"), "ablation": load_ablation(folder)}
+
+
+def load_ablation(folder: str | os.PathLike) -> dict:
+    """The 0.3 px capacity study (``make robust``; study.ablation): {"runs": [one result per (configuration, seed),
+    in the grid's file order], "checks": {"<name>_s<seed>": Carlini et al.'s attacks on it}, "released": Wong et
+    al.'s released model, its parts merged, without the per-image flags (None when it was not evaluated)}. Runs come from
+    ``<folder>/ablation/``, the released model from ``<folder>/anchor/``."""
+    from advlib.autoattack import merge_parts
+
+    folder = Path(folder)
+    runs, checks = [], {}
+    for f in sorted((folder / "ablation").glob("*.json")):
+        blob = read_json(f)
+        if f.name.startswith("checklist_"):
+            checks[f"{blob['name']}_s{blob['seed']}"] = blob["result"]
+        else:
+            runs.append(blob)
+    parts = sorted((read_json(f) for f in (folder / "anchor").glob("released_from*.json")), key=lambda p: p["start"])
+    released = None
+    if parts:
+        starts = [p["start"] for p in parts]
+        n = parts[0]["autoattack"]["n"]
+        if starts != list(range(0, n * len(parts), n)):
+            raise ValueError(f"the released model's parts start at {starts}: not consecutive slices of {n} images")
+        def brief(result: dict | None) -> dict | None:  # the per-image flags stay in the files
+            return result and {k: v for k, v in result.items() if k != "robust_flags"}
+
+        released = {"clean": parts[0]["clean"], "model": parts[0]["model"], "part_size": n,
+                    "parts": [{"start": p["start"], "robust": p["autoattack"]["robust"]} for p in parts],
+                    "first": brief(parts[0]["autoattack"]), "official": brief(parts[0].get("official")),
+                    "autoattack": brief(merge_parts([p["autoattack"] for p in parts]))}
+    return {"runs": runs, "checks": checks, "released": released}
 
 
 def load_robust_seed_runs(folder: str | os.PathLike) -> dict[int, dict]:
@@ -196,17 +223,18 @@ def robustness_settings_mismatch(rb: dict, params: dict) -> list[str]:
             n = params["aa_samples"] if r["eps"] in params["aa_eps"] else params["aa_grid_samples"]
             if r["n"] != n:
                 out.append(f"{m} at eps {r['eps']:g}: {r['n']} images, parameters ask {n}")
-    if [c["width"] for c in rb["capacity"]] != sorted(params["tm_widths"]):
-        out.append(f"capacity study widths {[c['width'] for c in rb['capacity']]}, parameters ask {params['tm_widths']}")
-    want = {"epochs": params["tm_epochs"], "lr": params["tm_lr"], "adv_eps": params["tm_eps"], "seed": params["seed"],
-            "eps_ramp_epochs": params["tm_ramp_epochs"], "adversarial": params["tm_mode"],
-            "adv_pgd_steps": params["tm_pgd_steps"]}
-    for c in rb["capacity"]:
-        have = {k: c["model"]["train_config"].get(k) for k in want}
-        if have != want:
-            out.append(f"capacity model {c['width']}x trained with {have}, parameters ask {want}")
-        if c["result"]["n"] != params["tm_samples"]:
-            out.append(f"capacity model {c['width']}x: {c['result']['n']} images, parameters ask {params['tm_samples']}")
+    from study.ablation import runs as grid_runs, spec
+
+    have = {(r["name"], r["seed"]): r for r in rb["ablation"]["runs"]}
+    want = grid_runs(params["ablation"])
+    if sorted(have) != sorted(want):
+        out.append(f"capacity study: runs {sorted(have)}, parameters ask {sorted(want)}")
+    for (name, seed), r in have.items():
+        if name in params["ablation"] and spec(r["spec"]) != spec(params["ablation"][name]):
+            out.append(f"capacity study {name}: trained as {r['spec']}, parameters ask {spec(params['ablation'][name])}")
+        if r["autoattack"]["n"] != params["ablation_samples"] or abs(r["autoattack"]["eps"] - params["ablation_eps"]) > 1e-12:
+            out.append(f"capacity study {name} seed {seed}: AutoAttack on {r['autoattack']['n']} images at eps "
+                       f"{r['autoattack']['eps']:g}, parameters ask {params['ablation_samples']} at {params['ablation_eps']:g}")
     s = rb["sanity"]["result"]
     if (s["eps"], [r["eps"] for r in s["sweep"]], s["square_vs_apgd"]["n"]) != (
             params["sanity_eps"], list(params["sanity_eps_sweep"]), params["square_samples"]):

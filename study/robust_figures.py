@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from advlib.viz import (ADV, BAND_ALPHA, CI_NOTE, CLEAN, NAME_FONTSIZE, NAME_TITLE_HEIGHT, NORMALIZED_EPS_LABEL,
+from advlib.viz import (ADV, BAND_ALPHA, CI_NOTE, NAME_FONTSIZE, NAME_TITLE_HEIGHT, NORMALIZED_EPS_LABEL,
                         ROBUST, STANDARD, asymmetric_yerr, check_classes, check_images, check_labels, check_rows,
                         class_label, eps_text, label_eps_axis, legend_with_band, long_names, prediction_title,
                         rate_arrays, rate_curve, show_image, styled)
@@ -197,40 +197,98 @@ def plot_dataset_comparison(spreads: Mapping[str, Mapping], *, title: str | None
     return fig
 
 
+# Figure 13: colour = configuration, marker = network family, an x for a diverged run
+FAMILY_MARKERS = {("cnn", False): "s", ("resnet", True): "o", ("resnet", False): "^"}
+FAMILY_NAMES = {"s": "Wong et al.'s CNN", "o": "SmallResNet with BatchNorm", "^": "SmallResNet without BatchNorm"}
+CONFIG_COLOURS = plt.get_cmap("tab10").colors
+
+
 @styled
-def plot_capacity(rows: Sequence[Mapping], *, target_robust: float = 80.0, target_clean: float = 98.0,
-                  reference: Mapping | None = None) -> Figure:
-    """Figure 13 (graph13): adversarial training at the standard threat model against model size.
+def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (), reproduced: Mapping | None = None,
+                  target_robust: float = 80.0, target_clean: float = 98.0) -> Figure:
+    """Figure 13 (graph13): what a small network needs at the standard threat model (0.3 px), against its size.
 
     Args:
-        rows: :func:`study.tables.capacity_rows`: per width ``parameters``, ``clean_test_accuracy`` (percent),
-            ``autoattack`` (rate dict: AutoAttack accuracy with its 95% Wilson interval) and ``eps`` (normalized).
-        target_robust, target_clean: the issue's targets, drawn as dashed lines.
-        reference: optional {"parameters", "autoattack", "label"}: a published model for scale (Wong et al. 2020's
-            166k-parameter MNIST network, 82.9% AutoAttack accuracy at 0.3 px).
+        rows: :func:`study.tables.ablation_rows`, one per (configuration, seed): ``name``, ``label``,
+            ``parameters``, ``spec`` (arch, batchnorm), ``autoattack`` and ``clean`` (rate dicts with 95% Wilson
+            intervals), ``status``, ``check_curve`` (held-out check per epoch, percent), ``kept_epoch``, ``eps`` (px).
+        published: {"label", "parameters", "clean", "autoattack"} and optionally "short" (the star's caption) from
+            the AutoAttack paper (black stars).
+        reproduced: Wong et al.'s released model under this harness, {"parameters", "clean", "autoattack"} (rate
+            dicts) and "n" (its images): a white star.
+        target_robust, target_clean: the targets, dashed.
+
+    (a) AutoAttack accuracy (Wilson interval) per run; (b) clean test accuracy; (c) the held-out check after each
+    epoch, the kept epoch circled. One colour per configuration, one marker per network family; a diverged run is
+    an x at its measured value (dotted in (c)), never joined to a trend.
     """
     rows = list(rows)
     if not rows:
-        raise ValueError("no capacity-study rows: run `make robust` first")
-    params = np.array([r["parameters"] for r in rows], dtype=float)
-    aa_value, aa_lo, aa_hi = rate_arrays([r["autoattack"] for r in rows])
-    clean = np.array([np.nan if r["clean_test_accuracy"] is None else r["clean_test_accuracy"] for r in rows])
+        raise ValueError("no capacity-study runs: run `make robust` first")
+    fig, axes = plt.subplots(1, 3, figsize=(18, 7.6), gridspec_kw={"width_ratios": [1.15, 1, 1]})
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.86, bottom=0.33, wspace=0.22)
+    ax_aa, ax_clean, ax_curve = axes
     eps = rows[0]["eps"]
-    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
-    ax.plot(params, clean, color=CLEAN, marker="o", linewidth=2, label="clean test accuracy (10,000 images)")
-    ax.errorbar(params, aa_value, yerr=asymmetric_yerr(aa_value, aa_lo, aa_hi), color=ROBUST, marker="s", linewidth=2,
-                capsize=4, label=f"AutoAttack accuracy at {eps_text(eps, short=True)} ({CI_NOTE})")
-    for r, x, y in zip(rows, params, aa_value):
-        ax.annotate(f"{r['width']}× width", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=10)
-    ax.axhline(target_robust, color=ROBUST, linestyle="--", linewidth=1, label=f"target: {target_robust:g}% AutoAttack")
-    ax.axhline(target_clean, color=CLEAN, linestyle="--", linewidth=1, label=f"target: {target_clean:g}% clean")
-    if reference:
-        ax.plot([reference["parameters"]], [reference["autoattack"]], "*", color="black", markersize=14,
-                label=reference["label"])
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"Figure 13: adversarial training at the standard threat model, {eps_text(eps, short=True)}")
-    ax.legend(loc="center right", fontsize=9)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    colour = {name: CONFIG_COLOURS[i % len(CONFIG_COLOURS)] for i, name in enumerate(names)}
+    spread = {name: 1 + 0.04 * (i - (len(names) - 1) / 2) for i, name in enumerate(names)}  # equal sizes apart
+    handles = {}
+    for r in rows:
+        marker = FAMILY_MARKERS[(r["spec"]["arch"], bool(r["spec"]["batchnorm"]))]
+        diverged = r["status"] == "diverged"
+        c, x = colour[r["name"]], r["parameters"] * spread[r["name"]]
+        for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
+            v, lo, hi = rate_arrays([r[key]])
+            ax.errorbar([x], v, yerr=asymmetric_yerr(v, lo, hi), fmt="x" if diverged else marker, color=c,
+                        markersize=10 if diverged else 8, markeredgewidth=2 if diverged else 1, capsize=3,
+                        linewidth=1.2)
+        epochs = np.arange(1, len(r["check_curve"]) + 1)
+        ax_curve.plot(epochs, r["check_curve"], linestyle=":" if diverged else "-", marker="x" if diverged else marker,
+                      markersize=4, color=c, alpha=0.85)
+        if r["kept_epoch"] and not diverged:
+            ax_curve.plot([r["kept_epoch"]], [r["check_curve"][r["kept_epoch"] - 1]], "o", markersize=11,
+                          markerfacecolor="none", color="black")
+        handles.setdefault(r["name"], plt.Line2D([], [], color=c, marker=marker, linestyle="-",
+                                                 label=f"{r['name']}: {r['label']} ({r['parameters']:,})"))
+    for p in published:
+        for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
+            ax.plot([p["parameters"]], [p[key]], "*", color="black", markersize=14)
+        ax_aa.annotate(p.get("short", p["label"]), (p["parameters"], p["autoattack"]),
+                       textcoords="offset points", xytext=(-10, 8), ha="right", fontsize=8)
+    if reproduced:
+        for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
+            v, lo, hi = rate_arrays([reproduced[key]])
+            ax.errorbar([reproduced["parameters"] * 1.12], v, yerr=asymmetric_yerr(v, lo, hi), fmt="*",
+                        color="black", markerfacecolor="white", markersize=15, capsize=3)
+    extra = [plt.Line2D([], [], color="black", marker="*", linestyle="none", markersize=12,
+                        label="published (AutoAttack paper, 10,000 test images)")]
+    if reproduced:
+        extra.append(plt.Line2D([], [], color="black", marker="*", markerfacecolor="white", linestyle="none",
+                                markersize=12, label=f"reproduced here: Wong et al.'s released model, "
+                                                     f"{reproduced['n']:,} test images"))
+    extra.append(plt.Line2D([], [], color="grey", marker="x", markeredgewidth=2, linestyle="none", markersize=9,
+                            label="diverged run: its measured value, not a capacity point"))
+    ax_aa.axhline(target_robust, color="grey", linestyle="--", linewidth=1)
+    ax_clean.axhline(target_clean, color="grey", linestyle="--", linewidth=1)
+    extra.append(plt.Line2D([], [], color="grey", linestyle="--", label=f"targets: {target_robust:g}% AutoAttack, "
+                                                                         f"{target_clean:g}% clean"))
+    for ax in (ax_aa, ax_clean):
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log scale)")
+    ax_aa.set_ylim(-2, 102)
+    ax_aa.set_ylabel(f"AutoAttack accuracy at ε = {eps:g} px (%)")
+    ax_aa.set_title(f"(a) AutoAttack, first {rows[0]['autoattack']['n']:,} test images\n({CI_NOTE})", fontsize=11)
+    ax_clean.set_ylim(max(0.0, min(r["clean"]["value"] for r in rows) - 3), 100.5)
+    ax_clean.set_ylabel("clean test accuracy (%, 10,000 images)")
+    ax_clean.set_title("(b) clean accuracy of the same models", fontsize=11)
+    ax_curve.set_xlabel("epoch")
+    ax_curve.set_ylabel("held-out check accuracy (%)")
+    ax_curve.set_ylim(-2, 102)
+    ax_curve.set_title("(c) the early-stopping check, held-out training\nimages (kept epoch circled; dotted: "
+                       "diverged)", fontsize=11)
+    fig.legend(handles=list(handles.values()), loc="lower left", bbox_to_anchor=(0.05, 0.01), fontsize=9,
+               title="configuration (parameters); one point per seed", title_fontsize=9, ncol=1, frameon=False)
+    fig.legend(handles=extra, loc="lower right", bbox_to_anchor=(0.99, 0.01), fontsize=9, frameon=False)
+    fig.suptitle(f"Figure 13: robustness at the standard threat model (ε = {eps:g} in [0, 1] pixels): capacity, "
+                 "BatchNorm and the training recipe", fontsize=13)
     return fig

@@ -242,31 +242,93 @@ def checklist_table(rows: list[dict]) -> str:
                           [[r["check"], r["numbers"], "passed" if r["passed"] else "**FAILED**"] for r in rows])
 
 
-def capacity_rows(capacity: list[dict]) -> list[dict]:
-    """One row per width of the capacity study: parameters, clean test accuracy of the kept epoch, its PGD-10
-    check, AutoAttack accuracy (rate dict) at the threat model's eps, training seconds."""
+def ablation_rows(runs: list[dict]) -> list[dict]:
+    """One row per (configuration, seed) of the 0.3 px capacity study (study.results.load_ablation's "runs"):
+    its description, parameters, clean test accuracy and AutoAttack accuracy (rate dicts), the kept epoch, the
+    per-epoch curves (clean test accuracy, held-out check accuracy, training loss), training and AutoAttack
+    seconds, and its status ("trained" or "diverged", study.ablation.status)."""
+    from study.ablation_eval import describe
+
     out = []
-    for c in capacity:
-        h = c["model"]["history"]
-        kept = (h["kept_epoch"] or len(h["test_accuracy"])) - 1
-        out.append({"width": c["width"], "parameters": c["model"]["parameters"],
-                    "clean_test_accuracy": h["test_accuracy"][kept] if h["test_accuracy"] else None,
-                    "pgd_check": h["pgd_check_accuracy"][kept] if h["pgd_check_accuracy"] else None,
-                    "kept_epoch": kept + 1, "epochs": len(h["test_accuracy"]), "eps": c["result"]["eps"],
-                    "autoattack": c["result"]["accuracy"], "train_seconds": sum(h["seconds"]),
-                    "aa_seconds": sum(r["seconds"] for r in c["result"]["per_attack"])})
+    for r in runs:
+        h = r["history"]
+        out.append({"name": r["name"], "seed": r["seed"], "label": describe(r["spec"]), "spec": r["spec"],
+                    "parameters": r["parameters"], "clean": r["clean"], "autoattack": r["autoattack"]["accuracy"],
+                    "eps": r["autoattack"]["eps"], "kept_epoch": h["kept_epoch"], "epochs": len(h["epoch_loss"]),
+                    "test_curve": h["test_accuracy"], "check_curve": h["check_accuracy"], "loss_curve": h["epoch_loss"],
+                    "train_seconds": sum(h["seconds"]),
+                    "aa_seconds": sum(p["seconds"] for p in r["autoattack"]["per_attack"]), "status": r["status"],
+                    "per_attack": r["autoattack"]["per_attack"]})
     return out
 
 
-def capacity_table(rows: list[dict]) -> str:
+def ablation_configs(rows: list[dict]) -> list[dict]:
+    """The rows grouped by configuration, in order: seeds, parameters, and over its trained (not diverged) seeds
+    the mean ± sd of clean and AutoAttack accuracy (study.results.mean_sd; None when every seed diverged)."""
+    from study.results import mean_sd
+
+    out = {}
+    for r in rows:
+        out.setdefault(r["name"], []).append(r)
+    configs = []
+    for name, rs in out.items():
+        ok = [r for r in rs if r["status"] != "diverged"]
+        configs.append({"name": name, "label": rs[0]["label"], "parameters": rs[0]["parameters"],
+                        "seeds": [r["seed"] for r in rs], "diverged": [r["seed"] for r in rs if r not in ok],
+                        "clean": mean_sd([r["clean"]["value"] for r in ok]) if ok else None,
+                        "autoattack": mean_sd([r["autoattack"]["value"] for r in ok]) if ok else None,
+                        "train_seconds": mean_sd([r["train_seconds"] for r in rs])})
+    return configs
+
+
+def ablation_table(rows: list[dict]) -> str:
+    """Markdown: one line per run of the capacity study (diverged runs say so)."""
+    def curve(values: list[float]) -> str:
+        return " → ".join(f"{v:.0f}" for v in values)
+
     return markdown_table(
-        ["width", "parameters", "clean test accuracy (kept epoch)", "PGD-10 check (held-out train)",
-         "AutoAttack accuracy [95% CI] (n)", "training (s, wall)"],
-        [[f"{r['width']}×", f"{r['parameters']:,}",
-          "—" if r["clean_test_accuracy"] is None else f"{r['clean_test_accuracy']:.2f}% (epoch {r['kept_epoch']}"
-          f" of {r['epochs']})",
-          "—" if r["pgd_check"] is None else f"{r['pgd_check']:.1f}%",
-          f"{fmt_rate(r['autoattack'], 1)} ({r['autoattack']['n']})", f"{r['train_seconds']:.0f}"] for r in rows])
+        ["configuration", "seed", "parameters", "clean test accuracy (10,000)", "AutoAttack [95% CI]",
+         "held-out check by epoch (%)", "kept epoch", "training (min)", "status"],
+        [[f"`{r['name']}`: {r['label']}", r["seed"], f"{r['parameters']:,}", f"{fmt_rate(r['clean'])}",
+          fmt_rate(r["autoattack"], 1), curve(r["check_curve"]), f"{r['kept_epoch']} of {r['epochs']}",
+          f"{r['train_seconds'] / 60:.1f}", "**diverged**" if r["status"] == "diverged" else "trained"]
+         for r in rows])
+
+
+def diverged_curves(rows: list[dict]) -> str:
+    """Markdown: the per-epoch curves of every diverged run (clean test accuracy, held-out check, training loss),
+    or a sentence saying that none diverged."""
+    bad = [r for r in rows if r["status"] == "diverged"]
+    if not bad:
+        return "No run diverged."
+    return "\n".join(f"- `{r['name']}` seed {r['seed']} ({r['label']}) **diverged**: clean test accuracy by epoch "
+                     + " → ".join(f"{v:.1f}%" for v in r["test_curve"]) + "; held-out check "
+                     + " → ".join(f"{v:.1f}%" for v in r["check_curve"]) + "; training loss "
+                     + " → ".join(f"{v:.2f}" for v in r["loss_curve"]) + "." for r in bad)
+
+
+def anchor_table(released: dict | None, configs: list[dict], published: list[dict]) -> str:
+    """Markdown: the published anchors, Wong et al.'s released model under this harness (first images and the
+    whole evaluated set, beside the official driver where it ran), and their recipe retrained here."""
+    rows = [[f"{p['label']}", "published (AutoAttack paper, 10,000 images)", f"{p['parameters']:,}",
+             f"{p['clean']:.2f}%", f"{p['autoattack']:.2f}%"] for p in published]
+    if released:
+        first, whole, off = released["first"], released["autoattack"], released.get("official")
+        rows.append(["Wong et al.'s released model", f"reproduced here, first {first['n']:,} test images"
+                     + (f" (official driver: {off['robust'] / off['n'] * 100:.2f}%, the same verdict on "
+                        f"{off['agree']:,} of {off['n']:,} images)" if off else ""),
+                     f"{released['model']['parameters']:,}", fmt_rate(released["clean"]), fmt_rate(first["accuracy"])])
+        if whole["n"] > first["n"]:
+            rows.append(["Wong et al.'s released model", f"reproduced here, first {whole['n']:,} test images",
+                         f"{released['model']['parameters']:,}", fmt_rate(released["clean"]),
+                         fmt_rate(whole["accuracy"])])
+    for c in configs:
+        if c["name"] == "cnn" and c["autoattack"]:
+            rows.append([f"their recipe retrained here (`cnn`, seeds {', '.join(map(str, c['seeds']))})",
+                         "reproduced here, first 1,000 test images", f"{c['parameters']:,}",
+                         f"{c['clean']['mean']:.2f} ± {c['clean']['std']:.2f}%",
+                         f"{c['autoattack']['mean']:.1f} ± {c['autoattack']['std']:.1f}%"])
+    return markdown_table(["model", "result", "parameters", "clean", "AutoAttack at 0.3 px"], rows)
 
 
 def autoattack_summary(rb: dict, curves: dict, pgd_steps: int) -> str:
@@ -317,22 +379,61 @@ def autoattack_summary(rb: dict, curves: dict, pgd_steps: int) -> str:
             + why + "\n\n" + checklist_table(checks))
 
 
-def capacity_summary(rb: dict, target_robust: float = 80.0, target_clean: float = 98.0) -> str:
-    """The narrative's paragraph on the standard threat model and the capacity study (markdown)."""
-    tm = rb["parameters"]["tm_eps"]
-    there = [f"{r['accuracy']['value']:.1f}% ({name})" for name in ("robust", "standard")
-             for r in rb["autoattack"].get(name, []) if abs(r["eps"] - tm) < 1e-9]
-    cap = rb["capacity"]
-    met = any(r["autoattack"]["value"] >= target_robust and (r["clean_test_accuracy"] or 0) >= target_clean
-              for r in cap)
-    return (f"**The standard threat model, ε = {to_pixel_eps(tm):g} px ({tm:g} normalized).** "
-            + (f"The models above fall to {' and '.join(there)} under AutoAttack there: the robust model was "
-               "trained at a smaller ε. " if there else "")
-            + "Trained for it (Figure 13; one seed per width, AutoAttack on the first "
-            + f"{cap[0]['autoattack']['n'] if cap else 0} test images the standard model classifies correctly, an "
-            "earlier protocol than the unfiltered one above: this study is to be redone), the same architecture reaches "
-            + "; ".join(f"{r['autoattack']['value']:.1f}% AutoAttack accuracy with {r['clean_test_accuracy']:.2f}% "
-                        f"clean at {r['width']}× width ({r['parameters']:,} parameters)" for r in cap)
-            + (f". The target (≥ {target_robust:g}% AutoAttack, ≥ {target_clean:g}% clean) is met." if met else
-               f". The target (≥ {target_robust:g}% AutoAttack with ≥ {target_clean:g}% clean; Wong et al.'s "
-               "166k-parameter model reaches 82.9%) is not met at these widths and this training budget."))
+def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 80.0,
+                     target_clean: float = 98.0) -> str:
+    """The narrative's paragraph on the standard threat model (markdown) from metrics.json's ``ablation`` record:
+    the anchor reproduced, the retrained anchor, the best SmallResNet-family run against the target, and the
+    ablation's contrasts (``ab["contrasts"]``: pairs of configurations that differ in one thing)."""
+    rel, configs = ab.get("released"), {c["name"]: c for c in ab["configs"]}
+    wong = next(p for p in published if p["label"].startswith("Wong"))
+    parts = []
+    if rel:
+        whole, off = rel["autoattack"], rel.get("official")
+        parts.append(f"Wong et al.'s released model (the AutoAttack paper's {wong['autoattack']:.2f}%) keeps "
+                     f"{fmt_rate(rel['first']['accuracy'], 1)} of the first {rel['first']['n']:,} test images under "
+                     "this project's AutoAttack" + (f" (the official driver agrees on {off['agree']:,} of "
+                                                   f"{off['n']:,} images)" if off else "")
+                     + (f", and {whole['accuracy']['value']:.2f}% of the first {whole['n']:,}" if whole["n"] > rel["first"]["n"] else "")
+                     + ".")
+    cnn = configs.get("cnn")
+    if cnn and cnn["autoattack"]:
+        inside = rel and rel["first"]["accuracy"]["ci_low"] <= cnn["autoattack"]["mean"] <= rel["first"]["accuracy"]["ci_high"]
+        seeds = [r for r in ab["rows"] if r["name"] == "cnn"]
+        parts.append("Their recipe retrained here gives, seed by seed, "
+                     + ", ".join(f"{r['autoattack']['value']:.1f}%" + (" (diverged)" if r["status"] == "diverged" else "")
+                                 for r in seeds)
+                     + f" (seeds {', '.join(str(r['seed']) for r in seeds)}; mean {cnn['autoattack']['mean']:.1f} ± "
+                       f"{cnn['autoattack']['std']:.1f}% over the runs that trained, {cnn['clean']['mean']:.2f}% clean)"
+                     + ("" if not rel else ": the mean lies inside the released model's interval on the same images"
+                        if inside else ": the mean lies outside the released model's interval on the same images")
+                     + (f"; {sum(rel['first']['accuracy']['ci_low'] <= r['autoattack']['value'] for r in seeds)} of "
+                        f"{len(seeds)} seeds reach its lower bound" if rel else "") + ".")
+    resnets = [r for r in ab["rows"] if r["spec"]["arch"] == "resnet" and r["status"] != "diverged"]
+    if resnets:
+        def meets(r: dict) -> bool:
+            return r["autoattack"]["value"] >= target_robust and r["clean"]["value"] >= target_clean
+
+        # a run that meets the target if there is one, else the most robust
+        best = max(resnets, key=lambda r: (meets(r), r["autoattack"]["value"]))
+        met = meets(best)
+        parts.append(f"The best SmallResNet-family run (`{best['name']}`, {best['parameters']:,} parameters) keeps "
+                     f"{fmt_rate(best['autoattack'], 1)} under AutoAttack with {best['clean']['value']:.2f}% clean: the "
+                     f"target (≥ {target_robust:g}% with ≥ {target_clean:g}% clean) is "
+                     + ("met." if met else "not met."))
+    for run_id, rows in (ab.get("checks") or {}).items():
+        failed = [r["key"] for r in rows if not r["passed"]]
+        parts.append(f"Carlini et al.'s checks on `{run_id}`: " + (f"all {len(rows)} pass." if not failed else
+                     f"{len(failed)} of {len(rows)} fail ({', '.join(failed)}): its AutoAttack number is an upper "
+                     "bound only."))
+    diverged = [f"`{r['name']}` seed {r['seed']}" for r in ab["rows"] if r["status"] == "diverged"]
+    if diverged:
+        parts.append(f"Diverged (reported with their curves, not as capacity points): {', '.join(diverged)}.")
+    lines = []
+    for what, a, b in ab.get("contrasts", []):
+        ca, cb = configs.get(a), configs.get(b)
+        if ca and cb:
+            def aa(c: dict) -> str:
+                return "diverged" if c["autoattack"] is None else f"{c['autoattack']['mean']:.1f}%"
+            lines.append(f"- {what}: `{a}` {aa(ca)} → `{b}` {aa(cb)}")
+    return " ".join(parts) + ("\n\nOne change at a time (AutoAttack accuracy at 0.3 px, first 1,000 test images; "
+                              "mean over seeds where there are several):\n\n" + "\n".join(lines) if lines else "")

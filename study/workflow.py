@@ -128,15 +128,20 @@ def check_dataset_parameter(dataset, declared: dict[str, dict]) -> None:
 
 
 def literal(value):
-    """A command-line value as Python: '1' -> 1, '0.5' -> 0.5, 'None'/'null' -> None, 'true' -> True, lists
-    element by element (Snakemake's --config hands over strings); anything else stays a string ('fgsm_rs')."""
+    """A command-line value as Python: '1' -> 1, '0.5' -> 0.5, 'None'/'null' -> None, 'true'/'false' -> True/False,
+    lists element by element and dicts value by value (Snakemake's --config hands over strings, inside a dict
+    too: {"width": "2", "batchnorm": "false"}); anything else stays a string ('fgsm_rs')."""
     if isinstance(value, list):
         return [literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if value in ("false", "False"):
+        return False
     if not isinstance(value, str):
         return value
     for parse in (json.loads, ast.literal_eval):
         try:
-            return literal(parse(value)) if isinstance(parse(value), list) else parse(value)
+            return literal(parse(value)) if isinstance(parse(value), (list, dict)) else parse(value)
         except (ValueError, SyntaxError, TypeError):
             pass
     return value

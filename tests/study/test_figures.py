@@ -402,6 +402,97 @@ def test_dataset_comparison_mean_band_seeds_and_both_eps_units():
     assert legend_labels(one.axes[0])[0] == "MNIST (1 seed)" and one.axes[0].get_title() == "one seed"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Figure 13: the capacity study at 0.3 px
+
+PUBLISHED = [{"label": "Wong et al. 2020 (FGSM-RS)", "short": "Wong et al. 2020", "parameters": 166_406,
+              "clean": 98.50, "autoattack": 82.93},
+             {"label": "Madry et al. 2018 (PGD-40)", "parameters": 3_274_634, "clean": 98.53, "autoattack": 88.50}]
+REPRODUCED = {"parameters": 166_406, "clean": rate(9_850, 10_000), "autoattack": rate(8_250, 10_000), "n": 10_000}
+
+
+def capacity_row(name, seed, arch, batchnorm, parameters, aa, clean, status="trained", curve=(40.0, 70.0, 80.0)):
+    """A row of study.tables.ablation_rows: AutoAttack on 1,000 images, clean accuracy on 10,000."""
+    return {"name": name, "seed": seed, "label": f"{arch}, {'BatchNorm' if batchnorm else 'no BatchNorm'}",
+            "parameters": parameters, "spec": {"arch": arch, "batchnorm": batchnorm, "mode": "fgsm_rs"},
+            "autoattack": rate(round(aa * 10), 1000), "clean": rate(round(clean * 100), 10_000), "status": status,
+            "check_curve": list(curve), "kept_epoch": None if status == "diverged" else len(curve), "eps": 0.3}
+
+
+def capacity_rows():
+    return [capacity_row("cnn", 0, "cnn", False, 166_406, 82.0, 98.4),
+            capacity_row("cnn", 1, "cnn", False, 166_406, 11.0, 30.0, "diverged", curve=(20.0, 11.0, 10.0)),
+            capacity_row("resnet", 0, "resnet", True, 19_810, 60.0, 98.9),
+            capacity_row("resnet_nobn", 0, "resnet", False, 19_642, 0.0, 11.35, "diverged", curve=(5.0, 0.0, 0.0))]
+
+
+def marked(ax, marker) -> list:
+    """The lines of ax that draw data points with this marker (legend proxies hold no data)."""
+    return [line for line in ax.get_lines() if line.get_marker() == marker and len(line.get_xdata())]
+
+
+def test_capacity_draws_diverged_runs_as_unjoined_crosses():
+    rows = capacity_rows()
+    fig = robust_figures.plot_capacity(rows, published=PUBLISHED, reproduced=REPRODUCED)
+    ax_aa, ax_clean, ax_curve = fig.axes
+    diverged = [r for r in rows if r["status"] == "diverged"]
+    for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
+        crosses = marked(ax, "x")
+        assert len(crosses) == len(diverged), key
+        for line, r in zip(crosses, diverged):
+            assert len(line.get_xdata()) == 1 and line.get_linestyle() == "None"  # a point, joined to nothing
+            assert line.get_ydata()[0] == pytest.approx(r[key]["value"])
+            assert 0.8 < line.get_xdata()[0] / r["parameters"] < 1.2
+        trained = [line for line in ax.get_lines() if len(line.get_xdata()) == 1
+                   and line.get_marker() in ("s", "o", "^")]
+        # the others keep their family's marker
+        assert sorted(line.get_ydata()[0] for line in trained) == pytest.approx(
+            sorted(r[key]["value"] for r in rows if r["status"] != "diverged")), key
+    # (c): one curve per run, dotted for the diverged ones
+    curves = [line for line in ax_curve.get_lines() if len(line.get_xdata()) == 3]
+    assert [line.get_linestyle() for line in curves] == ["-", ":", "-", ":"]
+    assert list(curves[3].get_ydata()) == [5.0, 0.0, 0.0]
+    assert any("diverged" in t for t in texts(fig))
+
+
+def test_capacity_marks_and_names_the_published_and_reproduced_anchors():
+    fig = robust_figures.plot_capacity(capacity_rows(), published=PUBLISHED, reproduced=REPRODUCED)
+    ax_aa, ax_clean, _ = fig.axes
+    for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
+        stars = marked(ax, "*")
+        filled = {(line.get_xdata()[0], line.get_ydata()[0]) for line in stars
+                  if to_rgba(line.get_markerfacecolor()) == to_rgba("black")}
+        assert filled == {(p["parameters"], p[key]) for p in PUBLISHED}, key
+        (hollow,) = [line for line in stars if to_rgba(line.get_markerfacecolor()) == to_rgba("white")]
+        assert hollow.get_ydata()[0] == pytest.approx(REPRODUCED[key]["value"])
+        assert 1.0 <= hollow.get_xdata()[0] / REPRODUCED["parameters"] < 1.3
+    # each published star is captioned where it stands
+    captions = {tuple(a.xy): a.get_text() for a in ax_aa.texts if hasattr(a, "xy")}
+    for p in PUBLISHED:
+        assert captions[(p["parameters"], p["autoattack"])] in (p["label"], p.get("short")), captions
+    words = " ".join(texts(fig))
+    assert "published" in words and "AutoAttack paper" in words
+    assert "reproduced here" in words and "released model" in words and "10,000 test images" in words
+    plt.close(fig)
+    without = robust_figures.plot_capacity(capacity_rows(), published=PUBLISHED)
+    assert not any(to_rgba(line.get_markerfacecolor()) == to_rgba("white") for line in marked(without.axes[0], "*"))
+    assert "reproduced here" not in " ".join(texts(without))
+
+
+def test_capacity_titles_labels_and_units():
+    fig = robust_figures.plot_capacity(capacity_rows(), published=PUBLISHED)
+    assert len(fig.axes) == 3 and "0.3" in fig.get_suptitle() and "[0, 1] pixels" in fig.get_suptitle()
+    for ax in fig.axes:
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert "ε = 0.3 px" in fig.axes[0].get_ylabel() and "1,000" in fig.axes[0].get_title()
+    assert fig.axes[0].get_xscale() == fig.axes[1].get_xscale() == "log"
+
+
+def test_capacity_refuses_no_runs():
+    with pytest.raises(ValueError, match="no capacity-study runs"):
+        robust_figures.plot_capacity([], published=PUBLISHED)
+
+
 def test_dataset_comparison_refuses_bad_spreads():
     spreads = make_dataset_spreads()
     with pytest.raises(ValueError, match=r"Fashion-MNIST.*'std'.*seed_spread"):

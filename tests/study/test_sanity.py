@@ -1,5 +1,6 @@
 """study.sanity: AutoAttack against the official driver, the merge of parts, Carlini et al.'s checklist on
-synthetic numbers, gradient masking caught by the sanity checks, seed_metrics and model_digest.
+synthetic numbers (the step-size row included), gradient masking caught by the sanity checks, the step sizes of
+sanity_attacks in either image range, seed_metrics and model_digest.
 
 Cost: the official-driver comparison runs the full standard AutoAttack twice on 16 images (~20 s each on a busy
 core: Square's 5,000 queries on the images nothing else breaks), after a search for 16 images that exercise its
@@ -194,9 +195,11 @@ def test_merge_parts_refuses_mixed_eps_and_nothing():
 
 N = 1000  # tolerance(1000) = 1.5 pp
 CONSISTENT = dict(fgsm=600, pgd=400, more=395, starts=(400, 398, 401), worst=392, distinct=3, transfer=700,
-                  sweep=((0.3, 400), (1.0, 8), (2.0, 0)), square=450, apgd=392, aa=390, margin=389)
+                  sweep=((0.3, 400), (1.0, 8), (2.0, 0)), square=450, apgd=392, aa=390, margin=389,
+                  step_sizes=(402, 399, 400))  # PGD at 0.01 px x 50, 0.1 px x 20, eps x 20 (sanity.STEP_SIZES)
 ROWS = {"steps": "more PGD steps", "restarts": "random restarts", "zero": "falls to", "transfer": "transfer attack",
-        "square": "Square", "order": "FGSM >= PGD-", "independent": "independent attack"}
+        "square": "Square", "order": "FGSM >= PGD-", "independent": "independent attack",
+        "step_size": "across step sizes"}
 
 
 def synthetic(**changes):
@@ -209,7 +212,9 @@ def synthetic(**changes):
          "sweep": [{"eps": e, "eps_pixel": e / 2, **rate(k, N)} for e, k in c["sweep"]],
          "margin_pgd": {**rate(c["margin"], N), "steps": 100, "restarts": 3},
          "square_vs_apgd": {"n": N, "square": {"accuracy": rate(c["square"], N), "seconds": 1.0},
-                            "apgd-ce": {"accuracy": rate(c["apgd"], N), "seconds": 1.0}}}
+                            "apgd-ce": {"accuracy": rate(c["apgd"], N), "seconds": 1.0}},
+         "step_sizes": [{"step_pixel": p, "steps": k, **rate(a, N)}
+                        for (p, k), a in zip(((0.01, 50), (0.1, 20), (0.15, 20)), c["step_sizes"])]}
     return s, rate(c["aa"], N)
 
 
@@ -234,7 +239,8 @@ def test_checklist_consistent_numbers_pass_every_row():
     (zero,) = [r for r in rows if "falls to" in r["check"]]
     assert zero["zero_at"] == 1.0  # 8 of 1,000 = 0.8%: the first eps at or below the threshold is named
     assert all(set(r) >= {"key", "check", "numbers", "passed"} for r in rows)
-    assert [r["key"] for r in rows] == ["steps", "restarts", "zero", "transfer", "square", "order", "independent"]
+    assert [r["key"] for r in rows] == ["steps", "restarts", "zero", "transfer", "square", "order", "independent",
+                                        "step_size"]
     (restarts,) = [r for r in rows if "random restarts" in r["check"]]
     assert "40.0%, 39.8%, 40.1%" in restarts["numbers"] and "worst case 39.2%" in restarts["numbers"]
 
@@ -253,6 +259,11 @@ CONTRADICTIONS = {
     "AutoAttack far above PGD-20": (dict(aa=420, margin=420), "order"),
     "PGD-20 far above FGSM": (dict(fgsm=380), "order"),
     "the independent attack far below AutoAttack": (dict(margin=370), "independent"),
+    # masked gradients: a small step finds far less than a large one
+    "PGD at 0.01 px far above the larger steps": (dict(step_sizes=(440, 400, 399)), "step_size"),
+    "PGD at 0.01 px and 0.1 px far above eps's step": (dict(step_sizes=(440, 436, 400)), "step_size"),
+    "PGD at 0.1 px far above the other two": (dict(step_sizes=(400, 440, 399)), "step_size"),
+    "PGD at eps's step far above the smaller steps": (dict(step_sizes=(400, 401, 440)), "step_size"),
 }
 
 
@@ -270,6 +281,7 @@ WITHIN = {
     "Square a little below APGD-CE": dict(square=380, apgd=392),
     "AutoAttack 1.5 pp below PGD-20": dict(aa=385, margin=385),
     "the independent attack 1.5 pp below AutoAttack": dict(margin=375),
+    "the three step sizes 1.5 pp apart": dict(step_sizes=(415, 408, 400)),
 }
 
 
@@ -277,6 +289,21 @@ WITHIN = {
 def test_checklist_differences_within_the_tolerance_pass(changes):
     got = verdicts(checklist(*synthetic(**changes)))
     assert all(got.values()), got
+
+
+def test_checklist_step_size_row_states_its_numbers_and_tolerance():
+    (row,) = [r for r in checklist(*synthetic(step_sizes=(798, 40, 38))) if r["key"] == "step_size"]
+    assert not row["passed"] and row["tolerance"] == pytest.approx(1.5)
+    assert row["numbers"] == "step 0.01 px x 50: 79.8%, step 0.1 px x 20: 4.0%, step 0.15 px x 20: 3.8%"
+    assert "0.01 px" in row["check"] and "masked gradients" in row["check"]
+
+
+def test_checklist_has_no_step_size_row_for_results_from_before_it():
+    s, aa = synthetic()
+    del s["step_sizes"]
+    rows = checklist(s, aa)
+    assert [r["key"] for r in rows] == ["steps", "restarts", "zero", "transfer", "square", "order", "independent"]
+    assert not any("step size" in r["check"] for r in rows)
 
 
 def test_checklist_near_zero_threshold_is_a_parameter():
@@ -340,6 +367,37 @@ def test_plain_model_passes_every_check(trained_model, test_batch):
     assert s["restarts"]["distinct"] == 2  # independent starts give other adversarial images
     assert s["restarts"]["worst"]["value"] <= min(r["value"] for r in s["restarts"]["starts"])
     assert s["restarts"]["starts"][0] == {k: v for k, v in s["pgd"].items() if k != "steps"}
+
+
+@pytest.mark.parametrize("bounds, eps, eps_pixel", [((-1.0, 1.0), 0.3, 0.15), ((0.0, 1.0), 0.3, 0.3)],
+                         ids=["normalized [-1, 1]", "pixels [0, 1]"])
+def test_sanity_attacks_step_sizes_are_in_pixel_units_for_either_range(bounds, eps, eps_pixel, monkeypatch):
+    """The step-size row's PGD runs at 0.01 px x 50, 0.1 px x 20 and eps x 20 whatever the images' range: the
+    steps given to PGD are in the units of x, the ones recorded in [0, 1] pixels. A tiny linear model on 4x4
+    images keeps it cheap."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+    low, high = bounds
+    x = low + (high - low) * torch.rand(8, 1, 4, 4)
+    y = predict(model, x)[0]  # every image correct clean: the attacks have something to break
+    honest, steps_given = sanity.pgd, []
+
+    def recording(*args, **kwargs):
+        steps_given.append(kwargs.get("step_size"))
+        return honest(*args, **kwargs)
+
+    monkeypatch.setattr(sanity, "pgd", recording)
+    s = sanity_attacks(model, x, y, eps, source=model, eps_sweep=[eps], square_samples=1, steps=2, more_steps=3,
+                       restarts=2, independent_steps=2, progress=False, bounds=bounds)
+    assert s["eps_pixel"] == pytest.approx(eps_pixel)
+    got = s["step_sizes"]
+    assert [r["steps"] for r in got] == [50, 20, 20]
+    assert [r["step_pixel"] for r in got] == pytest.approx([0.01, 0.1, eps_pixel])
+    assert steps_given[-3:] == pytest.approx([0.01 * (high - low), 0.1 * (high - low), eps])
+    for r in got:
+        assert r["n"] == 8 and 0 <= r["value"] <= s["clean"]["value"] == 100.0
+    (row,) = [r for r in checklist(s, s["pgd"]) if r["key"] == "step_size"]
+    assert "step 0.01 px x 50" in row["numbers"] and f"step {eps_pixel:g} px x 20" in row["numbers"]
 
 
 def test_margin_pgd_is_as_strong_as_pgd_and_counts_clean_mistakes(trained_model, test_batch):

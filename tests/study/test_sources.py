@@ -97,6 +97,13 @@ def test_each_job_reaches_what_it_runs_and_no_more():
     assert {"advlib/metrics.py", "advlib/iterative.py", "study/cache.py", "study/jobs.py"} <= set(pgd)
     assert not [f for f in pgd if sources.draws(ROOT / f)], "the PGD jobs draw nothing"
     assert "advlib/autoattack.py" in sources.code_files("study.sanity")
+    # the capacity study's training jobs (ABLATION_CODE) reach training, not its evaluation: a change to an attack
+    # of the ensemble, a check or a table re-evaluates those models, never retrains them
+    ablation = sources.code_files("study.ablation")
+    assert {"advlib/train.py", "study/models.py", "study/ablation.py"} <= set(ablation)
+    assert not [f for f in ablation if f in ("advlib/autoattack.py", "advlib/metrics.py", "study/sanity.py",
+                                             "study/ablation_eval.py") or f.startswith(("study/results", "study/tables"))], ablation
+    assert {"advlib/autoattack.py", "study/sanity.py", "study/ablation.py"} <= set(sources.code_files("study.ablation_eval"))
 
 
 def test_a_modules_resources_are_its_inputs_too():

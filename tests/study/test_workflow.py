@@ -20,7 +20,7 @@ import pytest
 from study import readme, scratch
 from study import workflow as pipeline
 from study.results import ORIGINAL_REPORT, load_metrics
-from conftest import SMALL_PIPELINE_PARAMETERS, config_words, run_make, tree_digest
+from conftest import SMALL_PIPELINE_PARAMETERS, config_words, copy_repo, run_make, tree_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = config_words(SMALL_PIPELINE_PARAMETERS)
@@ -347,7 +347,7 @@ def test_every_declared_parameter_is_used():
     """A parameter a stage declares but never reads would silently ignore an override (and is not recorded as if
     it mattered). The robustness evaluation's settings are read by the workflow's jobs (Snakefile)."""
     reads = workflow_reads()
-    assert {"tm_epochs", "aa_grid_samples", "seed_aa_samples", "sanity_eps"} <= reads, reads
+    assert {"ablation", "ablation_samples", "aa_grid_samples", "seed_aa_samples", "sanity_eps"} <= reads, reads
     for stage, params in pipeline.stage_parameters().items():
         nb = nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4)
         body = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
@@ -478,18 +478,31 @@ def test_seed_study_fans_out_one_training_per_seed(repo_copy):
     assert jobs["robust_model"] == 4 and jobs["seed_robust"] == 4 and jobs["publish_robust_seeds"] == 1, jobs
 
 
-def test_robustness_evaluation_fans_out_in_autoattack_batches(repo_copy):
+def test_robustness_evaluation_fans_out_in_autoattack_batches(tmp_path):
     """make robust: AutoAttack in jobs of 250 images (AutoAttack's batch) per model and eps, one sanity-check job,
-    one publish; the capacity study (its own target, which make robust runs too): one training job per width."""
+    one publish; the capacity study (its own target, which make robust runs too): one training and one evaluation
+    job per (configuration, seed) of the ablation grid, one transfer source, one checklist per entry of
+    ablation_checklist, one publish, and no AutoAttack part of the robustness evaluation. Dry runs only, in a fresh
+    copy of the repository (nothing trained there: the plans hold the training jobs too)."""
+    repo = copy_repo(tmp_path / "a copy")
+    grid = {"a": {"seeds": [0, 1, 2]}, "b": {"arch": "resnet"}, "c": {"width": 2, "seeds": [4, 5]}}
     config = ("--config", "aa_samples=500", "aa_eps=[0.3]", "aa_grid_eps=[0.1]", "aa_grid_samples=100",
-              "tm_widths=[1,2]", "tm_samples=100")
-    jobs = planned_jobs(repo_copy, "robustness", *config)
+              f"ablation={json.dumps(grid)}", "ablation_checklist=[a_s2,c_s4]", "ablation_samples=100")
+    # the grid reaches the stage's parameters (Snakemake's own parsing of --config, then the workflow's reader);
+    # its leaves arrive as YAML strings, which the job counts do not depend on
+    from snakemake.cli import parse_config
+
+    ablation = pipeline.resolve_config(parse_config(config[1:]))[1]["08_robustness"]["ablation"]
+    assert list(ablation) == ["a", "b", "c"] and [len(e.get("seeds", [0])) for e in ablation.values()] == [3, 1, 2]
+    jobs = planned_jobs(repo, "robustness", *config)
     # standard and robust: eps 0.3 on 500 images = 2 parts each, eps 0.1 on 100 = 1 part each
     assert jobs["autoattack_part"] == 2 * 2 + 2 * 1 and jobs["autoattack_merge"] == 2 * 2, jobs
-    assert jobs["sanity_checks"] == 1 and jobs["publish_robustness"] == 1 and "threat_model" not in jobs, jobs
-    jobs = planned_jobs(repo_copy, "capacity", *config)
-    assert jobs["threat_model"] == 2 and jobs["autoattack_part"] == 2 and jobs["publish_capacity"] == 1, jobs
-    assert "sanity_checks" not in jobs, jobs
+    assert jobs["sanity_checks"] == 1 and jobs["publish_robustness"] == 1, jobs
+    assert not {rule for rule in jobs if rule.startswith("ablation") or "capacity" in rule}, jobs
+    jobs = planned_jobs(repo, "capacity", *config)
+    assert jobs["ablation_model"] == jobs["ablation_eval"] == 3 + 1 + 2, jobs
+    assert jobs["ablation_source"] == 1 and jobs["ablation_checklist"] == 2 and jobs["publish_capacity"] == 1, jobs
+    assert not {"autoattack_part", "sanity_checks", "released_part", "publish_robustness"} & set(jobs), jobs
 
 
 def test_a_failed_stage_publishes_nothing(repo_copy):
@@ -612,7 +625,12 @@ def test_readme_takes_only_the_targets_table_from_the_benchmarks():
 
 @pytest.mark.parametrize("text, value", [("1", 1), ("0.5", 0.5), ("None", None), ("null", None), ("true", True),
                                          ("[0, 0.1]", [0, 0.1]), (["0.0", "0.05"], [0.0, 0.05]),
-                                         ("fgsm_rs", "fgsm_rs"), ("0-9", "0-9")])
+                                         ("fgsm_rs", "fgsm_rs"), ("0-9", "0-9"), ("false", False),
+                                         # a dict from --config arrives with string values (the capacity study's grid)
+                                         ({"r": {"batchnorm": "false", "width": "2", "seeds": ["0", "1"],
+                                                 "arch": "resnet"}},
+                                          {"r": {"batchnorm": False, "width": 2, "seeds": [0, 1], "arch": "resnet"}}),
+                                         ('{"a": {"ramp_epochs": 4}}', {"a": {"ramp_epochs": 4}})])
 def test_command_line_values_become_python(text, value):
     """Snakemake's --config hands values over as strings; the stages get numbers, lists and None."""
     assert pipeline.literal(text) == value

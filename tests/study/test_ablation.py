@@ -1,0 +1,522 @@
+"""study.ablation and study.ablation_eval (the 0.3 px capacity study's grid, configs, contrasts and run status, the
+released anchor's loading and its committed evaluation), study.results.load_ablation (the merge of the released
+model's parts), the capacity study's tables and the summary's target, and the parameters' mismatch report.
+
+Synthetic inputs, except two tests on Wong et al.'s released checkpoint (data/anchors/, fetched by hand, never
+committed: skipped where it is absent) and one on its committed evaluation (skipped until `make robust` wrote it).
+Everything runs in a few seconds; the released model's clean accuracy on MNIST's 10,000 test images takes about one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advlib.metrics import rate
+from advlib.model import ResNetConfig, SmallCNN, SmallCNNConfig, SmallResNet, count_parameters
+from advlib.train import TrainConfig
+from study import ablation
+from study.ablation import (ANCHOR_SHA256, ANCHOR_URL, RECIPE, load_released, model_config, runs, spec,
+                            train_config)
+from study.ablation_eval import CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, PUBLISHED, contrasts, status
+from study.results import load_ablation, robustness_settings_mismatch
+from study.tables import (ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
+                          diverged_curves)
+
+ROOT = Path(__file__).resolve().parents[2]
+ANCHOR = ROOT / "data" / "anchors" / "wong2020_mnist_fgsm.pth"
+RELEASED_PART = ROOT / "figures" / "robustness" / "anchor" / "released_from0.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# spec, model_config, train_config
+
+
+def test_spec_fills_in_the_recipe_and_refuses_unknown_settings():
+    assert spec({}) == RECIPE
+    assert spec({"width": 2, "seeds": [0, 1]}) == {**RECIPE, "width": 2}  # the seeds are not a setting
+    assert spec({"seeds": [3]}) == spec({}) == RECIPE
+    assert RECIPE["width"] == 1  # the recipe itself is left alone
+    with pytest.raises(ValueError, match=r"unknown ablation settings \['widht'\]") as err:
+        spec({"widht": 2})
+    assert "width" in str(err.value)  # the known names are listed
+    for entry in ({"bn": True}, {"epoch": 3, "lr": 1e-3}, {"seed": 1}):
+        with pytest.raises(ValueError, match="unknown ablation settings"):
+            spec(entry)
+    with pytest.raises(ValueError, match="unknown"):
+        model_config({"widht": 2})
+    with pytest.raises(ValueError, match="unknown"):
+        train_config({"epoch": 2}, seed=0)
+
+
+def cnn_parameters(w: int) -> int:
+    """Wong et al.'s network with every channel and hidden unit count times w, on 28x28 images, counted by hand:
+    conv 1->16w (4x4), conv 16w->32w (4x4), fc 32w*7*7 -> 100w, fc 100w -> 10, all with biases."""
+    c1, c2, h = 16 * w, 32 * w, 100 * w
+    return (16 * c1 + c1) + (16 * c1 * c2 + c2) + (c2 * 7 * 7 * h + h) + (h * 10 + 10)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_cnn_widths_give_wong_et_al_s_network_widened(width):
+    config = model_config({"width": width})
+    assert isinstance(config, SmallCNNConfig)
+    assert (config.image_size, config.channels, config.hidden) == (28, (16 * width, 32 * width), 100 * width)
+    model = SmallCNN(config)
+    assert count_parameters(model) == cnn_parameters(width)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_cnn_at_width_one_is_the_published_166k_network():
+    assert cnn_parameters(1) == 166_406
+    assert count_parameters(SmallCNN(model_config({}))) == 166_406 == PUBLISHED[0]["parameters"]
+    assert count_parameters(SmallCNN(model_config({"width": 2}))) == 662_786
+
+
+def test_resnet_with_and_without_batchnorm():
+    with_bn, without = model_config({"arch": "resnet", "batchnorm": True}), model_config({"arch": "resnet"})
+    assert isinstance(with_bn, ResNetConfig) and with_bn.batchnorm is True
+    assert isinstance(without, ResNetConfig) and without.batchnorm is False
+    assert with_bn == ResNetConfig() and without == ResNetConfig(batchnorm=False)
+    bn_model, plain = SmallResNet(with_bn), SmallResNet(without)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn_model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert count_parameters(bn_model) == 19_810
+    wide = model_config({"arch": "resnet", "width": 2, "batchnorm": True})
+    assert wide.stem_channels == 16 and wide.block_channels == (16, 32, 64)
+    assert count_parameters(SmallResNet(wide)) == 77_754
+
+
+def test_cnn_with_batchnorm_and_unknown_architectures_are_refused():
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        model_config({"batchnorm": True})
+    with pytest.raises(ValueError, match="arch must be"):
+        model_config({"arch": "vgg"})
+
+
+def test_train_config_maps_the_recipe():
+    expected = TrainConfig(epochs=10, batch_size=100, lr=5e-3, seed=3, device="cpu", adversarial="fgsm_rs",
+                           adv_eps=0.3, adv_pgd_steps=7, adv_check_size=2000, adv_holdout=2000,
+                           lr_schedule="cyclic", eps_ramp_epochs=0, check_steps=10, check_step_sizes=(0.25, 0.5),
+                           attack_bn="eval", clamp_start=False)
+    assert train_config({}, seed=3) == expected
+
+
+# Entries that change every setting of the recipe (BatchNorm's statistics in the training attack only with FGSM-RS:
+# TrainConfig refuses attack_bn="train" under PGD), with the TrainConfig each must give, written out by hand.
+EVERY_SETTING = {
+    "pgd": ({"arch": "resnet", "batchnorm": True, "width": 2, "mode": "pgd", "epochs": 4, "batch_size": 50,
+             "lr": 1e-3, "eps": 0.2, "ramp_epochs": 2, "pgd_steps": 5, "clamp_start": True, "attack_bn": "eval",
+             "holdout": 500, "check_steps": 3, "check_step_sizes": [0.1], "seeds": [7]},
+            TrainConfig(epochs=4, batch_size=50, lr=1e-3, seed=7, device="cpu", adversarial="pgd", adv_eps=0.2,
+                        adv_pgd_steps=5, adv_check_size=500, adv_holdout=500, lr_schedule="cyclic",
+                        eps_ramp_epochs=2, check_steps=3, check_step_sizes=(0.1,), attack_bn="eval",
+                        clamp_start=True)),
+    "fgsm_rs": ({"arch": "resnet", "batchnorm": True, "width": 3, "mode": "fgsm_rs", "epochs": 6, "batch_size": 32,
+                 "lr": 2e-3, "eps": 0.25, "ramp_epochs": 1.5, "pgd_steps": 3, "clamp_start": True,
+                 "attack_bn": "train", "holdout": 1000, "check_steps": 20, "check_step_sizes": [0.5, 1.0],
+                 "seeds": [7]},
+                TrainConfig(epochs=6, batch_size=32, lr=2e-3, seed=7, device="cpu", adversarial="fgsm_rs",
+                            adv_eps=0.25, adv_pgd_steps=3, adv_check_size=1000, adv_holdout=1000,
+                            lr_schedule="cyclic", eps_ramp_epochs=1.5, check_steps=20, check_step_sizes=(0.5, 1.0),
+                            attack_bn="train", clamp_start=True)),
+}
+
+
+@pytest.mark.parametrize("entry, expected", EVERY_SETTING.values(), ids=EVERY_SETTING.keys())
+def test_train_config_maps_every_setting_of_an_entry(entry, expected):
+    assert set(entry) - {"seeds"} == set(RECIPE)  # the entry names every setting of the recipe
+    got = train_config(entry, seed=7)
+    mismatched = [f.name for f in fields(TrainConfig) if getattr(got, f.name) != getattr(expected, f.name)]
+    assert not mismatched, {k: (getattr(got, k), getattr(expected, k)) for k in mismatched}
+
+
+NETWORK = {"arch", "width", "batchnorm"}  # the settings model_config reads; every other one is training's
+
+
+@pytest.mark.parametrize("key", sorted(set(RECIPE) - NETWORK))
+def test_every_training_setting_reaches_the_train_config(key):
+    other = {"mode": "pgd", "epochs": 4, "batch_size": 50, "lr": 1e-3, "eps": 0.2, "ramp_epochs": 1, "pgd_steps": 5,
+             "clamp_start": True, "attack_bn": "train", "holdout": 500, "check_steps": 3,
+             "check_step_sizes": [0.1]}[key]
+    assert other != RECIPE[key]
+    assert train_config({key: other}, seed=0) != train_config({}, seed=0), key
+
+
+@pytest.mark.parametrize("key", sorted(NETWORK))
+def test_network_settings_leave_the_train_config_alone(key):
+    entry = {"arch": {"arch": "resnet"}, "width": {"width": 2}, "batchnorm": {"arch": "resnet", "batchnorm": True}}[key]
+    assert train_config(entry, seed=0) == train_config({}, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# contrasts, runs, status
+
+GRID = {
+    "base": {"seeds": [0, 1, 2]},
+    "wide": {"width": 2},
+    "pgd": {"mode": "pgd", "pgd_steps": 5},  # PGD's steps differ from the recipe's 7: the change brings them
+    "wide_pgd": {"width": 2, "mode": "pgd", "pgd_steps": 5},  # two changes from base: no contrast with it
+    "clamped": {"clamp_start": True},  # against pgd: the attack and the clipping differ
+    "resnet_nobn": {"arch": "resnet"},
+    "resnet": {"arch": "resnet", "batchnorm": True},  # two changes from base (network and BatchNorm)
+    "resnet_bn_train": {"arch": "resnet", "batchnorm": True, "attack_bn": "train"},
+}
+
+
+def test_contrasts_are_exactly_the_pairs_that_differ_in_one_setting():
+    assert contrasts(GRID) == [
+        (CHANGES["width"], "base", "wide"),
+        (CHANGES["mode"], "base", "pgd"),
+        (CHANGES["clamp_start"], "base", "clamped"),
+        (CHANGES["arch"], "base", "resnet_nobn"),
+        (CHANGES["mode"], "wide", "wide_pgd"),
+        (CHANGES["width"], "pgd", "wide_pgd"),
+        (CHANGES["batchnorm"], "resnet_nobn", "resnet"),
+        (CHANGES["attack_bn"], "resnet", "resnet_bn_train"),
+    ]
+
+
+def test_contrasts_leave_out_two_change_pairs():
+    pairs = {(a, b) for _, a, b in contrasts(GRID)}
+    for two_changes in [("base", "wide_pgd"), ("base", "resnet"), ("wide", "pgd"), ("pgd", "clamped"),
+                        ("resnet_nobn", "resnet_bn_train"), ("base", "resnet_bn_train")]:
+        assert two_changes not in pairs
+    # PGD's steps differ from the recipe's, but they come with the change of attack
+    assert (CHANGES["mode"], "base", "pgd") in contrasts({"base": {}, "pgd": {"mode": "pgd", "pgd_steps": 40}})
+    # a PGD entry whose steps differ from another PGD entry's: two changes
+    assert contrasts({"pgd5": {"mode": "pgd", "pgd_steps": 5}, "pgd_wide": {"mode": "pgd", "width": 2}}) == []
+
+
+def test_runs_lists_every_configuration_and_seed_in_order():
+    assert runs(GRID)[:4] == [("base", 0), ("base", 1), ("base", 2), ("wide", 0)]
+    assert len(runs(GRID)) == 3 + 7
+    assert runs({"a": {"seeds": [4, 2]}, "b": {}}) == [("a", 4), ("a", 2), ("b", 0)]
+
+
+@pytest.mark.parametrize("losses, clean, expected", [
+    ([0.9, 0.4, 0.3], 98.0, "trained"),
+    ([0.9, 2.1, 2.3], 98.0, "diverged"),  # the last epoch near chance, whatever the kept model's accuracy
+    ([2.5, 2.4, 0.3], 98.0, "trained"),  # only the last epoch counts
+    ([0.9, 0.4, 0.3], 40.0, "diverged"),  # the kept model is near chance on clean images
+    ([0.9, 0.4, DIVERGED_LOSS], DIVERGED_CLEAN, "trained"),  # the thresholds themselves are not divergence
+    ([0.9, 0.4, DIVERGED_LOSS + 0.01], 99.0, "diverged"),
+    ([0.9, 0.4, 0.3], DIVERGED_CLEAN - 0.01, "diverged"),
+])
+def test_status(losses, clean, expected):
+    assert status({"epoch_loss": losses}, clean) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The released anchor
+
+
+def test_sha256_is_the_files_digest(tmp_path):
+    f = tmp_path / "blob"
+    data = bytes(range(256)) * 5000  # more than one read block
+    f.write_bytes(data)
+    assert ablation.sha256(f) == hashlib.sha256(data).hexdigest()
+
+
+def test_load_released_without_the_file_says_where_to_get_it(tmp_path):
+    missing = tmp_path / "anchors" / "fgsm.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        load_released(missing)
+    assert ANCHOR_URL in str(err.value) and str(missing) in str(err.value)
+
+
+def test_load_released_refuses_another_file_by_its_digest(tmp_path):
+    """A loadable state_dict of the right network, with other weights: only the SHA-256 tells it apart."""
+    other = tmp_path / "fgsm.pth"
+    torch.manual_seed(0)
+    torch.save(SmallCNN().state_dict(), other)
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="SHA-256") as err:
+        load_released(other)
+    assert digest in str(err.value) and ANCHOR_SHA256 in str(err.value) and ANCHOR_URL in str(err.value)
+
+
+needs_anchor = pytest.mark.skipif(not ANCHOR.is_file(), reason=f"Wong et al.'s released checkpoint is not in "
+                                  f"{ANCHOR.relative_to(ROOT)} (fetched by hand from {ANCHOR_URL}; never committed)")
+
+
+@needs_anchor
+def test_the_released_model_loads_as_the_published_network():
+    model = load_released(ANCHOR)
+    assert isinstance(model, SmallCNN) and not model.training
+    assert count_parameters(model) == 166_406
+    assert ablation.sha256(ANCHOR) == ANCHOR_SHA256
+
+
+@needs_anchor
+def test_the_released_model_gives_the_published_clean_accuracy(data_root):
+    """98.50% on MNIST's 10,000 test images, the AutoAttack paper's number for it, on images in [0, 1]."""
+    from study.ablation_eval import test_images
+
+    model = load_released(ANCHOR)
+    x, y = test_images(str(data_root))
+    assert x.shape == (10_000, 1, 28, 28) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), 1000):
+            correct += int((model(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
+    assert correct == 9_850, correct
+    assert 100 * correct / len(y) == pytest.approx(PUBLISHED[0]["clean"])
+
+
+@pytest.mark.skipif(not RELEASED_PART.is_file(), reason=f"{RELEASED_PART.relative_to(ROOT)} is not committed yet "
+                    "(`make robust` with the released checkpoint in data/anchors/ writes it)")
+def test_the_committed_released_evaluation_agrees_with_the_official_driver():
+    part = json.loads(RELEASED_PART.read_text())
+    assert part["model"]["sha256"] == ANCHOR_SHA256
+    assert part["model"]["parameters"] == 166_406 and part["start"] == 0
+    ours, official = part["autoattack"], part["official"]
+    assert len(official["robust_flags"]) == len(ours["robust_flags"]) == ours["n"] == official["n"] > 0
+    assert official["robust_flags"] == ours["robust_flags"]  # image for image
+    assert official["agree"] == ours["n"] and official["robust"] == ours["robust"] == sum(ours["robust_flags"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# load_ablation
+
+
+def aa_result(flags: list[bool], eps: float = 0.3, clean: int | None = None) -> dict:
+    """An advlib.autoattack result on len(flags) images: APGD-CE breaks every image it attacks but the robust."""
+    n, robust = len(flags), sum(flags)
+    clean = n if clean is None else clean
+    return {"eps": eps, "eps_pixel": eps, "n": n, "clean": clean, "robust": robust, "accuracy": rate(robust, n),
+            "per_attack": [{"attack": "apgd-ce", "attacked": clean, "broke": clean - robust, "seconds": 1.0},
+                           {"attack": "apgd-t", "attacked": robust, "broke": 0, "seconds": 2.0}],
+            "robust_flags": flags}
+
+
+def released_part(start: int, flags: list[bool], official: bool = False) -> dict:
+    out = {"clean": rate(9_850, 10_000), "autoattack": aa_result(flags), "start": start,
+           "model": {"checkpoint": ANCHOR_URL, "sha256": ANCHOR_SHA256, "parameters": 166_406}}
+    if official:
+        out["official"] = {"robust": sum(flags), "n": len(flags), "robust_flags": flags, "agree": len(flags)}
+    return out
+
+
+def run_result(name: str, seed: int, entry: dict, *, aa: float = 82.0, clean: float = 98.5, losses=(0.8, 0.4),
+               n: int = 1000, eps: float = 0.3, parameters: int = 166_406) -> dict:
+    """What ``study.ablation_eval evaluate`` writes for one (configuration, seed)."""
+    k = round(aa * n / 100)
+    flags = [True] * k + [False] * (n - k)
+    history = {"epoch_loss": list(losses), "train_accuracy": [50.0] * len(losses),
+               "test_accuracy": [clean - 1.0] * (len(losses) - 1) + [clean],
+               "check_accuracy": [aa - 2.0] * (len(losses) - 1) + [aa], "kept_epoch": len(losses),
+               "seconds": [60.0] * len(losses), "selection": "train[58000:60000]", "trained_on": "train[0:58000]"}
+    clean_rate = rate(round(clean * 100), 10_000)
+    return {"clean": clean_rate, "autoattack": aa_result(flags, eps=eps, clean=n), "start": 0, "name": name,
+            "seed": seed, "spec": spec(entry), "parameters": parameters, "history": history,
+            "status": status(history, clean_rate["value"])}
+
+
+def write(path: Path, blob: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(blob))
+
+
+def test_load_ablation_reads_runs_checks_and_merges_the_released_parts(tmp_path):
+    write(tmp_path / "ablation" / "cnn_s0.json", run_result("cnn", 0, {}))
+    write(tmp_path / "ablation" / "cnn_s1.json", run_result("cnn", 1, {}))
+    write(tmp_path / "ablation" / "checklist_cnn_s0.json", {"name": "cnn", "seed": 0, "result": {"n": 1000}})
+    # written out of order: merged in order of their first image
+    write(tmp_path / "anchor" / "released_from3.json", released_part(3, [False, True, True]))
+    write(tmp_path / "anchor" / "released_from0.json", released_part(0, [True, True, False], official=True))
+    ab = load_ablation(tmp_path)
+    assert [(r["name"], r["seed"]) for r in ab["runs"]] == [("cnn", 0), ("cnn", 1)]
+    assert ab["checks"] == {"cnn_s0": {"n": 1000}}
+    rel = ab["released"]
+    assert rel["part_size"] == 3 and rel["parts"] == [{"start": 0, "robust": 2}, {"start": 3, "robust": 2}]
+    whole = rel["autoattack"]
+    assert (whole["n"], whole["robust"], whole["clean"]) == (6, 4, 6)
+    assert whole["accuracy"] == rate(4, 6)
+    assert whole["per_attack"][0] == {"attack": "apgd-ce", "attacked": 6, "broke": 2, "seconds": 2.0}
+    assert rel["first"]["n"] == 3 and rel["first"]["robust"] == 2
+    assert rel["official"]["agree"] == 3
+    for result in (whole, rel["first"], rel["official"]):
+        assert "robust_flags" not in result  # the per-image flags stay in the files
+    assert rel["clean"] == rate(9_850, 10_000) and rel["model"]["sha256"] == ANCHOR_SHA256
+
+
+def test_load_ablation_without_the_released_model(tmp_path):
+    write(tmp_path / "ablation" / "cnn_s0.json", run_result("cnn", 0, {}))
+    ab = load_ablation(tmp_path)
+    assert ab["released"] is None and len(ab["runs"]) == 1 and ab["checks"] == {}
+    write(tmp_path / "anchor" / "released_from0.json", released_part(0, [True, False]))
+    rel = load_ablation(tmp_path)["released"]
+    assert rel["official"] is None and rel["autoattack"]["n"] == rel["first"]["n"] == 2
+
+
+@pytest.mark.parametrize("starts", [(0, 4), (2, 4), (0, 2, 6), (2,)])
+def test_load_ablation_refuses_parts_that_are_not_consecutive(tmp_path, starts):
+    for s in starts:
+        write(tmp_path / "anchor" / f"released_from{s}.json", released_part(s, [True, False]))
+    with pytest.raises(ValueError, match="not consecutive"):
+        load_ablation(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and the summary
+
+
+def rows_of(*results: dict) -> list[dict]:
+    return ablation_rows(list(results))
+
+
+def test_ablation_configs_average_only_the_trained_seeds():
+    rows = rows_of(run_result("cnn", 0, {}, aa=80.0, clean=98.0), run_result("cnn", 1, {}, aa=84.0, clean=99.0),
+                   run_result("cnn", 2, {}, aa=11.0, clean=98.0, losses=(0.8, 2.2)),
+                   run_result("wide", 0, {"width": 2}, aa=85.0, parameters=662_786))
+    assert [r["status"] for r in rows] == ["trained", "trained", "diverged", "trained"]
+    cnn, wide = ablation_configs(rows)
+    assert (cnn["name"], cnn["seeds"], cnn["diverged"]) == ("cnn", [0, 1, 2], [2])
+    assert cnn["autoattack"]["mean"] == pytest.approx(82.0) and cnn["autoattack"]["std"] == pytest.approx(math.sqrt(8))
+    assert cnn["autoattack"]["values"] == pytest.approx([80.0, 84.0])
+    assert cnn["clean"]["mean"] == pytest.approx(98.5)
+    assert cnn["train_seconds"]["values"] == [120.0] * 3  # the time every seed took, diverged or not
+    assert wide["parameters"] == 662_786 and wide["autoattack"]["mean"] == pytest.approx(85.0)
+    assert wide["autoattack"]["std"] == 0.0 and wide["diverged"] == []
+
+
+def test_ablation_configs_of_an_all_diverged_configuration_have_no_numbers():
+    rows = rows_of(run_result("bad", 0, {}, aa=0.0, clean=11.0), run_result("bad", 1, {}, losses=(2.3, 2.3)))
+    (bad,) = ablation_configs(rows)
+    assert bad["clean"] is None and bad["autoattack"] is None and bad["diverged"] == [0, 1]
+
+
+def test_ablation_table_and_diverged_curves_name_the_diverged_runs():
+    ok, bad = run_result("cnn", 0, {}), run_result("resnet_nobn", 1, {"arch": "resnet"}, aa=2.0, clean=11.0,
+                                                     losses=(2.30, 2.31))
+    rows = rows_of(ok, bad)
+    table = ablation_table(rows).splitlines()
+    assert len(table) == 2 + 2
+    assert table[2].endswith("| trained |") and "diverged" not in table[2]
+    assert "`resnet_nobn`" in table[3] and table[3].endswith("| **diverged** |")
+    curves = diverged_curves(rows)
+    assert "`resnet_nobn` seed 1" in curves and "**diverged**" in curves and "cnn" not in curves.split("(")[0]
+    assert "2.30 → 2.31" in curves and "10.0% → 11.0%" in curves
+    assert diverged_curves(rows_of(ok)) == "No run diverged."
+
+
+def summary(rows: list[dict], contrast: list[tuple[str, str, str]] = (), released: dict | None = None) -> str:
+    return capacity_summary({"rows": rows, "configs": ablation_configs(rows), "contrasts": list(contrast),
+                             "released": released}, PUBLISHED)
+
+
+RESNET = {"arch": "resnet", "batchnorm": True}
+
+
+@pytest.mark.parametrize("aa, clean, met", [
+    (80.0, 98.0, True),  # the targets themselves are met
+    (91.0, 99.2, True),
+    (79.9, 99.0, False),
+    (85.0, 97.9, False),
+    (40.0, 90.0, False),
+])
+def test_capacity_summary_states_whether_the_target_is_met(aa, clean, met):
+    text = summary(rows_of(run_result("resnet", 0, RESNET, aa=aa, clean=clean, parameters=19_810),
+                           run_result("resnet_nobn", 0, {"arch": "resnet"}, aa=aa - 5, clean=clean)))
+    assert "`resnet`" in text and "≥ 80% with ≥ 98% clean" in text
+    assert ("the target (≥ 80% with ≥ 98% clean) is met." in text) is met, text
+    assert ("is not met." in text) is (not met), text
+
+
+def test_capacity_summary_finds_the_run_that_meets_the_target_even_if_another_is_more_robust():
+    """More robust but below the clean target (85%, 97%) and a run that meets both (81%, 99%): the target is met."""
+    text = summary(rows_of(run_result("resnet", 0, RESNET, aa=85.0, clean=97.0),
+                           run_result("resnet_w2", 0, RESNET | {"width": 2}, aa=81.0, clean=99.0)))
+    assert "`resnet_w2`" in text and "is met." in text, text
+
+
+def test_capacity_summary_counts_neither_the_cnn_nor_diverged_runs_for_the_target():
+    rows = rows_of(run_result("cnn", 0, {}, aa=95.0, clean=99.0),  # Wong et al.'s network, not the study's
+                   run_result("resnet", 0, RESNET, aa=95.0, clean=99.0, losses=(0.5, 2.2)),  # diverged
+                   run_result("resnet_nobn", 0, {"arch": "resnet"}, aa=60.0, clean=98.5))
+    text = summary(rows)
+    assert "`resnet_nobn`" in text and "is not met." in text
+    assert "Diverged" in text and "`resnet` seed 0" in text
+
+
+def test_capacity_summary_reads_the_contrasts_and_says_diverged():
+    rows = rows_of(run_result("resnet_nobn", 0, {"arch": "resnet"}, aa=61.0),
+                   run_result("resnet", 0, RESNET, aa=3.0, clean=11.0))
+    text = summary(rows, contrasts({"resnet_nobn": {"arch": "resnet"}, "resnet": RESNET}))
+    assert "- BatchNorm: `resnet_nobn` 61.0% → `resnet` diverged" in text
+
+
+def test_capacity_summary_and_anchor_table_report_the_released_model(tmp_path):
+    write(tmp_path / "anchor" / "released_from0.json",
+          released_part(0, [True] * 83 + [False] * 17, official=True))
+    write(tmp_path / "anchor" / "released_from100.json", released_part(100, [True] * 82 + [False] * 18))
+    released = load_ablation(tmp_path)["released"]
+    rows = rows_of(run_result("cnn", 0, {}, aa=82.0), run_result("cnn", 1, {}, aa=84.0))
+    text = summary(rows, released=released)
+    assert "82.93%" in text and "official driver agrees on 100 of 100 images" in text
+    assert "82.50% of the first 200" in text and "83.0 ± 1.4%" in text
+    assert "inside the released model's interval" in text
+    table = anchor_table(released, ablation_configs(rows), PUBLISHED)
+    assert table.count("published (AutoAttack paper") == len(PUBLISHED)
+    assert "first 100 test images" in table and "first 200 test images" in table and "seeds 0, 1" in table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# robustness_settings_mismatch
+
+
+def robustness(params: dict, runs_: list[dict]) -> dict:
+    """load_robustness's result computed with exactly ``params``, the capacity study's runs given."""
+    aa = {m: [{"eps": e, "n": params["aa_samples"] if e in params["aa_eps"] else params["aa_grid_samples"]}
+              for e in sorted(set(params["aa_eps"]) | set(params["aa_grid_eps"]))] for m in ("standard", "robust")}
+    sanity = {"result": {"eps": params["sanity_eps"], "sweep": [{"eps": e} for e in params["sanity_eps_sweep"]],
+                         "square_vs_apgd": {"n": params["square_samples"]}}}
+    return {"autoattack": aa, "sanity": sanity, "ablation": {"runs": runs_, "checks": {}, "released": None}}
+
+
+PARAMS = {"aa_eps": [0.3], "aa_grid_eps": [0.1], "aa_samples": 1000, "aa_grid_samples": 50, "sanity_eps": 0.3,
+          "sanity_eps_sweep": [0.3, 1.0], "square_samples": 100, "ablation_eps": 0.3, "ablation_samples": 1000,
+          "ablation": {"cnn": {"seeds": [0, 1]}, "resnet": RESNET}}
+
+
+def grid_runs() -> list[dict]:
+    return [run_result("cnn", 0, {"seeds": [0, 1]}), run_result("cnn", 1, {"seeds": [0, 1]}),
+            run_result("resnet", 0, RESNET)]
+
+
+def test_robustness_settings_match_when_every_run_is_there():
+    assert robustness_settings_mismatch(robustness(PARAMS, grid_runs()), PARAMS) == []
+
+
+def test_robustness_settings_mismatch_reports_a_missing_run():
+    got = robustness_settings_mismatch(robustness(PARAMS, grid_runs()[:2]), PARAMS)
+    assert len(got) == 1 and got[0].startswith("capacity study: runs") and "('resnet', 0)" in got[0], got
+    more = {**PARAMS, "ablation": {**PARAMS["ablation"], "wide": {"width": 2}}}
+    got = robustness_settings_mismatch(robustness(more, grid_runs()), more)
+    assert len(got) == 1 and "('wide', 0)" in got[0], got
+    # a seed added: its run is missing; the configuration's other runs still have its settings
+    seeds = {**PARAMS, "ablation": {**PARAMS["ablation"], "resnet": {**RESNET, "seeds": [0, 1]}}}
+    got = robustness_settings_mismatch(robustness(seeds, grid_runs()), seeds)
+    assert len(got) == 1 and got[0].startswith("capacity study: runs") and "('resnet', 1)" in got[0], got
+
+
+def test_robustness_settings_mismatch_reports_a_changed_configuration():
+    changed = {**PARAMS, "ablation": {**PARAMS["ablation"], "resnet": {**RESNET, "ramp_epochs": 4}}}
+    got = robustness_settings_mismatch(robustness(changed, grid_runs()), changed)
+    assert len(got) == 1 and got[0].startswith("capacity study resnet: trained as") and "'ramp_epochs': 4" in got[0]
+
+
+def test_robustness_settings_mismatch_reports_another_autoattack_setting():
+    runs_ = grid_runs()
+    runs_[2] = run_result("resnet", 0, RESNET, n=500)
+    got = robustness_settings_mismatch(robustness(PARAMS, runs_), PARAMS)
+    assert got == ["capacity study resnet seed 0: AutoAttack on 500 images at eps 0.3, parameters ask 1000 at 0.3"]
+    runs_[2] = run_result("resnet", 0, RESNET, eps=0.2)
+    (got,) = robustness_settings_mismatch(robustness(PARAMS, runs_), PARAMS)
+    assert "at eps 0.2" in got
