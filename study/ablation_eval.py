@@ -1,5 +1,5 @@
 """The 0.3 px capacity study's evaluation (:mod:`study.ablation` trains): a trained configuration's clean accuracy,
-training curves and AutoAttack, and whether it diverged (:func:`status`); Carlini et al.'s checks on the best ones;
+training curves and AutoAttack, and what became of it (:func:`status`: diverged, collapsed, overfit or trained); Carlini et al.'s checks on the best ones;
 AutoAttack on Wong et al.'s released checkpoint, beside the official driver. And how the study is read: the
 published anchors (:data:`PUBLISHED`), a configuration in words (:func:`describe`), the pairs of configurations
 that differ in one setting (:func:`contrasts`). Every eps here is in [0, 1] pixel units (the images are 28x28 in
@@ -33,6 +33,8 @@ PUBLISHED = [
 # Gowal et al. 2020 (99.26 / 96.34) is left out of the figure: the table gives no parameter count for it.
 DIVERGED_LOSS = 2.0  # a last-epoch training loss above this is near chance (ln 10 = 2.30): the run diverged
 DIVERGED_CLEAN = 50.0  # or the kept model's clean test accuracy below this (percent)
+OVERFIT_CHECK = 20.0  # a held-out check never above this (percent) ...
+OVERFIT_TRAIN = 50.0  # ... while the training attack's batches are fitted above this: catastrophic overfitting
 
 
 def describe(s: dict) -> str:
@@ -84,11 +86,27 @@ def contrasts(ablation: dict) -> list[tuple[str, str, str]]:
 
 
 def status(history: dict, clean: float) -> str:
-    """"diverged" when training ended near chance (last-epoch loss > DIVERGED_LOSS) or the kept model's clean test
-    accuracy is below DIVERGED_CLEAN; "trained" otherwise. A diverged run is reported with its curves, never as a
-    capacity point."""
-    if history["epoch_loss"][-1] > DIVERGED_LOSS or clean < DIVERGED_CLEAN:
+    """What became of a run, from its training curves and its kept model's clean test accuracy (percent):
+
+    - "diverged": training ended near chance (last-epoch loss > DIVERGED_LOSS), or the kept model is below
+      DIVERGED_CLEAN clean without fitting its own training batches either;
+    - "collapsed": the kept model is below DIVERGED_CLEAN clean (in eval mode) although it fits its own training
+      batches (last-epoch accuracy on them above OVERFIT_TRAIN): what BatchNorm's running statistics, gathered on
+      adversarial batches, do to clean test images;
+    - "overfit": catastrophic overfitting (Wong et al. 2020) the whole run long: the model fits its own training
+      attack's batches (last-epoch accuracy on them above OVERFIT_TRAIN) but the held-out PGD check never
+      reaches OVERFIT_CHECK, so early stopping had no robust epoch to keep;
+    - "trained" otherwise.
+
+    Diverged and collapsed runs are reported with their curves, never drawn as capacity points.
+    """
+    fits = history["train_accuracy"][-1] > OVERFIT_TRAIN
+    if history["epoch_loss"][-1] > DIVERGED_LOSS or (clean < DIVERGED_CLEAN and not fits):
         return "diverged"
+    if clean < DIVERGED_CLEAN:
+        return "collapsed"
+    if max(history["check_accuracy"], default=100.0) < OVERFIT_CHECK and fits:
+        return "overfit"
     return "trained"
 
 
@@ -198,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                "check_accuracy": h.pgd_check_accuracy, "kept_epoch": h.kept_epoch, "seconds": h.seconds,
                "selection": h.selection, "trained_on": h.trained_on}
     out.update(name=args.name, seed=args.seed, spec=spec(params["ablation"][args.name]),
-               parameters=count_parameters(ckpt.model), history=history,
-               status=status(history, out["clean"]["value"]))
+               parameters=count_parameters(ckpt.model), history=history)
     atomic_write_json(args.out, out)
     return 0
 

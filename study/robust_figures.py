@@ -220,7 +220,8 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
 
     (a) AutoAttack accuracy (Wilson interval) per run; (b) clean test accuracy; (c) the held-out check after each
     epoch, the kept epoch circled. One colour per configuration, one marker per network family; a diverged run is
-    an x at its measured value (dotted in (c)), never joined to a trend.
+    an x at its measured value (dotted in (c)), never joined to a trend; a run caught in catastrophic overfitting
+    (status "overfit") is hollow.
     """
     rows = list(rows)
     if not rows:
@@ -235,13 +236,13 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
     handles = {}
     for r in rows:
         marker = FAMILY_MARKERS[(r["spec"]["arch"], bool(r["spec"]["batchnorm"]))]
-        diverged = r["status"] == "diverged"
+        diverged, overfit = r["status"] in ("diverged", "collapsed"), r["status"] == "overfit"
         c, x = colour[r["name"]], r["parameters"] * spread[r["name"]]
         for ax, key in ((ax_aa, "autoattack"), (ax_clean, "clean")):
             v, lo, hi = rate_arrays([r[key]])
             ax.errorbar([x], v, yerr=asymmetric_yerr(v, lo, hi), fmt="x" if diverged else marker, color=c,
-                        markersize=10 if diverged else 8, markeredgewidth=2 if diverged else 1, capsize=3,
-                        linewidth=1.2)
+                        markersize=10 if diverged else 8, markeredgewidth=2 if diverged or overfit else 1, capsize=3,
+                        linewidth=1.2, markerfacecolor="white" if overfit else c)
         epochs = np.arange(1, len(r["check_curve"]) + 1)
         ax_curve.plot(epochs, r["check_curve"], linestyle=":" if diverged else "-", marker="x" if diverged else marker,
                       markersize=4, color=c, alpha=0.85)
@@ -267,7 +268,10 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
                                 markersize=12, label=f"reproduced here: Wong et al.'s released model, "
                                                      f"{reproduced['n']:,} test images"))
     extra.append(plt.Line2D([], [], color="grey", marker="x", markeredgewidth=2, linestyle="none", markersize=9,
-                            label="diverged run: its measured value, not a capacity point"))
+                            label="diverged or collapsed run: its measured value, not a capacity point"))
+    extra.append(plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", markeredgewidth=2,
+                            linestyle="none", markersize=8, label="hollow: catastrophic overfitting from the start "
+                                                                  "(no robust epoch to keep)"))
     ax_aa.axhline(target_robust, color="grey", linestyle="--", linewidth=1)
     ax_clean.axhline(target_clean, color="grey", linestyle="--", linewidth=1)
     extra.append(plt.Line2D([], [], color="grey", linestyle="--", label=f"targets: {target_robust:g}% AutoAttack, "

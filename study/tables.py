@@ -246,8 +246,8 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
     """One row per (configuration, seed) of the 0.3 px capacity study (study.results.load_ablation's "runs"):
     its description, parameters, clean test accuracy and AutoAttack accuracy (rate dicts), the kept epoch, the
     per-epoch curves (clean test accuracy, held-out check accuracy, training loss), training and AutoAttack
-    seconds, and its status ("trained" or "diverged", study.ablation.status)."""
-    from study.ablation_eval import describe
+    seconds, and its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its curves)."""
+    from study.ablation_eval import describe, status
 
     out = []
     for r in runs:
@@ -255,16 +255,16 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
         out.append({"name": r["name"], "seed": r["seed"], "label": describe(r["spec"]), "spec": r["spec"],
                     "parameters": r["parameters"], "clean": r["clean"], "autoattack": r["autoattack"]["accuracy"],
                     "eps": r["autoattack"]["eps"], "kept_epoch": h["kept_epoch"], "epochs": len(h["epoch_loss"]),
-                    "test_curve": h["test_accuracy"], "check_curve": h["check_accuracy"], "loss_curve": h["epoch_loss"],
+                    "test_curve": h["test_accuracy"], "check_curve": h["check_accuracy"], "loss_curve": h["epoch_loss"], "train_curve": h["train_accuracy"],
                     "train_seconds": sum(h["seconds"]),
-                    "aa_seconds": sum(p["seconds"] for p in r["autoattack"]["per_attack"]), "status": r["status"],
+                    "aa_seconds": sum(p["seconds"] for p in r["autoattack"]["per_attack"]), "status": status(h, r["clean"]["value"]),
                     "per_attack": r["autoattack"]["per_attack"]})
     return out
 
 
 def ablation_configs(rows: list[dict]) -> list[dict]:
-    """The rows grouped by configuration, in order: seeds, parameters, and over its trained (not diverged) seeds
-    the mean ± sd of clean and AutoAttack accuracy (study.results.mean_sd; None when every seed diverged)."""
+    """The rows grouped by configuration, in order: seeds, parameters, and over its seeds that neither diverged nor
+    collapsed the mean ± sd of clean and AutoAttack accuracy (study.results.mean_sd; None when none is left)."""
     from study.results import mean_sd
 
     out = {}
@@ -272,9 +272,9 @@ def ablation_configs(rows: list[dict]) -> list[dict]:
         out.setdefault(r["name"], []).append(r)
     configs = []
     for name, rs in out.items():
-        ok = [r for r in rs if r["status"] != "diverged"]
+        ok = [r for r in rs if r["status"] not in FAILED]
         configs.append({"name": name, "label": rs[0]["label"], "parameters": rs[0]["parameters"],
-                        "seeds": [r["seed"] for r in rs], "diverged": [r["seed"] for r in rs if r not in ok],
+                        "seeds": [r["seed"] for r in rs], "failed": [r["seed"] for r in rs if r not in ok],
                         "clean": mean_sd([r["clean"]["value"] for r in ok]) if ok else None,
                         "autoattack": mean_sd([r["autoattack"]["value"] for r in ok]) if ok else None,
                         "train_seconds": mean_sd([r["train_seconds"] for r in rs])})
@@ -291,20 +291,26 @@ def ablation_table(rows: list[dict]) -> str:
          "held-out check by epoch (%)", "kept epoch", "training (min)", "status"],
         [[f"`{r['name']}`: {r['label']}", r["seed"], f"{r['parameters']:,}", f"{fmt_rate(r['clean'])}",
           fmt_rate(r["autoattack"], 1), curve(r["check_curve"]), f"{r['kept_epoch']} of {r['epochs']}",
-          f"{r['train_seconds'] / 60:.1f}", "**diverged**" if r["status"] == "diverged" else "trained"]
+          f"{r['train_seconds'] / 60:.1f}", STATUS_WORDS[r["status"]]]
          for r in rows])
 
 
+STATUS_WORDS = {"trained": "trained", "diverged": "**diverged**", "collapsed": "**collapsed in eval mode**",
+                "overfit": "**catastrophic overfitting**"}
+FAILED = ("diverged", "collapsed")  # never capacity points
+
+
 def diverged_curves(rows: list[dict]) -> str:
-    """Markdown: the per-epoch curves of every diverged run (clean test accuracy, held-out check, training loss),
-    or a sentence saying that none diverged."""
-    bad = [r for r in rows if r["status"] == "diverged"]
+    """Markdown: the per-epoch curves of every run that diverged or overfit catastrophically (clean test accuracy,
+    held-out check, training loss, accuracy on its own training batches), or a sentence saying that none did."""
+    bad = [r for r in rows if r["status"] != "trained"]
     if not bad:
-        return "No run diverged."
-    return "\n".join(f"- `{r['name']}` seed {r['seed']} ({r['label']}) **diverged**: clean test accuracy by epoch "
+        return "No run diverged or overfit catastrophically."
+    return "\n".join(f"- `{r['name']}` seed {r['seed']} ({r['label']}) {STATUS_WORDS[r['status']]}: clean test accuracy by epoch "
                      + " → ".join(f"{v:.1f}%" for v in r["test_curve"]) + "; held-out check "
                      + " → ".join(f"{v:.1f}%" for v in r["check_curve"]) + "; training loss "
-                     + " → ".join(f"{v:.2f}" for v in r["loss_curve"]) + "." for r in bad)
+                     + " → ".join(f"{v:.2f}" for v in r["loss_curve"]) + "; accuracy on its own training batches "
+                     + " → ".join(f"{v:.0f}%" for v in r["train_curve"]) + "." for r in bad)
 
 
 def anchor_table(released: dict | None, configs: list[dict], published: list[dict]) -> str:
@@ -400,7 +406,8 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
         inside = rel and rel["first"]["accuracy"]["ci_low"] <= cnn["autoattack"]["mean"] <= rel["first"]["accuracy"]["ci_high"]
         seeds = [r for r in ab["rows"] if r["name"] == "cnn"]
         parts.append("Their recipe retrained here gives, seed by seed, "
-                     + ", ".join(f"{r['autoattack']['value']:.1f}%" + (" (diverged)" if r["status"] == "diverged" else "")
+                     + ", ".join(f"{r['autoattack']['value']:.1f}%" + ("" if r["status"] == "trained" else
+                                                                       f" ({STATUS_WORDS[r['status']].strip('*')})")
                                  for r in seeds)
                      + f" (seeds {', '.join(str(r['seed']) for r in seeds)}; mean {cnn['autoattack']['mean']:.1f} ± "
                        f"{cnn['autoattack']['std']:.1f}% over the runs that trained, {cnn['clean']['mean']:.2f}% clean)"
@@ -408,7 +415,7 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                         if inside else ": the mean lies outside the released model's interval on the same images")
                      + (f"; {sum(rel['first']['accuracy']['ci_low'] <= r['autoattack']['value'] for r in seeds)} of "
                         f"{len(seeds)} seeds reach its lower bound" if rel else "") + ".")
-    resnets = [r for r in ab["rows"] if r["spec"]["arch"] == "resnet" and r["status"] != "diverged"]
+    resnets = [r for r in ab["rows"] if r["spec"]["arch"] == "resnet" and r["status"] not in FAILED]
     if resnets:
         def meets(r: dict) -> bool:
             return r["autoattack"]["value"] >= target_robust and r["clean"]["value"] >= target_clean
@@ -428,12 +435,24 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
     diverged = [f"`{r['name']}` seed {r['seed']}" for r in ab["rows"] if r["status"] == "diverged"]
     if diverged:
         parts.append(f"Diverged (reported with their curves, not as capacity points): {', '.join(diverged)}.")
+    collapsed = [f"`{r['name']}` seed {r['seed']} ({r['clean']['value']:.1f}% clean)" for r in ab["rows"]
+                 if r["status"] == "collapsed"]
+    if collapsed:
+        parts.append("Collapsed in eval mode although they fit their own training batches (BatchNorm's running "
+                     f"statistics; not capacity points either): {', '.join(collapsed)}.")
+    overfit = [f"`{r['name']}` seed {r['seed']}" for r in ab["rows"] if r["status"] == "overfit"]
+    if overfit:
+        from study.ablation_eval import OVERFIT_CHECK
+
+        parts.append("Caught in catastrophic overfitting from the start (they fit their own FGSM batches, while the "
+                     f"held-out PGD check never passed {OVERFIT_CHECK:g}%, so early stopping had nothing to keep): "
+                     f"{', '.join(overfit)}.")
     lines = []
     for what, a, b in ab.get("contrasts", []):
         ca, cb = configs.get(a), configs.get(b)
         if ca and cb:
             def aa(c: dict) -> str:
-                return "diverged" if c["autoattack"] is None else f"{c['autoattack']['mean']:.1f}%"
+                return "diverged or collapsed" if c["autoattack"] is None else f"{c['autoattack']['mean']:.1f}%"
             lines.append(f"- {what}: `{a}` {aa(ca)} → `{b}` {aa(cb)}")
     return " ".join(parts) + ("\n\nOne change at a time (AutoAttack accuracy at 0.3 px, first 1,000 test images; "
                               "mean over seeds where there are several):\n\n" + "\n".join(lines) if lines else "")

@@ -24,7 +24,8 @@ from advlib.train import TrainConfig
 from study import ablation
 from study.ablation import (ANCHOR_SHA256, ANCHOR_URL, RECIPE, load_released, model_config, runs, spec,
                             train_config)
-from study.ablation_eval import CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, PUBLISHED, contrasts, status
+from study.ablation_eval import (CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, OVERFIT_CHECK, OVERFIT_TRAIN, PUBLISHED,
+                                contrasts, status)
 from study.results import load_ablation, robustness_settings_mismatch
 from study.tables import (ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
                           diverged_curves)
@@ -203,13 +204,33 @@ def test_runs_lists_every_configuration_and_seed_in_order():
     ([0.9, 0.4, 0.3], 98.0, "trained"),
     ([0.9, 2.1, 2.3], 98.0, "diverged"),  # the last epoch near chance, whatever the kept model's accuracy
     ([2.5, 2.4, 0.3], 98.0, "trained"),  # only the last epoch counts
-    ([0.9, 0.4, 0.3], 40.0, "diverged"),  # the kept model is near chance on clean images
+    ([0.9, 0.4, 0.3], 40.0, "collapsed"),  # below 50% clean in eval mode, yet it fits its own training batches
     ([0.9, 0.4, DIVERGED_LOSS], DIVERGED_CLEAN, "trained"),  # the thresholds themselves are not divergence
     ([0.9, 0.4, DIVERGED_LOSS + 0.01], 99.0, "diverged"),
-    ([0.9, 0.4, 0.3], DIVERGED_CLEAN - 0.01, "diverged"),
+    ([0.9, 0.4, 0.3], DIVERGED_CLEAN - 0.01, "collapsed"),
 ])
 def test_status(losses, clean, expected):
-    assert status({"epoch_loss": losses}, clean) == expected
+    robust = {"check_accuracy": [40.0, 80.0, 85.0], "train_accuracy": [50.0, 80.0, 90.0]}
+    assert status({"epoch_loss": losses, **robust}, clean) == expected
+
+
+def test_status_tells_divergence_from_an_eval_mode_collapse():
+    """Below 50% clean: a model that does not fit its own training batches either has diverged; one that fits them
+    (a BatchNorm model whose running statistics come from adversarial batches) has collapsed in eval mode."""
+    base = {"epoch_loss": [0.9, 0.4, 0.1], "check_accuracy": [1.0, 0.0, 0.0]}
+    assert status({**base, "train_accuracy": [60.0, 90.0, 97.6]}, 9.7) == "collapsed"
+    assert status({**base, "train_accuracy": [11.0, 11.0, OVERFIT_TRAIN]}, 9.7) == "diverged"
+
+
+@pytest.mark.parametrize("check, train_acc, expected", [
+    ([4.0, 1.0, 10.0], [40.0, 86.0, 94.0], "overfit"),  # fits its FGSM batches, never robust on held-out images
+    ([4.0, 1.0, OVERFIT_CHECK], [40.0, 86.0, 94.0], "trained"),  # the threshold itself is a robust epoch
+    ([4.0, 1.0, 10.0], [20.0, 30.0, OVERFIT_TRAIN], "trained"),  # cannot fit its own batches either: not overfitting
+    ([81.0, 2.0, 1.0], [60.0, 90.0, 95.0], "trained"),  # robust once: early stopping keeps that epoch
+])
+def test_status_names_catastrophic_overfitting_from_the_start(check, train_acc, expected):
+    history = {"epoch_loss": [0.9, 0.4, 0.2], "check_accuracy": check, "train_accuracy": train_acc}
+    assert status(history, 66.0) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,8 +335,7 @@ def run_result(name: str, seed: int, entry: dict, *, aa: float = 82.0, clean: fl
                "seconds": [60.0] * len(losses), "selection": "train[58000:60000]", "trained_on": "train[0:58000]"}
     clean_rate = rate(round(clean * 100), 10_000)
     return {"clean": clean_rate, "autoattack": aa_result(flags, eps=eps, clean=n), "start": 0, "name": name,
-            "seed": seed, "spec": spec(entry), "parameters": parameters, "history": history,
-            "status": status(history, clean_rate["value"])}
+            "seed": seed, "spec": spec(entry), "parameters": parameters, "history": history}
 
 
 def write(path: Path, blob: dict) -> None:
@@ -377,19 +397,19 @@ def test_ablation_configs_average_only_the_trained_seeds():
                    run_result("wide", 0, {"width": 2}, aa=85.0, parameters=662_786))
     assert [r["status"] for r in rows] == ["trained", "trained", "diverged", "trained"]
     cnn, wide = ablation_configs(rows)
-    assert (cnn["name"], cnn["seeds"], cnn["diverged"]) == ("cnn", [0, 1, 2], [2])
+    assert (cnn["name"], cnn["seeds"], cnn["failed"]) == ("cnn", [0, 1, 2], [2])
     assert cnn["autoattack"]["mean"] == pytest.approx(82.0) and cnn["autoattack"]["std"] == pytest.approx(math.sqrt(8))
     assert cnn["autoattack"]["values"] == pytest.approx([80.0, 84.0])
     assert cnn["clean"]["mean"] == pytest.approx(98.5)
     assert cnn["train_seconds"]["values"] == [120.0] * 3  # the time every seed took, diverged or not
     assert wide["parameters"] == 662_786 and wide["autoattack"]["mean"] == pytest.approx(85.0)
-    assert wide["autoattack"]["std"] == 0.0 and wide["diverged"] == []
+    assert wide["autoattack"]["std"] == 0.0 and wide["failed"] == []
 
 
 def test_ablation_configs_of_an_all_diverged_configuration_have_no_numbers():
     rows = rows_of(run_result("bad", 0, {}, aa=0.0, clean=11.0), run_result("bad", 1, {}, losses=(2.3, 2.3)))
     (bad,) = ablation_configs(rows)
-    assert bad["clean"] is None and bad["autoattack"] is None and bad["diverged"] == [0, 1]
+    assert bad["clean"] is None and bad["autoattack"] is None and bad["failed"] == [0, 1]
 
 
 def test_ablation_table_and_diverged_curves_name_the_diverged_runs():
@@ -402,8 +422,8 @@ def test_ablation_table_and_diverged_curves_name_the_diverged_runs():
     assert "`resnet_nobn`" in table[3] and table[3].endswith("| **diverged** |")
     curves = diverged_curves(rows)
     assert "`resnet_nobn` seed 1" in curves and "**diverged**" in curves and "cnn" not in curves.split("(")[0]
-    assert "2.30 → 2.31" in curves and "10.0% → 11.0%" in curves
-    assert diverged_curves(rows_of(ok)) == "No run diverged."
+    assert "2.30 → 2.31" in curves and "10.0% → 11.0%" in curves and "on its own training batches 50% → 50%" in curves
+    assert diverged_curves(rows_of(ok)) == "No run diverged or overfit catastrophically."
 
 
 def summary(rows: list[dict], contrast: list[tuple[str, str, str]] = (), released: dict | None = None) -> str:
@@ -520,3 +540,18 @@ def test_robustness_settings_mismatch_reports_another_autoattack_setting():
     runs_[2] = run_result("resnet", 0, RESNET, eps=0.2)
     (got,) = robustness_settings_mismatch(robustness(PARAMS, runs_), PARAMS)
     assert "at eps 0.2" in got
+
+
+def test_a_run_caught_in_catastrophic_overfitting_is_named_in_the_table_curves_and_summary():
+    """A run whose held-out check never rose while it fitted its own FGSM batches (the retrained anchor's seed 2):
+    its status comes from its curves, and the table, the curves and the summary say so."""
+    bad = run_result("cnn", 2, {}, aa=0.0, clean=66.5)
+    bad["history"]["check_accuracy"] = [4.0, 1.0, 10.0][: len(bad["history"]["epoch_loss"])]
+    bad["history"]["train_accuracy"] = [86.0, 94.0][: len(bad["history"]["epoch_loss"])]
+    rows = rows_of(run_result("cnn", 0, {}), bad)
+    assert [r["status"] for r in rows] == ["trained", "overfit"]
+    assert ablation_table(rows).splitlines()[3].endswith("| **catastrophic overfitting** |")
+    assert "`cnn` seed 2" in diverged_curves(rows) and "catastrophic overfitting" in diverged_curves(rows)
+    text = summary(rows)
+    assert "catastrophic overfitting from the start" in text and "`cnn` seed 2" in text
+    assert "0.0% (catastrophic overfitting)" in text

@@ -814,3 +814,12 @@ def test_save_figure_failure_keeps_the_old_file_and_closes(tmp_path, rows):
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["graph2.png"]
     assert fig.number not in plt.get_fignums()
+
+
+def test_capacity_draws_catastrophic_overfitting_hollow():
+    rows = capacity_rows() + [capacity_row("cnn", 2, "cnn", False, 166_406, 0.0, 66.5, "overfit", curve=(4.0, 1.0, 10.0))]
+    ax_aa = robust_figures.plot_capacity(rows, published=PUBLISHED, reproduced=REPRODUCED).axes[0]
+    squares = [line for line in marked(ax_aa, "s") if len(line.get_xdata()) == 1]
+    hollow = [line for line in squares if line.get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))]
+    assert len(hollow) == 1 and hollow[0].get_ydata()[0] == pytest.approx(0.0)
+    assert len(squares) == 2  # the trained cnn seed stays filled
