@@ -270,8 +270,8 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
     extra.append(plt.Line2D([], [], color="grey", marker="x", markeredgewidth=2, linestyle="none", markersize=9,
                             label="diverged or collapsed run: its measured value, not a capacity point"))
     extra.append(plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", markeredgewidth=2,
-                            linestyle="none", markersize=8, label="hollow: catastrophic overfitting from the start "
-                                                                  "(no robust epoch to keep)"))
+                            linestyle="none", markersize=8, label="hollow: catastrophic overfitting (no robust "
+                                                                  "epoch to keep)"))
     ax_aa.axhline(target_robust, color="grey", linestyle="--", linewidth=1)
     ax_clean.axhline(target_clean, color="grey", linestyle="--", linewidth=1)
     extra.append(plt.Line2D([], [], color="grey", linestyle="--", label=f"targets: {target_robust:g}% AutoAttack, "

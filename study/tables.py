@@ -442,11 +442,11 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                      f"statistics; not capacity points either): {', '.join(collapsed)}.")
     overfit = [f"`{r['name']}` seed {r['seed']}" for r in ab["rows"] if r["status"] == "overfit"]
     if overfit:
-        from study.ablation_eval import OVERFIT_CHECK
+        from study.ablation_eval import OVERFIT_GAP
 
-        parts.append("Caught in catastrophic overfitting from the start (they fit their own FGSM batches, while the "
-                     f"held-out PGD check never passed {OVERFIT_CHECK:g}%, so early stopping had nothing to keep): "
-                     f"{', '.join(overfit)}.")
+        parts.append("Caught in catastrophic overfitting that early stopping could not undo (they fit their own FGSM "
+                     f"batches more than {OVERFIT_GAP:g} points better than any epoch's held-out PGD check: no robust "
+                     f"epoch to keep): {', '.join(overfit)}.")
     lines = []
     for what, a, b in ab.get("contrasts", []):
         ca, cb = configs.get(a), configs.get(b)

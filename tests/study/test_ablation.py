@@ -24,7 +24,7 @@ from advlib.train import TrainConfig
 from study import ablation
 from study.ablation import (ANCHOR_SHA256, ANCHOR_URL, RECIPE, load_released, model_config, runs, spec,
                             train_config)
-from study.ablation_eval import (CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, OVERFIT_CHECK, OVERFIT_TRAIN, PUBLISHED,
+from study.ablation_eval import (CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, OVERFIT_GAP, OVERFIT_TRAIN, PUBLISHED,
                                 contrasts, status)
 from study.results import load_ablation, robustness_settings_mismatch
 from study.tables import (ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
@@ -224,7 +224,8 @@ def test_status_tells_divergence_from_an_eval_mode_collapse():
 
 @pytest.mark.parametrize("check, train_acc, expected", [
     ([4.0, 1.0, 10.0], [40.0, 86.0, 94.0], "overfit"),  # fits its FGSM batches, never robust on held-out images
-    ([4.0, 1.0, OVERFIT_CHECK], [40.0, 86.0, 94.0], "trained"),  # the threshold itself is a robust epoch
+    ([8.0, 12.0, 21.0], [40.0, 86.0, 95.8], "overfit"),  # the clipped start: a check of 21% is no robust epoch
+    ([4.0, 1.0, 94.0 - OVERFIT_GAP], [40.0, 86.0, 94.0], "trained"),  # the gap itself is not overfitting
     ([4.0, 1.0, 10.0], [20.0, 30.0, OVERFIT_TRAIN], "trained"),  # cannot fit its own batches either: not overfitting
     ([81.0, 2.0, 1.0], [60.0, 90.0, 95.0], "trained"),  # robust once: early stopping keeps that epoch
 ])
@@ -553,5 +554,5 @@ def test_a_run_caught_in_catastrophic_overfitting_is_named_in_the_table_curves_a
     assert ablation_table(rows).splitlines()[3].endswith("| **catastrophic overfitting** |")
     assert "`cnn` seed 2" in diverged_curves(rows) and "catastrophic overfitting" in diverged_curves(rows)
     text = summary(rows)
-    assert "catastrophic overfitting from the start" in text and "`cnn` seed 2" in text
+    assert "catastrophic overfitting that early stopping could not undo" in text and "`cnn` seed 2" in text
     assert "0.0% (catastrophic overfitting)" in text
