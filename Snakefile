@@ -213,10 +213,12 @@ rule compare_input:
 
 
 rule robustness_input:
-    """The report reads the committed robustness results (make robust refreshes them)."""
-    input: sorted(str(p) for p in Path(f"{FIGURES}/robustness").glob("*.json"))
+    """The report reads the committed robustness results (make robust refreshes them), the capacity study's
+    ablation/ and anchor/ folders included."""
+    input: sorted(str(p) for p in Path(f"{FIGURES}/robustness").rglob("*.json"))
     output: directory("{run}/figures/robustness")
-    shell: "mkdir -p {output:q} && cp {input:q} {output:q}/"
+    params: files=lambda w, input: [str(Path(f).relative_to(f"{FIGURES}/robustness")) for f in input]
+    shell: "mkdir -p {output:q} && tar -C {FIGURES}/robustness -cf - {params.files:q} | tar -C {output:q} -xf -"
 
 
 rule notebook:

@@ -79,16 +79,17 @@ def results_block(metrics: dict, others: list[tuple[str, dict]] = ()) -> str:
                  "1/√n):\n\n" + checklist_table(rb["sanity"]["checks"]))
         aa_seconds = sum(p["seconds"] for rows in rb["autoattack"].values() for r in rows for p in r["per_attack"])
         ab = rb.get("ablation") or {}
+        took = (f"\n\nThe committed `make robust` took {aa_seconds / 3600:.1f} h of AutoAttack job time (summed over "
+                "its parallel jobs)")
         if ab.get("rows"):
             from study.ablation_eval import PUBLISHED
             from study.tables import capacity_summary
 
             note += "\n\n**At the field's threat model (0.3 px).** " + capacity_summary(ab, PUBLISHED)
             cap_seconds = sum(r["train_seconds"] + r["aa_seconds"] for r in ab["rows"])
-            note += (f"\n\nThe committed `make robust` took {aa_seconds / 3600:.1f} h of AutoAttack job time (summed "
-                     f"over its parallel jobs) and {cap_seconds / 3600:.1f} h for the capacity study's "
-                     f"{len(ab['rows'])} runs (training and AutoAttack, {len(ab['configs'])} configurations), on this "
-                     "project's 2-core machine, two jobs sharing it.")
+            took += (f" and {cap_seconds / 3600:.1f} h for the capacity study's {len(ab['rows'])} runs (training and "
+                     f"AutoAttack, {len(ab['configs'])} configurations)")
+        note += took + ", on this project's 2-core machine, several jobs sharing it."
         if not rb.get("current_models", True):
             note += "\n\n(The robustness results were computed with other settings than the report's: re-run `make robust`.)"
     other_title, other = others[0] if others else (None, None)  # the table has room for one more data set
