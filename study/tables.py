@@ -410,11 +410,11 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                                                                        f" ({STATUS_WORDS[r['status']].strip('*')})")
                                  for r in seeds)
                      + f" (seeds {', '.join(str(r['seed']) for r in seeds)}; mean {cnn['autoattack']['mean']:.1f} ± "
-                       f"{cnn['autoattack']['std']:.1f}% over the runs that trained, {cnn['clean']['mean']:.2f}% clean)"
+                       f"{cnn['autoattack']['std']:.1f}% over the seeds that neither diverged nor collapsed, {cnn['clean']['mean']:.2f}% clean)"
                      + ("" if not rel else ": the mean lies inside the released model's interval on the same images"
                         if inside else ": the mean lies outside the released model's interval on the same images")
-                     + (f"; {sum(rel['first']['accuracy']['ci_low'] <= r['autoattack']['value'] for r in seeds)} of "
-                        f"{len(seeds)} seeds reach its lower bound" if rel else "") + ".")
+                     + (f"; seeds reaching its lower bound: {sum(rel['first']['accuracy']['ci_low'] <= r['autoattack']['value'] for r in seeds)} of "
+                        f"{len(seeds)}" if rel else "") + ".")
     resnets = [r for r in ab["rows"] if r["spec"]["arch"] == "resnet" and r["status"] not in FAILED]
     if resnets:
         def meets(r: dict) -> bool:
