@@ -281,6 +281,11 @@ def ablation_configs(rows: list[dict]) -> list[dict]:
     return configs
 
 
+def best_run(rows: list[dict]) -> dict:
+    """The run with the highest AutoAttack accuracy."""
+    return max(rows, key=lambda r: r["autoattack"]["value"])
+
+
 def ablation_table(rows: list[dict]) -> str:
     """Markdown: one line per run of the capacity study (diverged runs say so)."""
     def curve(values: list[float]) -> str:

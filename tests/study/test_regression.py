@@ -269,7 +269,7 @@ def test_the_robust_band_catches_a_model_without_adversarial_training(robust_spr
     from advlib.model import ResNetConfig
     from advlib.train import TrainConfig, recalibrate_batchnorm
 
-    monkeypatch.setattr(train_module, "adversarial_batch", lambda model, x, y, config, generator, eps=None: x)
+    monkeypatch.setattr(train_module, "adversarial_batch", lambda model, x, y, config, generator, eps=None, bounds=None: x)
     data = load_mnist(data_root, splits=("train",), train_subset=6000)
     config = TrainConfig(epochs=1, seed=0, adversarial="fgsm_rs", adv_eps=robust_spread["eps"])
     model, _, _ = train_module.train(data, ResNetConfig(), config, progress=False)
