@@ -565,10 +565,18 @@ def test_slider_moves_update_numbers_in_jupyterlab(lab_server, browser_page):
     handle = box.locator(".widget-hslider .noUi-handle").first
     box_el = box.element_handle()
 
-    # 3. the oracle, on the image set the notebook uses
+    # 3. the oracle, on the image set the notebook uses. JupyterLab lays out only the cells near the viewport
+    # (content-visibility), and innerText is empty until the scrolled-to output is laid out: wait for the text.
+    try:
+        page.wait_for_function("(box) => ((box.querySelector('.advlib-explorer-status') || {}).innerText || '')"
+                               ".includes('images')", arg=box_el, timeout=MOVE_TIMEOUT * 1000)
+    except PlaywrightTimeout:
+        pass  # reported below, with what the page shows
     first = _parse_view(page.evaluate(_JS_VIEW, box_el))
     if first["status"] is None:
-        s.fail(f"cannot parse the status line: {page.evaluate(_JS_VIEW, box_el)['status']!r}")
+        text = page.evaluate("(box) => (box.querySelector('.advlib-explorer-status') || {}).textContent", box_el)
+        s.fail(f"cannot parse the status line: {page.evaluate(_JS_VIEW, box_el)['status']!r} "
+               f"(its textContent: {text!r})")
     # 06_report builds its explorer from the model make report trained and select_correct(model, test_x, test_y,
     # n_samples) over the whole test set; n (n_samples) and n_show are read back from the page
     spec = OracleSpec(root / "build" / "run" / "artifacts" / "model.pt", root / "data", None, None, None)
