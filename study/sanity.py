@@ -218,12 +218,17 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
     if "step_sizes" in s:  # results from before the row (make robust adds it)
         ss = s["step_sizes"]
         spread = max(r["value"] for r in ss) - min(r["value"] for r in ss)
+        passed = spread <= tol + 1e-9
+        weakest = max(ss, key=lambda r: r["value"])  # the step that leaves the most images: which way they disagree
+        reading = ("" if passed else "; highest at the smallest step: the signature of masked gradients"
+                   if weakest is ss[0] else f"; highest at step {weakest['step_pixel']:g} px: that step is too coarse "
+                   "to converge, not a masking signature")
         rows.append(
             {"key": "step_size",
              "check": f"PGD agrees across step sizes (0.01 px, 0.1 px and eps: all within {tol:.1f} pp of each "
                       "other; a small step far above a large one is the signature of masked gradients)",
-             "numbers": ", ".join(f"step {r['step_pixel']:g} px x {r['steps']}: {pct(r)}" for r in ss),
-             "passed": spread <= tol + 1e-9, "tolerance": tol})
+             "numbers": ", ".join(f"step {r['step_pixel']:g} px x {r['steps']}: {pct(r)}" for r in ss) + reading,
+             "passed": passed, "tolerance": tol})
     return rows
 
 

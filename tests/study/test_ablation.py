@@ -457,6 +457,21 @@ def test_capacity_summary_finds_the_run_that_meets_the_target_even_if_another_is
     assert "`resnet_w2`" in text and "is met." in text, text
 
 
+def test_capacity_summary_gives_the_best_configuration_seed_by_seed():
+    """The target is claimed for a run; the sentence after it says how many seeds of that configuration meet it."""
+    nobn = {"arch": "resnet", "ramp_epochs": 4}
+    rows = rows_of(run_result("resnet_nobn_ramp", 0, nobn, aa=82.8, clean=98.9),
+                   run_result("resnet_nobn_ramp", 1, nobn, aa=79.0, clean=98.7),
+                   run_result("resnet_nobn_ramp", 2, nobn, aa=0.0, clean=11.0, losses=(2.30, 2.30)),
+                   run_result("resnet", 0, RESNET, aa=60.0, clean=99.0))
+    text = summary(rows)
+    assert "`resnet_nobn_ramp` seed 0" in text and "is met." in text, text
+    assert ("Its configuration, seed by seed: 82.8% (98.90% clean), 79.0% (98.70% clean), 0.0% (11.00% clean, "
+            "diverged); mean 80.9 ± 2.7% over the seeds that neither diverged nor collapsed; 1 of 3 seeds meet the "
+            "target.") in text, text
+    assert "Its configuration" not in summary(rows[:1])  # one seed: no spread to state
+
+
 def test_capacity_summary_counts_neither_the_cnn_nor_diverged_runs_for_the_target():
     rows = rows_of(run_result("cnn", 0, {}, aa=95.0, clean=99.0),  # Wong et al.'s network, not the study's
                    run_result("resnet", 0, RESNET, aa=95.0, clean=99.0, losses=(0.5, 2.2)),  # diverged

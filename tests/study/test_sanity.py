@@ -294,8 +294,20 @@ def test_checklist_differences_within_the_tolerance_pass(changes):
 def test_checklist_step_size_row_states_its_numbers_and_tolerance():
     (row,) = [r for r in checklist(*synthetic(step_sizes=(798, 40, 38))) if r["key"] == "step_size"]
     assert not row["passed"] and row["tolerance"] == pytest.approx(1.5)
-    assert row["numbers"] == "step 0.01 px x 50: 79.8%, step 0.1 px x 20: 4.0%, step 0.15 px x 20: 3.8%"
+    assert row["numbers"] == ("step 0.01 px x 50: 79.8%, step 0.1 px x 20: 4.0%, step 0.15 px x 20: 3.8%; highest at "
+                              "the smallest step: the signature of masked gradients")
     assert "0.01 px" in row["check"] and "masked gradients" in row["check"]
+
+
+@pytest.mark.parametrize("step_sizes, reading", [
+    ((840, 855, 876), "; highest at step 0.15 px: that step is too coarse to converge, not a masking signature"),
+    ((400, 440, 399), "; highest at step 0.1 px: that step is too coarse to converge, not a masking signature"),
+    ((400, 405, 401), ""),  # passed: nothing to read
+])
+def test_checklist_step_size_row_says_which_way_the_steps_disagree(step_sizes, reading):
+    (row,) = [r for r in checklist(*synthetic(step_sizes=step_sizes)) if r["key"] == "step_size"]
+    assert row["passed"] is (reading == "")
+    assert row["numbers"].endswith("%" + reading), row["numbers"]
 
 
 def test_checklist_has_no_step_size_row_for_results_from_before_it():
