@@ -75,6 +75,7 @@ def update_metrics(path: str | os.PathLike, section: str, value: Any) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         metrics = read_json(path)
         metrics[section] = plain(value)
+        metrics = dict(sorted(metrics.items()))  # sections in a fixed order, whichever stage finished first
         atomic_write_json(path, metrics)
     return metrics
 
