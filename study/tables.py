@@ -305,6 +305,11 @@ STATUS_WORDS = {"trained": "trained", "diverged": "**diverged**", "collapsed": "
 FAILED = ("diverged", "collapsed")  # never capacity points
 
 
+def _fate(row: dict) -> str:
+    """What went wrong in a run, in plain words ("" for one that trained)."""
+    return "" if row["status"] == "trained" else STATUS_WORDS[row["status"]].strip("*")
+
+
 def diverged_curves(rows: list[dict]) -> str:
     """Markdown: the per-epoch curves of every run that diverged or overfit catastrophically (clean test accuracy,
     held-out check, training loss, accuracy on its own training batches), or a sentence saying that none did."""
@@ -411,8 +416,7 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
         inside = rel and rel["first"]["accuracy"]["ci_low"] <= cnn["autoattack"]["mean"] <= rel["first"]["accuracy"]["ci_high"]
         seeds = [r for r in ab["rows"] if r["name"] == "cnn"]
         parts.append("Their recipe retrained here gives, seed by seed, "
-                     + ", ".join(f"{r['autoattack']['value']:.1f}%" + ("" if r["status"] == "trained" else
-                                                                       f" ({STATUS_WORDS[r['status']].strip('*')})")
+                     + ", ".join(f"{r['autoattack']['value']:.1f}%" + (f" ({_fate(r)})" if _fate(r) else "")
                                  for r in seeds)
                      + f" (seeds {', '.join(str(r['seed']) for r in seeds)}; mean {cnn['autoattack']['mean']:.1f} ± "
                        f"{cnn['autoattack']['std']:.1f}% over the seeds that neither diverged nor collapsed, {cnn['clean']['mean']:.2f}% clean)"
@@ -437,7 +441,7 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
             c = configs[best["name"]]
             parts.append("Its configuration, seed by seed: " + ", ".join(
                 f"{r['autoattack']['value']:.1f}% ({r['clean']['value']:.2f}% clean"
-                + ("" if r["status"] == "trained" else f", {STATUS_WORDS[r['status']].strip('*')}") + ")" for r in seeds)
+                + (f", {_fate(r)}" if _fate(r) else "") + ")" for r in seeds)
                 + (f"; mean {c['autoattack']['mean']:.1f} ± {c['autoattack']['std']:.1f}% over the seeds that neither "
                    f"diverged nor collapsed" if c["autoattack"] else "")
                 + f"; {sum(meets(r) for r in seeds)} of {len(seeds)} seeds meet the target.")
