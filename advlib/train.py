@@ -11,7 +11,9 @@ Adversarial training (``TrainConfig.adversarial``):
 It trains on the first five sixths of the training images (MNIST's classic 50,000 of 60,000) and holds out the
 rest as validation images: after each epoch, PGD-10 accuracy on ``adv_check_size`` of them catches catastrophic
 overfitting (FGSM training whose PGD accuracy collapses while FGSM accuracy stays high), and the epoch with the best
-check accuracy is kept. Model selection never sees a test image.
+check accuracy is kept. Model selection never sees a test image. ``check_attack="apgd-ce"`` checks with APGD-CE
+instead (the official code, ``advlib[autoattack]``), whose adaptive step also sees gradients that fixed-step PGD
+finds masked.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from advlib.model import ResNetConfig, build_model
 ADVERSARIAL_MODES = (None, "fgsm_rs", "pgd")
 ATTACK_BN_MODES = ("eval", "train")
 LR_SCHEDULES = ("constant", "cyclic")
+CHECK_ATTACKS = ("pgd", "apgd-ce")
 CYCLIC_PEAK = 0.4  # the cyclic schedule peaks 2/5 of the way through training (Wong et al. 2020)
 PROGRESS_EVERY = 50  # steps between progress bar updates (each one is a message to a notebook's front end)
 EVAL_CHUNK = 10_000  # images normalized at a time by evaluate (a float chunk of 40 MB)
@@ -53,7 +56,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" (the original report) or "cyclic" (Wong et al. 2020, see step_schedule)
     eps_ramp_epochs: float = 0.0  # adversarial eps grows linearly from 0 over this many epochs (0: full eps at once)
     adv_holdout: int | None = None  # held-out training images (the last ones); None: a sixth (50,000 + 10,000)
-    check_steps: int = 10  # PGD steps of the per-epoch check
+    check_attack: str = "pgd"  # the per-epoch check: "pgd" (fixed steps, check_step_sizes) or "apgd-ce" (APGD-CE,
+    # the official code, adaptive steps: sees gradients that fixed-step PGD finds masked; needs advlib[autoattack])
+    check_steps: int = 10  # steps of the per-epoch check
     check_step_sizes: tuple[float, ...] = ()  # one check restart per entry, step = entry * adv_eps (a large first
     # step sees masked gradients); an image counts only if it survives every restart. (): one PGD run, pgd's step
     attack_bn: str = "eval"  # training attack computed with BatchNorm's running statistics ("eval") or the batch's
@@ -84,6 +89,11 @@ class TrainConfig:
             raise ValueError(f"check_step_sizes must be a tuple of positive fractions of adv_eps (one check restart "
                              f"each; () for pgd's default step), got {steps!r}")
         self.check_step_sizes = tuple(float(f) for f in steps)
+        if self.check_attack not in CHECK_ATTACKS:
+            raise ValueError(f"check_attack must be one of {CHECK_ATTACKS}, got {self.check_attack!r}")
+        if self.check_attack == "apgd-ce" and self.check_step_sizes:
+            raise ValueError("check_step_sizes apply to check_attack='pgd' only (APGD chooses its own steps); "
+                             f"use check_step_sizes=() with check_attack='apgd-ce', got {self.check_step_sizes!r}")
         if self.attack_bn == "train" and self.adversarial == "pgd":
             raise ValueError("attack_bn='train' applies to FGSM-RS training only (PGD attacks in eval mode); "
                              f"use attack_bn='eval' with adversarial={self.adversarial!r}")
@@ -249,10 +259,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Sequenc
 
 def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
               bounds: Sequence[float] = BOUNDS) -> float:
-    """Accuracy in percent on held-out images x (float in ``bounds``) under PGD-config.check_steps at
-    config.adv_eps, seeded with config.seed: one run with pgd's default step (2.5 eps / steps), or one restart per
-    entry of config.check_step_sizes (step = entry * eps, seed config.seed + restart), an image counting as robust
-    only if it survives every restart."""
+    """Accuracy in percent on held-out images x (float in ``bounds``) under the check attack at config.adv_eps,
+    seeded with config.seed. config.check_attack "pgd": PGD-config.check_steps, one run with pgd's default step
+    (2.5 eps / steps), or one restart per entry of config.check_step_sizes (step = entry * eps, seed config.seed +
+    restart), an image counting as robust only if it survives every restart. "apgd-ce": APGD-CE with
+    config.check_steps steps (:func:`advlib.autoattack.apgd_ce`)."""
+    if config.check_attack == "apgd-ce":
+        from advlib.autoattack import apgd_ce
+
+        x_adv = apgd_ce(model, x, y, config.adv_eps, bounds=bounds, steps=config.check_steps, seed=config.seed)
+        return 100.0 * (predict(model, x_adv)[0] == y).sum().item() / len(y)
     steps = config.check_step_sizes or (None,)
     robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
     for r, fraction in enumerate(steps):
@@ -338,7 +354,7 @@ def train(data: MNIST, model_config=ResNetConfig(), config: TrainConfig = TrainC
         if progress:
             print(f"epoch {epoch + 1}: loss {epoch_loss:.4f}, train acc {train_acc:.2f}%"
                   + (f", test acc {history.test_accuracy[-1]:.2f}%" if test is not None else "")
-                  + (f", PGD-{config.check_steps} check {history.pgd_check_accuracy[-1]:.2f}%"
+                  + (f", {config.check_attack.upper()}-{config.check_steps} check {history.pgd_check_accuracy[-1]:.2f}%"
                      if check is not None else ""))
     if best_state is not None and history.kept_epoch != config.epochs:
         # Catastrophic overfitting (Wong et al. 2020): robustness to PGD collapsed in a later epoch. Keep the

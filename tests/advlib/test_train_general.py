@@ -371,14 +371,87 @@ def test_pgd_check_without_step_sizes_is_one_pgd_run(check_set):
                      bounds=PIXELS) == pytest.approx(100.0 * three.float().mean().item())
 
 
+class _Affine(nn.Module):
+    def __init__(self, scale: float, shift: float):
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x):
+        return self.scale * x + self.shift
+
+
+def _official_apgd_robust(model, x01, y, eps01, steps, seed):
+    """The official APGD-CE called directly (the oracle of check_attack="apgd-ce"), on [0, 1] pixels, in
+    AutoAttack's batches of 250: an image counts as robust if the model still classifies its result correctly."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model.eval()
+    attack = APGDAttack(model, n_restarts=1, n_iter=steps, eps=eps01, norm="Linf", loss="ce", seed=seed)
+    adv = torch.cat([attack.perturb(x01[b:b + 250], y[b:b + 250]) for b in range(0, len(y), 250)])
+    with torch.no_grad():
+        return model(adv).argmax(1) == y
+
+
+def test_apgd_check_is_the_official_apgd_ce_in_either_units(check_set):
+    """check_attack="apgd-ce": APGD-CE of check_steps steps, seeded with config.seed; the same accuracy whether the
+    images are [0, 1] pixels or the study's [-1, 1] (eps scaled with them), and not PGD's accuracy."""
+    model, x, y = check_set
+    x, y = x[:300], y[:300]
+    config = TrainConfig(adv_eps=EPS, seed=5, check_attack="apgd-ce", check_steps=5)
+    oracle = 100.0 * _official_apgd_robust(copy.deepcopy(model), x, y, EPS, steps=5, seed=5).float().mean().item()
+    got = pgd_check(model.train(), x, y, config, bounds=PIXELS)
+    assert got == pytest.approx(oracle)
+    assert model.training  # the training loop's mode is kept
+    assert 0 < got < 100
+    # the same network seen from the study's [-1, 1] (its input mapped back to pixels), eps doubled with the range:
+    # the same check up to float rounding at the rescaling (one image)
+    normalized = TrainConfig(adv_eps=2 * EPS, seed=5, check_attack="apgd-ce", check_steps=5)
+    from_normalized = nn.Sequential(_Affine(0.5, 0.5), model)
+    assert pgd_check(from_normalized, 2 * x - 1, y, normalized, bounds=BOUNDS) == pytest.approx(oracle, abs=100 / 300 + 1e-9)
+    # the seed and the steps reach the attack
+    fewer = _official_apgd_robust(copy.deepcopy(model), x, y, EPS, steps=2, seed=5).float().mean().item()
+    assert pgd_check(model, x, y, TrainConfig(adv_eps=EPS, seed=5, check_attack="apgd-ce", check_steps=2),
+                     bounds=PIXELS) == pytest.approx(100.0 * fewer)
+    assert fewer * 100 != pytest.approx(oracle), "2 and 5 APGD steps should differ for this test to discriminate"
+
+
+def test_apgd_check_attacks_in_eval_mode_and_leaves_batchnorm_alone(mnist28):
+    """A network with BatchNorm (any module), in the training loop's train mode: the check attacks the eval-mode network (the
+    running statistics), updates none of them, and hands the network back in train mode."""
+    x, y = mnist28.test_x[:64], mnist28.test_y[:64]
+    torch.manual_seed(0)
+    model = nn.Sequential(SmallResNet()).train()  # a wrapper: not folded (fold_batchnorm), so eval mode is the check's
+    with torch.no_grad():  # running statistics unlike a fresh batch's, so that the two modes disagree
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    before = _batchnorm_state(model)
+    config = TrainConfig(adv_eps=EPS, seed=2, check_attack="apgd-ce", check_steps=3)
+    oracle = _official_apgd_robust(copy.deepcopy(model), x, y, EPS, steps=3, seed=2)
+    got = pgd_check(model, x, y, config, bounds=PIXELS)
+    assert model.training and all(torch.equal(before[k], v) for k, v in _batchnorm_state(model).items())
+    assert got == pytest.approx(100.0 * oracle.float().mean().item())
+
+
+def test_apgd_check_leaves_the_global_random_state_alone(check_set):
+    """The official code reseeds torch's global generator; the training that follows the check must not see it."""
+    model, x, y = check_set
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    pgd_check(model, x[:50], y[:50], TrainConfig(adv_eps=EPS, check_attack="apgd-ce", check_steps=2), bounds=PIXELS)
+    assert torch.equal(torch.rand(5), expected)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # TrainConfig's new fields
 
 
 def test_new_fields_defaults_and_round_trip():
     config = TrainConfig()
-    assert (config.adv_holdout, config.check_steps, config.check_step_sizes, config.attack_bn,
-            config.clamp_start) == (None, 10, (), "eval", True)
+    assert (config.adv_holdout, config.check_attack, config.check_steps, config.check_step_sizes, config.attack_bn,
+            config.clamp_start) == (None, "pgd", 10, (), "eval", True)
     config = TrainConfig(adv_holdout=7, check_steps=5, check_step_sizes=[1, 0.25], attack_bn="train",
                          clamp_start=False)
     assert config.check_step_sizes == (1.0, 0.25)
@@ -395,6 +468,8 @@ def test_new_fields_defaults_and_round_trip():
     ({"check_step_sizes": (1.0, float("nan"))}, "check_step_sizes"),
     ({"check_step_sizes": ("big",)}, "check_step_sizes"), ({"check_step_sizes": (float("inf"),)}, "check_step_sizes"),
     ({"check_steps": 0}, "check_steps"), ({"check_steps": 2.5}, "check_steps"),
+    ({"check_attack": "apgd"}, "check_attack"), ({"check_attack": None}, "check_attack"),
+    ({"check_attack": "apgd-ce", "check_step_sizes": (0.5,)}, "APGD chooses its own steps"),
 ])
 def test_new_fields_reject_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
