@@ -40,10 +40,11 @@ ANCHOR_URL = "https://github.com/locuslab/fast_adversarial/raw/master/MNIST/mode
 # rate 0 -> 5e-3 at 2/5 of training -> 0, FGSM from a uniform random start with step 1.25 eps, eps 0.3, the
 # gradient taken at the unclipped start. Added here: the last 2,000 training images are held out and the epoch
 # with the best check accuracy is kept (their README's fix for catastrophic overfitting), the check PGD-10 with two
-# restarts whose steps are 0.25 eps and 0.5 eps (a large step sees masked gradients that a small one misses).
+# restarts whose steps are 0.25 eps and 0.5 eps (a large step sees masked gradients that a small one misses); an
+# entry may check with APGD-CE instead ("check_attack": "apgd-ce", adaptive steps, "check_step_sizes": []).
 RECIPE = {"arch": "cnn", "width": 1, "batchnorm": False, "mode": "fgsm_rs", "epochs": 10, "batch_size": 100,
           "lr": 5e-3, "eps": 0.3, "ramp_epochs": 0, "pgd_steps": 7, "clamp_start": False, "attack_bn": "eval",
-          "holdout": 2000, "check_steps": 10, "check_step_sizes": [0.25, 0.5]}
+          "holdout": 2000, "check_attack": "pgd", "check_steps": 10, "check_step_sizes": [0.25, 0.5]}
 
 SOURCE = {"mode": None, "epochs": 2}  # the checklist's transfer source: Wong et al.'s network trained without attack
 CHECK_EPS_SWEEP = [0.3, 0.4, 0.5, 0.7, 1.0]  # [0, 1] pixels: PGD accuracy must reach ~0 along these
@@ -79,7 +80,7 @@ def train_config(s: dict, seed: int, device: str = "cpu") -> TrainConfig:
     return TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], seed=seed, device=device,
                        adversarial=s["mode"], adv_eps=s["eps"], adv_pgd_steps=s["pgd_steps"],
                        adv_check_size=s["holdout"], adv_holdout=s["holdout"], lr_schedule="cyclic",
-                       eps_ramp_epochs=s["ramp_epochs"], check_steps=s["check_steps"],
+                       eps_ramp_epochs=s["ramp_epochs"], check_attack=s["check_attack"], check_steps=s["check_steps"],
                        check_step_sizes=tuple(s["check_step_sizes"]), attack_bn=s["attack_bn"],
                        clamp_start=s["clamp_start"])
 

@@ -48,16 +48,20 @@ def describe(s: dict) -> str:
     extra = [f"ε ramp over {s['ramp_epochs']:g} epochs"] if s["ramp_epochs"] else []
     if s["mode"] == "fgsm_rs" and s["clamp_start"]:
         extra.append("start clipped to [0, 1]")
+    if s["check_attack"] != RECIPE["check_attack"]:
+        extra.append(f"kept by an {s['check_attack'].upper()}-{s['check_steps']} check")
     return f"{net}; {attack}" + "".join(f", {e}" for e in extra)
 
 
 CHANGES = {"arch": "the network (Wong et al.'s CNN → SmallResNet)", "batchnorm": "BatchNorm",
            "attack_bn": "BatchNorm's statistics in the training attack", "width": "width",
            "ramp_epochs": "an ε ramp", "mode": "the training attack (FGSM-RS → PGD)",
-           "clamp_start": "the random start clipped to [0, 1]"}
+           "clamp_start": "the random start clipped to [0, 1]",
+           "check_attack": "the early-stopping check (PGD with two restarts → APGD-CE)"}
 
 
-IMPLIED = {"mode": ("pgd_steps",)}  # a setting a change brings with it (PGD's steps), free to differ
+# a setting a change brings with it (PGD's steps, the check's steps), free to differ
+IMPLIED = {"mode": ("pgd_steps",), "check_attack": ("check_steps", "check_step_sizes")}
 
 
 def _relevant(s: dict) -> dict:
@@ -77,7 +81,9 @@ def contrasts(ablation: dict) -> list[tuple[str, str, str]]:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             sa, sb = _relevant(ablation[a]), _relevant(ablation[b])
-            diff = [k for k in sorted(set(sa) & set(sb)) if sa[k] != sb[k]]
+            differ = [k for k in sorted(set(sa) & set(sb)) if sa[k] != sb[k]]
+            # settings that a change brings with it (the check's steps with the check) do not count as changes
+            diff = [k for k in differ if not any(k in IMPLIED.get(d, ()) for d in differ)]
             # a setting only one side has must be the recipe's, unless the change brings it (PGD's steps)
             alone = {k: v for k, v in {**sa, **sb}.items() if (k in sa) != (k in sb)}
             if len(diff) == 1 and all(v == RECIPE[k] or k in IMPLIED.get(diff[0], ()) for k, v in alone.items()):

@@ -470,7 +470,15 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
         ca, cb = configs.get(a), configs.get(b)
         if ca and cb:
             def aa(c: dict) -> str:
-                return "diverged or collapsed" if c["autoattack"] is None else f"{c['autoattack']['mean']:.1f}%"
+                n, k = len(c["seeds"]), len(c["failed"])
+                if c["autoattack"] is None:
+                    return "diverged or collapsed" + (f" on all {n} seeds" if n > 1 else "")
+                m = c["autoattack"]
+                value = f"{m['mean']:.1f}%" if n - k == 1 else f"{m['mean']:.1f} ± {m['std']:.1f}%"
+                if n == 1:
+                    return value
+                return (f"{value} ({n - k} seed{'s' if n - k > 1 else ''}"
+                        + (f"; {k} of {n} diverged or collapsed" if k else "") + ")")
             lines.append(f"- {what}: `{a}` {aa(ca)} → `{b}` {aa(cb)}")
     return " ".join(parts) + ("\n\nOne change at a time (AutoAttack accuracy at 0.3 px, first 1,000 test images; "
-                              "mean over seeds where there are several):\n\n" + "\n".join(lines) if lines else "")
+                              "mean ± sd over the seeds that neither diverged nor collapsed, where there are several):\n\n" + "\n".join(lines) if lines else "")

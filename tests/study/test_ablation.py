@@ -25,7 +25,7 @@ from study import ablation
 from study.ablation import (ANCHOR_SHA256, ANCHOR_URL, RECIPE, load_released, model_config, runs, spec,
                             train_config)
 from study.ablation_eval import (CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, OVERFIT_GAP, OVERFIT_TRAIN, PUBLISHED,
-                                contrasts, status)
+                                contrasts, describe, status)
 from study.results import load_ablation, robustness_settings_mismatch
 from study.tables import (ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
                           diverged_curves)
@@ -103,8 +103,8 @@ def test_cnn_with_batchnorm_and_unknown_architectures_are_refused():
 def test_train_config_maps_the_recipe():
     expected = TrainConfig(epochs=10, batch_size=100, lr=5e-3, seed=3, device="cpu", adversarial="fgsm_rs",
                            adv_eps=0.3, adv_pgd_steps=7, adv_check_size=2000, adv_holdout=2000,
-                           lr_schedule="cyclic", eps_ramp_epochs=0, check_steps=10, check_step_sizes=(0.25, 0.5),
-                           attack_bn="eval", clamp_start=False)
+                           lr_schedule="cyclic", eps_ramp_epochs=0, check_attack="pgd", check_steps=10,
+                           check_step_sizes=(0.25, 0.5), attack_bn="eval", clamp_start=False)
     assert train_config({}, seed=3) == expected
 
 
@@ -113,15 +113,15 @@ def test_train_config_maps_the_recipe():
 EVERY_SETTING = {
     "pgd": ({"arch": "resnet", "batchnorm": True, "width": 2, "mode": "pgd", "epochs": 4, "batch_size": 50,
              "lr": 1e-3, "eps": 0.2, "ramp_epochs": 2, "pgd_steps": 5, "clamp_start": True, "attack_bn": "eval",
-             "holdout": 500, "check_steps": 3, "check_step_sizes": [0.1], "seeds": [7]},
+             "holdout": 500, "check_attack": "apgd-ce", "check_steps": 3, "check_step_sizes": [], "seeds": [7]},
             TrainConfig(epochs=4, batch_size=50, lr=1e-3, seed=7, device="cpu", adversarial="pgd", adv_eps=0.2,
                         adv_pgd_steps=5, adv_check_size=500, adv_holdout=500, lr_schedule="cyclic",
-                        eps_ramp_epochs=2, check_steps=3, check_step_sizes=(0.1,), attack_bn="eval",
-                        clamp_start=True)),
+                        eps_ramp_epochs=2, check_attack="apgd-ce", check_steps=3, check_step_sizes=(),
+                        attack_bn="eval", clamp_start=True)),
     "fgsm_rs": ({"arch": "resnet", "batchnorm": True, "width": 3, "mode": "fgsm_rs", "epochs": 6, "batch_size": 32,
                  "lr": 2e-3, "eps": 0.25, "ramp_epochs": 1.5, "pgd_steps": 3, "clamp_start": True,
-                 "attack_bn": "train", "holdout": 1000, "check_steps": 20, "check_step_sizes": [0.5, 1.0],
-                 "seeds": [7]},
+                 "attack_bn": "train", "holdout": 1000, "check_attack": "pgd", "check_steps": 20,
+                 "check_step_sizes": [0.5, 1.0], "seeds": [7]},
                 TrainConfig(epochs=6, batch_size=32, lr=2e-3, seed=7, device="cpu", adversarial="fgsm_rs",
                             adv_eps=0.25, adv_pgd_steps=3, adv_check_size=1000, adv_holdout=1000,
                             lr_schedule="cyclic", eps_ramp_epochs=1.5, check_steps=20, check_step_sizes=(0.5, 1.0),
@@ -143,10 +143,12 @@ NETWORK = {"arch", "width", "batchnorm"}  # the settings model_config reads; eve
 @pytest.mark.parametrize("key", sorted(set(RECIPE) - NETWORK))
 def test_every_training_setting_reaches_the_train_config(key):
     other = {"mode": "pgd", "epochs": 4, "batch_size": 50, "lr": 1e-3, "eps": 0.2, "ramp_epochs": 1, "pgd_steps": 5,
-             "clamp_start": True, "attack_bn": "train", "holdout": 500, "check_steps": 3,
+             "clamp_start": True, "attack_bn": "train", "holdout": 500, "check_attack": "apgd-ce", "check_steps": 3,
              "check_step_sizes": [0.1]}[key]
     assert other != RECIPE[key]
-    assert train_config({key: other}, seed=0) != train_config({}, seed=0), key
+    entry = {key: other} | ({"check_step_sizes": []} if key == "check_attack" else {})  # APGD has no step sizes
+    assert train_config(entry, seed=0) != train_config({"check_step_sizes": []} if key == "check_attack" else {},
+                                                       seed=0), key
 
 
 @pytest.mark.parametrize("key", sorted(NETWORK))
@@ -167,6 +169,8 @@ GRID = {
     "resnet_nobn": {"arch": "resnet"},
     "resnet": {"arch": "resnet", "batchnorm": True},  # two changes from base (network and BatchNorm)
     "resnet_bn_train": {"arch": "resnet", "batchnorm": True, "attack_bn": "train"},
+    # the check's steps and step sizes come with the change of check
+    "base_apgd": {"check_attack": "apgd-ce", "check_steps": 20, "check_step_sizes": []},
 }
 
 
@@ -176,6 +180,7 @@ def test_contrasts_are_exactly_the_pairs_that_differ_in_one_setting():
         (CHANGES["mode"], "base", "pgd"),
         (CHANGES["clamp_start"], "base", "clamped"),
         (CHANGES["arch"], "base", "resnet_nobn"),
+        (CHANGES["check_attack"], "base", "base_apgd"),
         (CHANGES["mode"], "wide", "wide_pgd"),
         (CHANGES["width"], "pgd", "wide_pgd"),
         (CHANGES["batchnorm"], "resnet_nobn", "resnet"),
@@ -190,13 +195,29 @@ def test_contrasts_leave_out_two_change_pairs():
         assert two_changes not in pairs
     # PGD's steps differ from the recipe's, but they come with the change of attack
     assert (CHANGES["mode"], "base", "pgd") in contrasts({"base": {}, "pgd": {"mode": "pgd", "pgd_steps": 40}})
+    # the check's steps alone are a setting of their own; with the check they come with it
+    assert contrasts({"a": {}, "b": {"check_steps": 20}}) == [("check_steps", "a", "b")]
+    assert contrasts({"a": {"width": 2}, "b": {"check_attack": "apgd-ce", "check_step_sizes": []}}) == []
     # a PGD entry whose steps differ from another PGD entry's: two changes
     assert contrasts({"pgd5": {"mode": "pgd", "pgd_steps": 5}, "pgd_wide": {"mode": "pgd", "width": 2}}) == []
 
 
+@pytest.mark.parametrize("entry, expected", [
+    ({}, "Wong et al.'s CNN; FGSM-RS"),
+    ({"arch": "resnet", "width": 2, "ramp_epochs": 4}, "SmallResNet 2×, no BatchNorm; FGSM-RS, ε ramp over 4 epochs"),
+    ({"arch": "resnet", "batchnorm": True, "mode": "pgd", "pgd_steps": 5},
+     "SmallResNet, BatchNorm (attack with running statistics); PGD-5"),
+    ({"clamp_start": True}, "Wong et al.'s CNN; FGSM-RS, start clipped to [0, 1]"),
+    ({"arch": "resnet", "ramp_epochs": 4, "check_attack": "apgd-ce", "check_steps": 20, "check_step_sizes": []},
+     "SmallResNet, no BatchNorm; FGSM-RS, ε ramp over 4 epochs, kept by an APGD-CE-20 check"),
+])
+def test_describe_names_what_differs_from_the_recipe(entry, expected):
+    assert describe(entry) == expected
+
+
 def test_runs_lists_every_configuration_and_seed_in_order():
     assert runs(GRID)[:4] == [("base", 0), ("base", 1), ("base", 2), ("wide", 0)]
-    assert len(runs(GRID)) == 3 + 7
+    assert len(runs(GRID)) == 3 + 8
     assert runs({"a": {"seeds": [4, 2]}, "b": {}}) == [("a", 4), ("a", 2), ("b", 0)]
 
 
@@ -486,6 +507,23 @@ def test_capacity_summary_reads_the_contrasts_and_says_diverged():
                    run_result("resnet", 0, RESNET, aa=3.0, clean=11.0))
     text = summary(rows, contrasts({"resnet_nobn": {"arch": "resnet"}, "resnet": RESNET}))
     assert "- BatchNorm: `resnet_nobn` 61.0% → `resnet` diverged" in text
+
+
+def test_capacity_summary_contrasts_give_the_spread_and_the_failed_seeds():
+    """A configuration's mean leaves its diverged seeds out: the contrast line says how many there were."""
+    nobn = {"arch": "resnet"}
+    rows = rows_of(*(run_result("resnet_nobn", s, nobn, aa=a) for s, a in ((0, 60.0), (1, 64.0))),
+                   run_result("resnet_nobn", 2, nobn, aa=2.0, clean=11.0, losses=(2.30, 2.31)),
+                   *(run_result("resnet", s, RESNET, aa=3.0, clean=11.0) for s in (0, 1, 2)),
+                   run_result("resnet_nobn_ramp", 0, nobn | {"ramp_epochs": 4}, aa=80.0),
+                   run_result("resnet_nobn_ramp", 1, nobn | {"ramp_epochs": 4}, aa=1.0, clean=11.0,
+                              losses=(2.30, 2.31)))
+    grid = {"resnet_nobn": nobn, "resnet": RESNET, "resnet_nobn_ramp": nobn | {"ramp_epochs": 4}}
+    text = summary(rows, contrasts(grid))
+    assert ("- BatchNorm: `resnet_nobn` 62.0 ± 2.8% (2 seeds; 1 of 3 diverged or collapsed) → `resnet` diverged "
+            "or collapsed on all 3 seeds") in text, text
+    assert ("- an ε ramp: `resnet_nobn` 62.0 ± 2.8% (2 seeds; 1 of 3 diverged or collapsed) → `resnet_nobn_ramp` "
+            "80.0% (1 seed; 1 of 2 diverged or collapsed)") in text, text
 
 
 def test_capacity_summary_and_anchor_table_report_the_released_model(tmp_path):
