@@ -347,13 +347,15 @@ def released_part(start: int, flags: list[bool], official: bool = False) -> dict
 
 
 def run_result(name: str, seed: int, entry: dict, *, aa: float = 82.0, clean: float = 98.5, losses=(0.8, 0.4),
-               n: int = 1000, eps: float = 0.3, parameters: int = 166_406) -> dict:
-    """What ``study.ablation_eval evaluate`` writes for one (configuration, seed)."""
+               n: int = 1000, eps: float = 0.3, parameters: int = 166_406, check: float | None = None) -> dict:
+    """What ``study.ablation_eval evaluate`` writes for one (configuration, seed); the held-out check at the kept
+    (last) epoch is ``check`` (default: aa)."""
+    check = aa if check is None else check
     k = round(aa * n / 100)
     flags = [True] * k + [False] * (n - k)
     history = {"epoch_loss": list(losses), "train_accuracy": [50.0] * len(losses),
                "test_accuracy": [clean - 1.0] * (len(losses) - 1) + [clean],
-               "check_accuracy": [aa - 2.0] * (len(losses) - 1) + [aa], "kept_epoch": len(losses),
+               "check_accuracy": [check - 2.0] * (len(losses) - 1) + [check], "kept_epoch": len(losses),
                "seconds": [60.0] * len(losses), "selection": "train[58000:60000]", "trained_on": "train[0:58000]"}
     clean_rate = rate(round(clean * 100), 10_000)
     return {"clean": clean_rate, "autoattack": aa_result(flags, eps=eps, clean=n), "start": 0, "name": name,
@@ -524,6 +526,22 @@ def test_capacity_summary_contrasts_give_the_spread_and_the_failed_seeds():
             "or collapsed on all 3 seeds") in text, text
     assert ("- an ε ramp: `resnet_nobn` 62.0 ± 2.8% (2 seeds; 1 of 3 diverged or collapsed) → `resnet_nobn_ramp` "
             "80.0% (1 seed; 1 of 2 diverged or collapsed)") in text, text
+
+
+def test_capacity_summary_names_the_runs_whose_check_autoattack_undercuts():
+    """A check far above AutoAttack at the kept epoch: masked gradients the check could not see."""
+    nobn = {"arch": "resnet"}
+    w2 = run_result("w2", 0, nobn | {"width": 2}, aa=0.6)
+    w2["history"].update(check_accuracy=[91.6, 5.0], kept_epoch=1)  # the kept epoch's check counts, not the last
+    rows = rows_of(w2, run_result("w1", 0, nobn, aa=67.6, check=94.4),
+                   run_result("w1", 1, nobn, aa=82.8, check=94.6),  # 11.8 points: the usual gap
+                   run_result("w1", 2, nobn, aa=75.0, check=95.0),  # exactly the gap: not more than it
+                   run_result("bad", 0, nobn, aa=0.0, clean=11.0, losses=(2.30, 2.31), check=60.0))  # diverged
+    text = summary(rows)
+    assert ("The early-stopping check stood more than 20 points above AutoAttack (gradients masked for the check's "
+            "attack, not for AutoAttack's): `w2` seed 0 (check 91.6%, AutoAttack 0.6%), `w1` seed 0 (check 94.4%, "
+            "AutoAttack 67.6%).") in text, text
+    assert "early-stopping check stood" not in summary(rows[2:4])
 
 
 def test_capacity_summary_and_anchor_table_report_the_released_model(tmp_path):
