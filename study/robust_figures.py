@@ -226,8 +226,8 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
     rows = list(rows)
     if not rows:
         raise ValueError("no capacity-study runs: run `make robust` first")
-    fig, axes = plt.subplots(1, 3, figsize=(18, 7.6), gridspec_kw={"width_ratios": [1.15, 1, 1]})
-    fig.subplots_adjust(left=0.05, right=0.99, top=0.86, bottom=0.33, wspace=0.22)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 8.4), gridspec_kw={"width_ratios": [1.15, 1, 1]})
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.87, bottom=0.37, wspace=0.22)
     ax_aa, ax_clean, ax_curve = axes
     eps = rows[0]["eps"]
     names = list(dict.fromkeys(r["name"] for r in rows))
