@@ -11,8 +11,8 @@
   APGD is a port of the official code (same constants, start and seeding): agreeing with it checks the wrapping
   and the units, not the attack. :func:`advlib.iterative.margin_pgd` is an independent check.
 - :func:`square_only`: the gradient-free Square attack alone, against APGD-CE alone.
-- :func:`apgd_ce`: APGD-CE alone (the official code) with a chosen number of steps, returning the adversarial
-  images: what :func:`advlib.train.pgd_check` runs when ``TrainConfig.check_attack = "apgd-ce"``.
+- :func:`advlib.apgd.apgd_ce` (its own module, which training imports without the metrics): APGD-CE alone with a
+  chosen number of steps, the early-stopping check of ``TrainConfig.check_attack = "apgd-ce"``.
 
 Units. Inputs lie in ``bounds`` (default (0, 1)) and eps is in their units; AutoAttack and torchattacks work on
 [0, 1] pixels, so :class:`PixelInput` wraps the model and x and eps are rescaled at that boundary only. Every
@@ -27,7 +27,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advlib.attacks import DEFAULT_BOUNDS, check_batch, check_bounds, check_eps, eval_mode, predict
+from advlib.apgd import PixelInput, _checked, _to_pixels
+from advlib.attacks import DEFAULT_BOUNDS, check_batch, check_eps, predict
 from advlib.metrics import rate
 from advlib.model import fold_batchnorm
 
@@ -35,29 +36,6 @@ from advlib.model import fold_batchnorm
 # AutoAttack into jobs of this many images (one batch each).
 AA_BATCH = 250
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
-
-
-class PixelInput(nn.Module):
-    """``model`` seen from [0, 1] pixels: forward(x01) = model(low + (high - low) * x01), for a model whose inputs
-    lie in ``bounds`` = (low, high). x01: (N, C, H, W) in [0, 1]. With the default bounds (0, 1) it is the model."""
-
-    def __init__(self, model: nn.Module, bounds: Sequence[float] = DEFAULT_BOUNDS):
-        super().__init__()
-        self.model = model
-        self.low, self.high = check_bounds(bounds)
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        if (self.low, self.high) == (0.0, 1.0):
-            return self.model(x01)
-        return self.model(self.low + (self.high - self.low) * x01)
-
-
-def _to_pixels(x: torch.Tensor, eps: float, bounds: tuple[float, float]) -> tuple[torch.Tensor, float]:
-    """(x, eps) in [0, 1] pixel units: x01 = (x - low) / (high - low), eps01 = eps / (high - low)."""
-    low, high = bounds
-    if (low, high) == (0.0, 1.0):
-        return x, eps
-    return (x - low) / (high - low), eps / (high - low)
 
 
 def _fast(model: nn.Module) -> nn.Module:
@@ -88,16 +66,6 @@ def _perturb(aa, attack: str, x01: torch.Tensor, y: torch.Tensor) -> torch.Tenso
         aa.square.seed = aa.get_seed()
         return aa.square.perturb(x01, y)
     raise ValueError(f"unknown attack {attack!r}; AutoAttack's standard attacks are {AA_ATTACKS}")
-
-
-def _checked(attack: str, adv01: torch.Tensor, x01: torch.Tensor, eps01: float) -> torch.Tensor:
-    """adv01, detached, once it is shown to lie within eps01 of x01 and in [0, 1] (both (N, C, H, W) pixels, eps01
-    in [0, 1] pixel units): an attack's image outside the threat model must never count as broken."""
-    adv01 = adv01.detach()
-    if (adv01 - x01).abs().amax() > eps01 + 1e-6 or adv01.min() < 0 or adv01.max() > 1:
-        raise RuntimeError(f"{attack} returned images outside the eps-ball ({eps01:g} px) or [0, 1]: "
-                           "refusing its result")
-    return adv01
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
@@ -169,37 +137,6 @@ def merge_parts(parts: Sequence[dict]) -> dict:
     return {"eps": parts[0]["eps"], "eps_pixel": parts[0]["eps_pixel"], "n": len(flags),
             "clean": sum(p["clean"] for p in parts), "robust": robust, "accuracy": rate(robust, len(flags)),
             "per_attack": per_attack, "robust_flags": flags}
-
-
-def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-            bounds: Sequence[float] = DEFAULT_BOUNDS, steps: int = 100, seed: int = 0) -> torch.Tensor:
-    """APGD-CE (Croce & Hein 2020, the official code: adaptive step size from 2 eps, momentum, one restart) with
-    ``steps`` iterations, in AutoAttack's batches of :data:`AA_BATCH` images.
-
-    Unlike PGD's fixed step, APGD's step adapts to the loss it reaches, which lets it through gradients that a
-    fixed-step PGD of the same cost finds masked.
-
-    x: (N, C, H, W) inside ``bounds`` (default (0, 1)); y: (N,) labels; eps in the units of x (0.3 normalized =
-    0.15 in [0, 1] pixel units). The model runs in eval mode, its mode restored; the global random state is
-    restored too (the official code reseeds it). Returns the adversarial images, (N, C, H, W) in x's units and
-    ``bounds``, each checked to lie within eps of its original (images APGD could not break come back as its
-    last iterate or as themselves).
-    """
-    from pyautoattack.autopgd_base import APGDAttack
-
-    eps = check_eps(eps)
-    bounds = check_batch(x, y, bounds=bounds)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    low, high = bounds
-    x01, eps01 = _to_pixels(x, eps, bounds)
-    with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        pixel_model = PixelInput(fold_batchnorm(model), bounds)
-        attack = APGDAttack(pixel_model, n_restarts=1, n_iter=steps, eps=eps01, norm="Linf", loss="ce", seed=seed,
-                            device=x.device)
-        adv01 = torch.cat([_checked("APGD-CE", attack.perturb(x01[b:b + AA_BATCH], y[b:b + AA_BATCH]),
-                                    x01[b:b + AA_BATCH], eps01) for b in range(0, len(x), AA_BATCH)])
-    return adv01 if (low, high) == (0.0, 1.0) else low + (high - low) * adv01
 
 
 def apgd_crosscheck(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,

@@ -263,9 +263,9 @@ def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainC
     seeded with config.seed. config.check_attack "pgd": PGD-config.check_steps, one run with pgd's default step
     (2.5 eps / steps), or one restart per entry of config.check_step_sizes (step = entry * eps, seed config.seed +
     restart), an image counting as robust only if it survives every restart. "apgd-ce": APGD-CE with
-    config.check_steps steps (:func:`advlib.autoattack.apgd_ce`)."""
+    config.check_steps steps (:func:`advlib.apgd.apgd_ce`)."""
     if config.check_attack == "apgd-ce":
-        from advlib.autoattack import apgd_ce
+        from advlib.apgd import apgd_ce
 
         x_adv = apgd_ce(model, x, y, config.adv_eps, bounds=bounds, steps=config.check_steps, seed=config.seed)
         return 100.0 * (predict(model, x_adv)[0] == y).sum().item() / len(y)
