@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advlib.attacks import DEFAULT_BOUNDS, check_batch, check_bounds, check_eps, eval_mode
+from advlib.attacks import DEFAULT_BOUNDS, _check_steps, check_batch, check_bounds, check_eps, eval_mode
 from advlib.model import fold_batchnorm
 
 APGD_BATCH = 250  # images per call of the official code (AutoAttack's batch, advlib.autoattack.AA_BATCH)
@@ -73,8 +73,7 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
 
     eps = check_eps(eps)
     bounds = check_batch(x, y, bounds=bounds)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = _check_steps(steps)
     low, high = bounds
     x01, eps01 = _to_pixels(x, eps, bounds)
     with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
