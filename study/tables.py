@@ -454,6 +454,23 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                 + (f"; mean {c['autoattack']['mean']:.1f} ± {c['autoattack']['std']:.1f}% over the seeds that neither "
                    f"diverged nor collapsed" if c["autoattack"] else "")
                 + f"; {sum(meets(r) for r in seeds)} of {len(seeds)} seeds meet the target.")
+        if rel and rel["first"]["n"] == best["autoattack"]["n"]:  # the same images: the first n, unfiltered
+            r1, whole = rel["first"]["accuracy"], rel["autoattack"]
+
+            def above(r: dict) -> bool:  # the Wilson intervals apart, the run's above
+                return r["autoattack"]["ci_low"] > r1["ci_high"]
+
+            where = ("lies above" if above(best) else "lies below" if best["autoattack"]["ci_high"] < r1["ci_low"]
+                     else "overlaps")
+            parts.append(f"On the same {rel['first']['n']:,} images Wong et al.'s released model "
+                         f"({rel['model']['parameters']:,} parameters) keeps {fmt_rate(r1, 1)}: this run's interval "
+                         f"{where} the released model's"
+                         + (f" ({sum(above(r) for r in seeds)} of {len(seeds)} seeds of its configuration lie above it)"
+                            if len(seeds) > 1 else "")
+                         + "." + (f" The published {wong['autoattack']:.2f}% counts the whole test set, on which the "
+                                  f"released model keeps {whole['accuracy']['value']:.2f}% here (first {whole['n']:,} "
+                                  f"images); the capacity study's runs were attacked on the first "
+                                  f"{rel['first']['n']:,} only." if whole["n"] > rel["first"]["n"] else ""))
     for run_id, rows in (ab.get("checks") or {}).items():
         failed = [r["key"] for r in rows if not r["passed"]]
         parts.append(f"Carlini et al.'s checks on `{run_id}`: " + (f"all {len(rows)} pass." if not failed else

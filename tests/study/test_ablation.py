@@ -563,6 +563,30 @@ def test_capacity_summary_and_anchor_table_report_the_released_model(tmp_path):
     assert "first 100 test images" in table and "first 200 test images" in table and "seeds 0, 1" in table
 
 
+@pytest.mark.parametrize("seed_aa, where, above", [
+    ((95.0, 72.0), "lies above", 1),  # [88.8, 97.8] against the released model's [60.4, 78.1]
+    ((82.0, 72.0), "overlaps", 0),  # [73.3, 88.3]: its value above the released interval, not its interval
+    ((45.0, 40.0), "lies below", 0),
+])
+def test_capacity_summary_compares_the_best_smallresnet_with_the_released_model_on_the_same_images(
+        tmp_path, seed_aa, where, above):
+    write(tmp_path / "anchor" / "released_from0.json", released_part(0, [True] * 70 + [False] * 30))
+    write(tmp_path / "anchor" / "released_from100.json", released_part(100, [True] * 90 + [False] * 10))
+    released = load_ablation(tmp_path)["released"]
+    nobn = {"arch": "resnet", "ramp_epochs": 4}
+    rows = rows_of(*(run_result("resnet_nobn_ramp", seed, nobn, aa=aa, n=100, parameters=19_642)
+                     for seed, aa in enumerate(seed_aa)))
+    text = summary(rows, released=released)
+    assert (f"On the same 100 images Wong et al.'s released model (166,406 parameters) keeps 70.0% [60.4, 78.1]: "
+            f"this run's interval {where} the released model's ({above} of 2 seeds of its configuration lie above "
+            "it).") in text, text
+    assert "the released model keeps 80.00% here (first 200 images); the capacity study's runs were attacked on the " \
+           "first 100 only." in text, text
+    # other images than the released model's first ones: no comparison
+    assert "On the same" not in summary(rows_of(run_result("resnet_nobn_ramp", 0, nobn, aa=95.0, n=1000)),
+                                        released=released)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # robustness_settings_mismatch
 
