@@ -338,7 +338,9 @@ def capacity_results():
     """The capacity study's results: one per (configuration, seed) of the ablation grid."""
     return ([f"{RUN}/ablation/{name}_s{seed}.json" for name, entry in ROBUST["ablation"].items()
              for seed in entry.get("seeds", [0])]
-            + [f"{RUN}/ablation/checks/checklist_{run}.json" for run in ROBUST["ablation_checklist"]])
+            + [f"{RUN}/ablation/checks/checklist_{run}.json" for run in ROBUST["ablation_checklist"]]
+            + [f"{RUN}/ablation/parts/part_{run}_from{k * ROBUST['ablation_samples']}.json"
+               for run in ROBUST["ablation_whole"] for k in range(1, ROBUST["released_parts"])])
 
 
 def ablation_params(name, *more):
@@ -371,6 +373,19 @@ rule ablation_eval:
     resources: mem_mb=2000, runtime=120
     shell: "{PY:q} -m study.ablation_eval evaluate --name {wildcards.name} --seed {wildcards.seed} --model {input.model:q} "
            "--out {output:q} --data-dir {input.data:q} --threads {threads} --params {params.p:q}"
+
+
+rule ablation_part:
+    """A run of ablation_whole ("<name>_s<seed>") attacked on a further slice of test images, [start, start +
+    ablation_samples): with its first slice (ablation_eval) the released model's images, the whole test set."""
+    input: ABLATION_EVAL, model="{run}/ablation/{name}_s{seed}.pt", data=ancient("{run}/data")
+    output: "{run}/ablation/parts/part_{name}_s{seed}_from{start}.json"
+    wildcard_constraints: name=r"[A-Za-z0-9_]+", seed=r"\d+", start=r"\d+"
+    params: p=lambda w: ablation_params(w.name)
+    threads: THREADS
+    resources: mem_mb=2000, runtime=120
+    shell: "{PY:q} -m study.ablation_eval evaluate --name {wildcards.name} --seed {wildcards.seed} --model {input.model:q} "
+           "--start {wildcards.start} --out {output:q} --data-dir {input.data:q} --threads {threads} --params {params.p:q}"
 
 
 rule ablation_source:

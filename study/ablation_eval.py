@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", required=True)
     c.add_argument("--source", required=True)
     r.add_argument("--checkpoint", default=ANCHOR_FILE)
-    r.add_argument("--start", type=int, default=0)
+    for p in (e, r):
+        p.add_argument("--start", type=int, default=0, help="AutoAttack on test images [start, start + n)")
     r.add_argument("--official", action="store_true", help="also run the official driver on the same images")
     args = parser.parse_args(argv)
     if args.threads:
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                               seed=params["seed"])
         atomic_write_json(args.out, {"name": args.name, "seed": args.seed, "result": out})
         return 0
-    out = evaluate(ckpt.model, x, y, eps=eps, n=n, seed=params["seed"])
+    out = evaluate(ckpt.model, x, y, eps=eps, n=n, start=args.start, seed=params["seed"])
     h = ckpt.history
     history = {"epoch_loss": h.epoch_loss, "train_accuracy": h.train_accuracy, "test_accuracy": h.test_accuracy,
                "check_accuracy": h.pgd_check_accuracy, "kept_epoch": h.kept_epoch, "seconds": h.seconds,

@@ -166,34 +166,53 @@ def load_robustness(folder: str | os.PathLike) -> dict:
 
 def load_ablation(folder: str | os.PathLike) -> dict:
     """The 0.3 px capacity study (``make robust``; study.ablation): {"runs": [one result per (configuration, seed),
-    in the grid's file order], "checks": {"<name>_s<seed>": Carlini et al.'s attacks on it}, "released": Wong et
-    al.'s released model, its parts merged, without the per-image flags (None when it was not evaluated)}. Runs come from
-    ``<folder>/ablation/``, the released model from ``<folder>/anchor/``."""
-    from advlib.autoattack import merge_parts
-
+    in the grid's file order; a run of ablation_whole also has "whole", AutoAttack over its parts merged], "checks":
+    {"<name>_s<seed>": Carlini et al.'s attacks on it}, "released": Wong et al.'s released model, its parts merged
+    (None when it was not evaluated)}. Merged results carry no per-image flags (they stay in the files). Runs, their
+    parts and checks come from ``<folder>/ablation/``, the released model from ``<folder>/anchor/``."""
     folder = Path(folder)
-    runs, checks = [], {}
+    runs, checks, parts = [], {}, {}
     for f in sorted((folder / "ablation").glob("*.json")):
         blob = read_json(f)
         if f.name.startswith("checklist_"):
             checks[f"{blob['name']}_s{blob['seed']}"] = blob["result"]
+        elif f.name.startswith("part_"):
+            parts.setdefault((blob["name"], blob["seed"]), []).append(blob)
         else:
             runs.append(blob)
-    parts = sorted((read_json(f) for f in (folder / "anchor").glob("released_from*.json")), key=lambda p: p["start"])
-    released = None
+    for run in runs:
+        more = parts.pop((run["name"], run["seed"]), [])
+        if more:
+            run["whole"] = _merged([run, *more], f"{run['name']} seed {run['seed']}")
     if parts:
-        starts = [p["start"] for p in parts]
-        n = parts[0]["autoattack"]["n"]
-        if starts != list(range(0, n * len(parts), n)):
-            raise ValueError(f"the released model's parts start at {starts}: not consecutive slices of {n} images")
-        def brief(result: dict | None) -> dict | None:  # the per-image flags stay in the files
-            return result and {k: v for k, v in result.items() if k != "robust_flags"}
-
-        released = {"clean": parts[0]["clean"], "model": parts[0]["model"], "part_size": n,
-                    "parts": [{"start": p["start"], "robust": p["autoattack"]["robust"]} for p in parts],
-                    "first": brief(parts[0]["autoattack"]), "official": brief(parts[0].get("official")),
-                    "autoattack": brief(merge_parts([p["autoattack"] for p in parts]))}
+        raise ValueError(f"AutoAttack parts of runs that are not there: {sorted(parts)}; run `make robust`")
+    released = None
+    found = [read_json(f) for f in (folder / "anchor").glob("released_from*.json")]
+    if found:
+        first = min(found, key=lambda p: p["start"])
+        released = {"clean": first["clean"], "model": first["model"], "part_size": first["autoattack"]["n"],
+                    "parts": [{"start": p["start"], "robust": p["autoattack"]["robust"]}
+                              for p in sorted(found, key=lambda p: p["start"])],
+                    "first": _brief(first["autoattack"]), "official": _brief(first.get("official")),
+                    "autoattack": _merged(found, "the released model")}
     return {"runs": runs, "checks": checks, "released": released}
+
+
+def _brief(result: dict | None) -> dict | None:
+    """A result without its per-image flags (they stay in the files)."""
+    return result and {k: v for k, v in result.items() if k != "robust_flags"}
+
+
+def _merged(parts: list[dict], what: str) -> dict:
+    """AutoAttack over ``parts`` (each {"start", "autoattack"}), which must be consecutive slices of the same size
+    from image 0: one result, without its per-image flags."""
+    from advlib.autoattack import merge_parts
+
+    parts = sorted(parts, key=lambda p: p["start"])
+    starts, n = [p["start"] for p in parts], parts[0]["autoattack"]["n"]
+    if starts != list(range(0, n * len(parts), n)):
+        raise ValueError(f"{what}: its parts start at {starts}, not consecutive slices of {n} images from image 0")
+    return _brief(merge_parts([p["autoattack"] for p in parts]))
 
 
 def load_robust_seed_runs(folder: str | os.PathLike) -> dict[int, dict]:

@@ -246,7 +246,8 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
     """One row per (configuration, seed) of the 0.3 px capacity study (study.results.load_ablation's "runs"):
     its description, parameters, clean test accuracy and AutoAttack accuracy (rate dicts), the kept epoch, the
     per-epoch curves (clean test accuracy, held-out check accuracy, training loss), training and AutoAttack
-    seconds, and its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its curves)."""
+    seconds, its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its
+    curves) and, for a run of ablation_whole, "whole": AutoAttack over the whole test set (else None)."""
     from study.ablation_eval import describe, status
 
     out = []
@@ -258,7 +259,7 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
                     "test_curve": h["test_accuracy"], "check_curve": h["check_accuracy"], "loss_curve": h["epoch_loss"], "train_curve": h["train_accuracy"],
                     "train_seconds": sum(h["seconds"]),
                     "aa_seconds": sum(p["seconds"] for p in r["autoattack"]["per_attack"]), "status": status(h, r["clean"]["value"]),
-                    "per_attack": r["autoattack"]["per_attack"]})
+                    "per_attack": r["autoattack"]["per_attack"], "whole": r.get("whole")})
     return out
 
 
@@ -469,8 +470,21 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                             if len(seeds) > 1 else "")
                          + "." + (f" The published {wong['autoattack']:.2f}% counts the whole test set, on which the "
                                   f"released model keeps {whole['accuracy']['value']:.2f}% here (first {whole['n']:,} "
-                                  f"images); the capacity study's runs were attacked on the first "
-                                  f"{rel['first']['n']:,} only." if whole["n"] > rel["first"]["n"] else ""))
+                                  "images)." if whole["n"] > rel["first"]["n"] else ""))
+    for r in ab["rows"]:
+        if r.get("whole"):
+            w = r["whole"]
+            same = rel and rel["autoattack"]["n"] == w["n"] and rel["autoattack"]["accuracy"]
+            reached = w["accuracy"]["value"] > wong["autoattack"] and r["parameters"] < wong["parameters"]
+            parts.append(
+                f"On the first {w['n']:,} test images (the published figures count the whole test set) `{r['name']}` "
+                f"seed {r['seed']} ({r['parameters']:,} parameters) keeps {fmt_rate(w['accuracy'], 2)} under AutoAttack"
+                + (f", Wong et al.'s released model {fmt_rate(same, 2)} on the same images" if same else "")
+                + f": the moonshot (above the published {wong['autoattack']:.2f}% with fewer than "
+                  f"{wong['parameters']:,} parameters) is " + ("reached" if reached else "not reached")
+                + (("; the two intervals lie apart" if w["accuracy"]["ci_low"] > same["ci_high"]
+                    or w["accuracy"]["ci_high"] < same["ci_low"] else "; the two intervals overlap") if same else "")
+                + ".")
     for run_id, rows in (ab.get("checks") or {}).items():
         failed = [r["key"] for r in rows if not r["passed"]]
         parts.append(f"Carlini et al.'s checks on `{run_id}`: " + (f"all {len(rows)} pass." if not failed else

@@ -109,6 +109,7 @@ def resolve_config(config: dict, notebook_dir: str | os.PathLike = NOTEBOOK_DIR)
     settings["run_dir"] = config.get("run_dir", run_folder(dataset))
     per_stage = {s: {k: config.get(k, v) for k, v in params.items()} for s, params in declared.items()}
     check_focus_eps(per_stage)
+    check_ablation_runs(per_stage["08_robustness"])
     return settings, per_stage
 
 
@@ -159,6 +160,20 @@ def check_focus_eps(per_stage: dict[str, dict]) -> None:
             raise ConfigError(f"focus_eps = {focus} (used by {stage}) is not on eps_grid {grid}: the report "
                               f"discusses the focus eps from the sweep. Add it to the grid or set focus_eps to one "
                               f"of {grid} (e.g. --config focus_eps={grid[len(grid) // 2]}).")
+
+
+def check_ablation_runs(params: dict) -> None:
+    """The capacity study's runs that get more than AutoAttack on the first images (``ablation_checklist``:
+    Carlini et al.'s checks; ``ablation_whole``: AutoAttack on the whole test set), "<name>_s<seed>", must be runs
+    of its grid (``ablation``). Checked before anything runs."""
+    grid = params.get("ablation", {})
+    have = [f"{name}_s{seed}" for name, entry in grid.items() for seed in entry.get("seeds", [0])]
+    for key in ("ablation_checklist", "ablation_whole"):
+        unknown = [r for r in params.get(key, []) if r not in have]
+        if unknown:
+            raise ConfigError(f"{key} names {unknown}, which the ablation grid does not train (its runs: "
+                              f"{', '.join(have)}). Name runs of the grid, or add the configuration and seed to "
+                              f"ablation (e.g. --config {key}=[{have[0] if have else '<name>_s<seed>'}]).")
 
 
 def parse_seeds(text: str | int | list) -> list[int]:

@@ -408,6 +408,40 @@ def test_load_ablation_refuses_parts_that_are_not_consecutive(tmp_path, starts):
         load_ablation(tmp_path)
 
 
+def run_part(name: str, seed: int, start: int, aa: float, n: int = 3) -> dict:
+    """AutoAttack of a run of ablation_whole on test images [start, start + n)."""
+    return {**run_result(name, seed, {}, aa=aa, n=n), "start": start}
+
+
+def test_load_ablation_merges_a_runs_parts_over_the_test_set(tmp_path):
+    write(tmp_path / "ablation" / "cnn_s0.json", run_result("cnn", 0, {}, aa=100 * 2 / 3, n=3))
+    write(tmp_path / "ablation" / "cnn_s1.json", run_result("cnn", 1, {}, aa=100.0, n=3))
+    write(tmp_path / "ablation" / "part_cnn_s0_from6.json", run_part("cnn", 0, 6, aa=0.0))  # out of order
+    write(tmp_path / "ablation" / "part_cnn_s0_from3.json", run_part("cnn", 0, 3, aa=100 / 3))
+    ab = load_ablation(tmp_path)
+    assert [(r["name"], r["seed"]) for r in ab["runs"]] == [("cnn", 0), ("cnn", 1)]  # parts are not runs
+    s0, s1 = ab["runs"]
+    assert s0["autoattack"]["n"] == 3 and "whole" not in s1
+    whole = s0["whole"]
+    assert (whole["n"], whole["robust"]) == (9, 3) and whole["accuracy"] == rate(3, 9) and "robust_flags" not in whole
+    assert whole["per_attack"][0]["attacked"] == 9
+    row = rows_of(*ab["runs"])
+    assert row[0]["whole"] == whole and row[1]["whole"] is None
+
+
+@pytest.mark.parametrize("files, error", [
+    ({"part_cnn_s0_from6.json": 6}, "not consecutive"),  # a slice missing
+    ({"part_cnn_s1_from3.json": 3}, "parts of runs that are not there"),  # no such run
+])
+def test_load_ablation_refuses_parts_it_cannot_merge(tmp_path, files, error):
+    write(tmp_path / "ablation" / "cnn_s0.json", run_result("cnn", 0, {}, n=3))
+    for f, start in files.items():
+        name, seed = f[len("part_"):].split("_from")[0].rsplit("_s", 1)
+        write(tmp_path / "ablation" / f, run_part(name, int(seed), start, aa=100.0))
+    with pytest.raises(ValueError, match=error):
+        load_ablation(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tables and the summary
 
@@ -580,11 +614,34 @@ def test_capacity_summary_compares_the_best_smallresnet_with_the_released_model_
     assert (f"On the same 100 images Wong et al.'s released model (166,406 parameters) keeps 70.0% [60.4, 78.1]: "
             f"this run's interval {where} the released model's ({above} of 2 seeds of its configuration lie above "
             "it).") in text, text
-    assert "the released model keeps 80.00% here (first 200 images); the capacity study's runs were attacked on the " \
-           "first 100 only." in text, text
+    assert "The published 82.93% counts the whole test set, on which the released model keeps 80.00% here (first " \
+           "200 images)." in text, text
     # other images than the released model's first ones: no comparison
     assert "On the same" not in summary(rows_of(run_result("resnet_nobn_ramp", 0, nobn, aa=95.0, n=1000)),
                                         released=released)
+
+
+@pytest.mark.parametrize("whole_aa, parameters, reached, apart", [
+    (90.0, 19_642, "reached", "lie apart"),  # [88.0, 91.7] against the released model's [78.0, 82.1]
+    (82.0, 19_642, "not reached", "overlap"),  # below the published 82.93%
+    (83.0, 19_642, "reached", "overlap"),  # above it, the intervals not apart
+    (90.0, 200_000, "not reached", "lie apart"),  # more parameters than Wong et al.'s network
+])
+def test_capacity_summary_states_the_moonshot_on_the_whole_test_set(tmp_path, whole_aa, parameters, reached, apart):
+    write(tmp_path / "anchor" / "released_from0.json", released_part(0, [True] * 790 + [False] * 210))
+    write(tmp_path / "anchor" / "released_from1000.json", released_part(1000, [True] * 810 + [False] * 190))
+    released = load_ablation(tmp_path)["released"]
+    run = run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"}, aa=whole_aa, n=2000, parameters=parameters)
+    run["whole"] = run.pop("autoattack")
+    run["autoattack"] = run_result("x", 0, {}, aa=whole_aa, n=1000)["autoattack"]
+    text = summary(rows_of(run), released=released)
+    assert (f"On the first 2,000 test images (the published figures count the whole test set) `resnet_nobn_pgd_ramp` "
+            f"seed 0 ({parameters:,} parameters) keeps {whole_aa:.2f}%") in text, text
+    assert "Wong et al.'s released model 80.00% [78.2, 81.7] on the same images" in text, text
+    assert (f"the moonshot (above the published 82.93% with fewer than 166,406 parameters) is {reached}; the two "
+            f"intervals {apart}.") in text, text
+    assert "On the first 2,000" not in summary(rows_of(run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"})),
+                                               released=released)  # no run of ablation_whole
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -317,6 +317,17 @@ def test_resolve_config_gives_each_stage_its_declared_parameters():
         pipeline.resolve_config({"eps": 0.1})
 
 
+@pytest.mark.parametrize("key", ["ablation_checklist", "ablation_whole"])
+def test_resolve_config_refuses_capacity_runs_outside_the_grid(key):
+    grid = {"a": {"seeds": [0, 1]}, "b": {}}
+    none = {"ablation": grid, "ablation_checklist": [], "ablation_whole": []}
+    settings, params = pipeline.resolve_config({**none, key: ["a_s1", "b_s0"]})
+    assert params["08_robustness"][key] == ["a_s1", "b_s0"]
+    for bad in (["a_s2"], ["c_s0"], ["b"]):  # a seed the grid does not train, a configuration, no seed
+        with pytest.raises(pipeline.ConfigError, match=f"{key} names \\{bad!r}\\, which the ablation grid does not"):
+            pipeline.resolve_config({**none, key: bad})
+
+
 @pytest.mark.parametrize("text, seeds", [("0-9", list(range(10))), ("0,3,5", [0, 3, 5]), (7, [7]),
                                          ("2-3,8", [2, 3, 8]), ([1, 2], [1, 2])])
 def test_parse_seeds(text, seeds):
@@ -482,12 +493,13 @@ def test_robustness_evaluation_fans_out_in_autoattack_batches(tmp_path):
     """make robust: AutoAttack in jobs of 250 images (AutoAttack's batch) per model and eps, one sanity-check job,
     one publish; the capacity study (its own target, which make robust runs too): one training and one evaluation
     job per (configuration, seed) of the ablation grid, one transfer source, one checklist per entry of
-    ablation_checklist, one publish, and no AutoAttack part of the robustness evaluation. Dry runs only, in a fresh
+    ablation_checklist, AutoAttack on further slices of the test set for each run of ablation_whole, one publish, and no AutoAttack part of the robustness evaluation. Dry runs only, in a fresh
     copy of the repository (nothing trained there: the plans hold the training jobs too)."""
     repo = copy_repo(tmp_path / "a copy")
     grid = {"a": {"seeds": [0, 1, 2]}, "b": {"arch": "resnet"}, "c": {"width": 2, "seeds": [4, 5]}}
     config = ("--config", "aa_samples=500", "aa_eps=[0.3]", "aa_grid_eps=[0.1]", "aa_grid_samples=100",
-              f"ablation={json.dumps(grid)}", "ablation_checklist=[a_s2,c_s4]", "ablation_samples=100")
+              f"ablation={json.dumps(grid)}", "ablation_checklist=[a_s2,c_s4]", "ablation_samples=100",
+              "ablation_whole=[c_s5]", "released_parts=4")
     # the grid reaches the stage's parameters (Snakemake's own parsing of --config, then the workflow's reader);
     # its leaves arrive as YAML strings, which the job counts do not depend on
     from snakemake.cli import parse_config
@@ -502,6 +514,7 @@ def test_robustness_evaluation_fans_out_in_autoattack_batches(tmp_path):
     jobs = planned_jobs(repo, "capacity", *config)
     assert jobs["ablation_model"] == jobs["ablation_eval"] == 3 + 1 + 2, jobs
     assert jobs["ablation_source"] == 1 and jobs["ablation_checklist"] == 2 and jobs["publish_capacity"] == 1, jobs
+    assert jobs["ablation_part"] == 4 - 1, jobs  # c_s5 on 3 further slices of 100 test images
     assert not {"autoattack_part", "sanity_checks", "released_part", "publish_robustness"} & set(jobs), jobs
 
 
