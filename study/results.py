@@ -255,6 +255,15 @@ def robustness_settings_mismatch(rb: dict, params: dict) -> list[str]:
         if r["autoattack"]["n"] != params["ablation_samples"] or abs(r["autoattack"]["eps"] - params["ablation_eps"]) > 1e-12:
             out.append(f"capacity study {name} seed {seed}: AutoAttack on {r['autoattack']['n']} images at eps "
                        f"{r['autoattack']['eps']:g}, parameters ask {params['ablation_samples']} at {params['ablation_eps']:g}")
+    whole = params.get("ablation_whole", []) and params["released_parts"] * params["ablation_samples"]
+    for (name, seed), r in have.items():
+        n = r["whole"]["n"] if r.get("whole") else r["autoattack"]["n"]
+        if f"{name}_s{seed}" in params.get("ablation_whole", []) and n != whole:
+            out.append(f"capacity study {name} seed {seed}: AutoAttack on the first {n:,} test images, ablation_whole "
+                       f"asks {whole:,}")
+        elif r.get("whole") and f"{name}_s{seed}" not in params.get("ablation_whole", []):
+            out.append(f"capacity study {name} seed {seed}: attacked on {n:,} test images, ablation_whole does not "
+                       "name it")
     s = rb["sanity"]["result"]
     if (s["eps"], [r["eps"] for r in s["sweep"]], s["square_vs_apgd"]["n"]) != (
             params["sanity_eps"], list(params["sanity_eps_sweep"]), params["square_samples"]):

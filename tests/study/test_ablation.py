@@ -27,7 +27,7 @@ from study.ablation import (ANCHOR_SHA256, ANCHOR_URL, RECIPE, load_released, mo
 from study.ablation_eval import (CHANGES, DIVERGED_CLEAN, DIVERGED_LOSS, OVERFIT_GAP, OVERFIT_TRAIN, PUBLISHED,
                                 contrasts, describe, status)
 from study.results import load_ablation, robustness_settings_mismatch
-from study.tables import (ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
+from study.tables import (_released_on, ablation_configs, ablation_rows, ablation_table, anchor_table, capacity_summary,
                           diverged_curves)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -622,26 +622,38 @@ def test_capacity_summary_compares_the_best_smallresnet_with_the_released_model_
 
 
 @pytest.mark.parametrize("whole_aa, parameters, reached, apart", [
-    (90.0, 19_642, "reached", "lie apart"),  # [88.0, 91.7] against the released model's [78.0, 82.1]
-    (82.0, 19_642, "not reached", "overlap"),  # below the published 82.93%
-    (83.0, 19_642, "reached", "overlap"),  # above it, the intervals not apart
-    (90.0, 200_000, "not reached", "lie apart"),  # more parameters than Wong et al.'s network
+    (90.0, 19_642, "is reached", "lie apart"),  # [89.4, 90.6] against the released model's [79.2, 80.8]
+    (82.0, 19_642, "is not reached", "lie apart"),  # below the published 82.93%
+    (81.0, 19_642, "is not reached", "overlap"),
+    (90.0, 200_000, "is not reached", "lie apart"),  # more parameters than Wong et al.'s network
 ])
 def test_capacity_summary_states_the_moonshot_on_the_whole_test_set(tmp_path, whole_aa, parameters, reached, apart):
-    write(tmp_path / "anchor" / "released_from0.json", released_part(0, [True] * 790 + [False] * 210))
-    write(tmp_path / "anchor" / "released_from1000.json", released_part(1000, [True] * 810 + [False] * 190))
+    for k in range(10):  # the released model on the whole test set, 80% of each slice of 1,000
+        write(tmp_path / "anchor" / f"released_from{1000 * k}.json", released_part(1000 * k, [True] * 800 + [False] * 200))
     released = load_ablation(tmp_path)["released"]
-    run = run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"}, aa=whole_aa, n=2000, parameters=parameters)
+    run = run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"}, aa=whole_aa, n=10_000, parameters=parameters)
     run["whole"] = run.pop("autoattack")
     run["autoattack"] = run_result("x", 0, {}, aa=whole_aa, n=1000)["autoattack"]
     text = summary(rows_of(run), released=released)
-    assert (f"On the first 2,000 test images (the published figures count the whole test set) `resnet_nobn_pgd_ramp` "
-            f"seed 0 ({parameters:,} parameters) keeps {whole_aa:.2f}%") in text, text
-    assert "Wong et al.'s released model 80.00% [78.2, 81.7] on the same images" in text, text
-    assert (f"the moonshot (above the published 82.93% with fewer than 166,406 parameters) is {reached}; the two "
-            f"intervals {apart}.") in text, text
-    assert "On the first 2,000" not in summary(rows_of(run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"})),
-                                               released=released)  # no run of ablation_whole
+    assert (f"On the first 10,000 test images `resnet_nobn_pgd_ramp` seed 0 ({parameters:,} parameters) keeps "
+            f"{whole_aa:.2f}%") in text, text
+    assert f"Wong et al.'s released model 80.00% [79.2, 80.8] on the same images (the two intervals {apart})." in text
+    assert (f"The moonshot (above the published 82.93% with fewer than 166,406 parameters), judged on all 10,000 test "
+            f"images as the published figure is, {reached}.") in text, text
+    # a part of the test set attacked so far: compared on the same images, the moonshot not judged
+    partial = {**run, "whole": run_result("x", 0, {}, aa=whole_aa, n=3000)["autoattack"]}
+    text = summary(rows_of(partial), released=released)
+    assert f"On the first 3,000 test images `resnet_nobn_pgd_ramp` seed 0" in text, text
+    assert "80.00% [78.5, 81.4] on the same images" in text and "is not measured yet" in text, text
+    assert "On the first" not in summary(rows_of(run_result("resnet_nobn_pgd_ramp", 0, {"arch": "resnet"})),
+                                         released=released)  # no run of ablation_whole
+
+
+def test_released_on_the_first_images_needs_parts_that_cover_them():
+    parts = [{"start": 0, "robust": 790}, {"start": 1000, "robust": 810}]
+    rel = {"part_size": 1000, "parts": parts}
+    assert _released_on(rel, 2000) == rate(1600, 2000) and _released_on(rel, 1000) == rate(790, 1000)
+    assert _released_on(rel, 3000) is None and _released_on(rel, 1500) is None and _released_on(None, 1000) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -697,6 +709,17 @@ def test_robustness_settings_mismatch_reports_another_autoattack_setting():
     runs_[2] = run_result("resnet", 0, RESNET, eps=0.2)
     (got,) = robustness_settings_mismatch(robustness(PARAMS, runs_), PARAMS)
     assert "at eps 0.2" in got
+
+
+def test_robustness_settings_mismatch_reports_a_run_not_attacked_on_the_whole_test_set():
+    params = {**PARAMS, "ablation_whole": ["cnn_s1"], "released_parts": 4}
+    runs_ = grid_runs()
+    got = robustness_settings_mismatch(robustness(params, runs_), params)
+    assert got == ["capacity study cnn seed 1: AutoAttack on the first 1,000 test images, ablation_whole asks 4,000"]
+    runs_[1]["whole"] = {**runs_[1]["autoattack"], "n": 4000}
+    assert robustness_settings_mismatch(robustness(params, runs_), params) == []
+    got = robustness_settings_mismatch(robustness(PARAMS, runs_), {**PARAMS, "ablation_whole": []})
+    assert got == ["capacity study cnn seed 1: attacked on 4,000 test images, ablation_whole does not name it"]
 
 
 def test_a_run_caught_in_catastrophic_overfitting_is_named_in_the_table_curves_and_summary():
