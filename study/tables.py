@@ -246,7 +246,7 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
     """One row per (configuration, seed) of the 0.3 px capacity study (study.results.load_ablation's "runs"):
     its description, parameters, clean test accuracy and AutoAttack accuracy (rate dicts), the kept epoch, the
     per-epoch curves (clean test accuracy, held-out check accuracy, training loss), training and AutoAttack
-    seconds, its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its
+    seconds (over all the images it was attacked on), its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its
     curves) and, for a run of ablation_whole, "whole": AutoAttack over the whole test set (else None)."""
     from study.ablation_eval import describe, status
 
@@ -258,7 +258,8 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
                     "eps": r["autoattack"]["eps"], "kept_epoch": h["kept_epoch"], "epochs": len(h["epoch_loss"]),
                     "test_curve": h["test_accuracy"], "check_curve": h["check_accuracy"], "loss_curve": h["epoch_loss"], "train_curve": h["train_accuracy"],
                     "train_seconds": sum(h["seconds"]),
-                    "aa_seconds": sum(p["seconds"] for p in r["autoattack"]["per_attack"]), "status": status(h, r["clean"]["value"]),
+                    "aa_seconds": sum(p["seconds"] for p in (r.get("whole") or r["autoattack"])["per_attack"]),
+                    "status": status(h, r["clean"]["value"]),
                     "per_attack": r["autoattack"]["per_attack"], "whole": r.get("whole")})
     return out
 

@@ -427,6 +427,7 @@ def test_load_ablation_merges_a_runs_parts_over_the_test_set(tmp_path):
     assert whole["per_attack"][0]["attacked"] == 9
     row = rows_of(*ab["runs"])
     assert row[0]["whole"] == whole and row[1]["whole"] is None
+    assert row[0]["aa_seconds"] == 3 * row[1]["aa_seconds"] > 0  # the job time of all its slices
 
 
 @pytest.mark.parametrize("files, error", [
