@@ -221,7 +221,8 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
     (a) AutoAttack accuracy (Wilson interval) per run; (b) clean test accuracy; (c) the held-out check after each
     epoch, the kept epoch circled. One colour per configuration, one marker per network family; a diverged run is
     an x at its measured value (dotted in (c)), never joined to a trend; a run caught in catastrophic overfitting
-    (status "overfit") is hollow.
+    (status "overfit") is hollow; a run with a ``whole`` result (AutoAttack on the whole test set, the published
+    stars' images) also has a hollow diamond in (a) at that value.
     """
     rows = list(rows)
     if not rows:
@@ -243,6 +244,10 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
             ax.errorbar([x], v, yerr=asymmetric_yerr(v, lo, hi), fmt="x" if diverged else marker, color=c,
                         markersize=10 if diverged else 8, markeredgewidth=2 if diverged or overfit else 1, capsize=3,
                         linewidth=1.2, markerfacecolor="white" if overfit else c)
+        if r.get("whole"):  # also attacked on the whole test set, as the published stars are: a hollow diamond
+            v, lo, hi = rate_arrays([r["whole"]["accuracy"]])
+            ax_aa.errorbar([x * 1.12], v, yerr=asymmetric_yerr(v, lo, hi), fmt="D", color=c, markerfacecolor="white",
+                           markersize=8, markeredgewidth=1.5, capsize=3, linewidth=1.2)
         epochs = np.arange(1, len(r["check_curve"]) + 1)
         ax_curve.plot(epochs, r["check_curve"], linestyle=":" if diverged else "-", marker="x" if diverged else marker,
                       markersize=4, color=c, alpha=0.85)
@@ -267,6 +272,10 @@ def plot_capacity(rows: Sequence[Mapping], *, published: Sequence[Mapping] = (),
         extra.append(plt.Line2D([], [], color="black", marker="*", markerfacecolor="white", linestyle="none",
                                 markersize=12, label=f"reproduced here: Wong et al.'s released model, "
                                                      f"{reproduced['n']:,} test images"))
+    whole = [r["whole"]["n"] for r in rows if r.get("whole")]
+    if whole:
+        extra.append(plt.Line2D([], [], color="grey", marker="D", markerfacecolor="white", linestyle="none",
+                                markersize=7, label=f"a run attacked on the first {max(whole):,} test images too"))
     extra.append(plt.Line2D([], [], color="grey", marker="x", markeredgewidth=2, linestyle="none", markersize=9,
                             label="diverged or collapsed run: its measured value, not a capacity point"))
     extra.append(plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", markeredgewidth=2,

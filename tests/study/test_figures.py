@@ -479,6 +479,21 @@ def test_capacity_marks_and_names_the_published_and_reproduced_anchors():
     assert "reproduced here" not in " ".join(texts(without))
 
 
+def test_capacity_draws_a_run_attacked_on_the_whole_test_set_as_a_hollow_diamond_beside_it():
+    rows = capacity_rows()
+    rows[2] = {**rows[2], "whole": {"n": 10_000, "accuracy": rate(6_400, 10_000)}}
+    fig = robust_figures.plot_capacity(rows, published=PUBLISHED, reproduced=REPRODUCED)
+    ax_aa, ax_clean, _ = fig.axes
+    (diamond,) = marked(ax_aa, "D")
+    assert diamond.get_ydata()[0] == pytest.approx(64.0) and to_rgba(diamond.get_markerfacecolor()) == to_rgba("white")
+    assert 1.0 < diamond.get_xdata()[0] / rows[2]["parameters"] < 1.3
+    assert not marked(ax_clean, "D") and "attacked on the first 10,000 test images too" in " ".join(texts(fig))
+    plt.close(fig)
+    without = robust_figures.plot_capacity(capacity_rows(), published=PUBLISHED)
+    assert not marked(without.axes[0], "D") and "10,000 test images too" not in " ".join(texts(without))
+    plt.close(without)
+
+
 def test_capacity_titles_labels_and_units():
     fig = robust_figures.plot_capacity(capacity_rows(), published=PUBLISHED)
     assert len(fig.axes) == 3 and "0.3" in fig.get_suptitle() and "[0, 1] pixels" in fig.get_suptitle()
