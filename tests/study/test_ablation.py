@@ -565,6 +565,13 @@ def test_capacity_summary_contrasts_give_the_spread_and_the_failed_seeds():
             "or collapsed on all 3 seeds") in text, text
     assert ("- an ε ramp: `resnet_nobn` 62.0 ± 2.8% (2 seeds; 1 of 3 diverged or collapsed) → `resnet_nobn_ramp` "
             "80.0% (1 seed; 1 of 2 diverged or collapsed)") in text, text
+    # the means over the survivors say +18 pp for the ramp; over every seed it is a loss: no change raised it
+    assert "No single change raised AutoAttack averaged over every seed." in text, text
+    rows += rows_of(run_result("resnet_nobn_ramp", 2, nobn | {"ramp_epochs": 4}, aa=91.0))
+    text = summary(rows, contrasts(grid))
+    assert ("Of the single changes, the largest gain in AutoAttack comes from an ε ramp: `resnet_nobn` → "
+            "`resnet_nobn_ramp`, 42.0% → 57.3% averaged over every seed, a diverged or collapsed one at its measured "
+            "value (+15.3 pp).") in text, text
 
 
 def test_capacity_summary_names_the_runs_whose_check_autoattack_undercuts():
