@@ -173,7 +173,9 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
 
     tol, pgd_, more, rs = tolerance(s["n"]), s["pgd"], s["pgd_more"], s["restarts"]
     sweep = s["sweep"]
-    zero_at = next((r["eps"] for r in sweep if r["value"] <= near_zero), None)
+    zero = next((r for r in sweep if r["value"] <= near_zero), None)
+    zero_at = zero and zero["eps"]
+    zero_px = zero and zero.get("eps_pixel", to_pixel_eps(zero_at))  # the attack's own pixel units, as it ran
     sq_n = s["square_vs_apgd"]["n"]
     sq, ap = s["square_vs_apgd"]["square"]["accuracy"], s["square_vs_apgd"]["apgd-ce"]["accuracy"]
     mp = s["margin_pgd"]
@@ -192,7 +194,7 @@ def checklist(s: dict, aa: dict, *, near_zero: float = 1.0) -> list[dict]:
         {"key": "zero",
          "check": f"accuracy falls to <= {near_zero:g}% as eps grows",
          "numbers": ", ".join(f"{r['eps']:g}: {pct(r)}" for r in sweep)
-         + (f"; reached at eps {zero_at:g} ({to_pixel_eps(zero_at):g} px)" if zero_at is not None else "; not reached"),
+         + (f"; reached at eps {zero_at:g} ({zero_px:g} px)" if zero_at is not None else "; not reached"),
          "passed": zero_at is not None, "zero_at": zero_at},
         {"key": "transfer",
          "check": f"a transfer attack (from the standard model) is not stronger than white-box (by > {tol:.1f} pp)",

@@ -238,6 +238,12 @@ def test_checklist_consistent_numbers_pass_every_row():
     assert all(verdicts(rows).values()), rows
     (zero,) = [r for r in rows if "falls to" in r["check"]]
     assert zero["zero_at"] == 1.0  # 8 of 1,000 = 0.8%: the first eps at or below the threshold is named
+    assert "reached at eps 1 (0.5 px)" in zero["numbers"]
+    # images in [0, 1] (the capacity study): eps is in pixels already, and the row says so
+    s, aa = synthetic()
+    s["sweep"] = [{**r, "eps_pixel": r["eps"]} for r in s["sweep"]]
+    (zero,) = [r for r in checklist(s, aa) if r["key"] == "zero"]
+    assert "reached at eps 1 (1 px)" in zero["numbers"], zero
     assert all(set(r) >= {"key", "check", "numbers", "passed"} for r in rows)
     assert [r["key"] for r in rows] == ["steps", "restarts", "zero", "transfer", "square", "order", "independent",
                                         "step_size"]
