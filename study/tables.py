@@ -246,8 +246,9 @@ def ablation_rows(runs: list[dict]) -> list[dict]:
     """One row per (configuration, seed) of the 0.3 px capacity study (study.results.load_ablation's "runs"):
     its description, parameters, clean test accuracy and AutoAttack accuracy (rate dicts), the kept epoch, the
     per-epoch curves (clean test accuracy, held-out check accuracy, training loss), training and AutoAttack
-    seconds (over all the images it was attacked on), its status ("trained", "overfit", "collapsed" or "diverged": study.ablation_eval.status, read from its
-    curves) and, for a run of ablation_whole, "whole": AutoAttack over the whole test set (else None)."""
+    seconds (over all the images it was attacked on), its status ("trained", "overfit", "collapsed" or
+    "diverged": study.ablation_eval.status, read from its curves) and, for a run of ablation_whole, "whole":
+    AutoAttack over the whole test set (else None)."""
     from study.ablation_eval import describe, status
 
     out = []
