@@ -249,19 +249,18 @@ def robustness_settings_mismatch(rb: dict, params: dict) -> list[str]:
     want = grid_runs(params["ablation"])
     if sorted(have) != sorted(want):
         out.append(f"capacity study: runs {sorted(have)}, parameters ask {sorted(want)}")
+    whole = params.get("ablation_whole", [])  # these runs are attacked on released_parts slices of the test set
     for (name, seed), r in have.items():
         if name in params["ablation"] and spec(r["spec"]) != spec(params["ablation"][name]):
             out.append(f"capacity study {name}: trained as {r['spec']}, parameters ask {spec(params['ablation'][name])}")
         if r["autoattack"]["n"] != params["ablation_samples"] or abs(r["autoattack"]["eps"] - params["ablation_eps"]) > 1e-12:
             out.append(f"capacity study {name} seed {seed}: AutoAttack on {r['autoattack']['n']} images at eps "
                        f"{r['autoattack']['eps']:g}, parameters ask {params['ablation_samples']} at {params['ablation_eps']:g}")
-    whole = params.get("ablation_whole", []) and params["released_parts"] * params["ablation_samples"]
-    for (name, seed), r in have.items():
-        n = r["whole"]["n"] if r.get("whole") else r["autoattack"]["n"]
-        if f"{name}_s{seed}" in params.get("ablation_whole", []) and n != whole:
+        n = (r.get("whole") or r["autoattack"])["n"]
+        if f"{name}_s{seed}" in whole and n != params["released_parts"] * params["ablation_samples"]:
             out.append(f"capacity study {name} seed {seed}: AutoAttack on the first {n:,} test images, ablation_whole "
-                       f"asks {whole:,}")
-        elif r.get("whole") and f"{name}_s{seed}" not in params.get("ablation_whole", []):
+                       f"asks {params['released_parts'] * params['ablation_samples']:,}")
+        elif r.get("whole") and f"{name}_s{seed}" not in whole:
             out.append(f"capacity study {name} seed {seed}: attacked on {n:,} test images, ablation_whole does not "
                        "name it")
     s = rb["sanity"]["result"]

@@ -468,8 +468,9 @@ def capacity_summary(ab: dict, published: list[dict], *, target_robust: float = 
                 + (f"; mean {c['autoattack']['mean']:.1f} ± {c['autoattack']['std']:.1f}% over the seeds that neither "
                    f"diverged nor collapsed" if c["autoattack"] else "")
                 + f"; {sum(meets(r) for r in seeds)} of {len(seeds)} seeds meet the target.")
-        if rel and rel["first"]["n"] == best["autoattack"]["n"]:  # the same images: the first n, unfiltered
-            r1, whole = rel["first"]["accuracy"], rel["autoattack"]
+        r1 = _released_on(rel, best["autoattack"]["n"])  # the same images: the first n, unfiltered
+        if r1:
+            whole = rel["autoattack"]
 
             def above(r: dict) -> bool:  # the Wilson intervals apart, the run's above
                 return r["autoattack"]["ci_low"] > r1["ci_high"]
